@@ -1,0 +1,3 @@
+//! metacache keeps Redis populated from Kafka.
+pub mod config;
+pub mod model;
