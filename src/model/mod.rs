@@ -7,6 +7,7 @@
 mod device;
 mod limits;
 mod metric;
+mod parse;
 mod reject;
 
 pub use device::DeviceMetadata;
