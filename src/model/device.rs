@@ -318,3 +318,608 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let year = yoe + era * 400 + i64::from(month <= 2);
     (year, month, day)
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const EXAMPLE: &str = r#"{"device_id": "dev-42", "datatype_id": "dt-7", "datatype_name": "temperature",
+ "datatype_unit": "C", "persist": true, "last_updated": "2026-11-22T10:00:00Z",
+ "site": "plant-3"}"#;
+
+    /// 2026-11-22T10:00:00Z
+    const EXAMPLE_MS: i64 = 1_795_341_600_000;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn ok_with_key(key: Option<&str>, payload: &str) -> DeviceMetadata {
+        match decode(key.map(str::as_bytes), Some(payload.as_bytes()), &limits()) {
+            Ok(Event::DeviceUpsert(d)) => d,
+            other => panic!("expected an upsert, got {other:?}"),
+        }
+    }
+
+    fn ok(payload: &str) -> DeviceMetadata {
+        ok_with_key(None, payload)
+    }
+
+    fn err_with(key: Option<&[u8]>, payload: Option<&[u8]>, limits: &Limits) -> Reject {
+        match decode(key, payload, limits) {
+            Err(r) => r,
+            Ok(e) => panic!("expected a reject, got {e:?}"),
+        }
+    }
+
+    fn err(payload: &str) -> Reject {
+        err_with(None, Some(payload.as_bytes()), &limits())
+    }
+
+    /// The example with one field replaced (or removed, for `None`).
+    fn with(field: &str, value: Option<Value>) -> String {
+        let mut v: Map<String, Value> = serde_json::from_str(EXAMPLE).unwrap();
+        match value {
+            Some(value) => v.insert(field.to_owned(), value),
+            None => v.remove(field),
+        };
+        serde_json::to_string(&v).unwrap()
+    }
+
+    fn assert_reject(r: &Reject, reason: RejectReason, field: Option<&str>, needle: &str) {
+        assert_eq!(r.reason, reason, "{r}");
+        assert_eq!(r.field.as_deref(), field, "{r}");
+        assert!(r.message.contains(needle), "{r:?} lacks {needle:?}");
+    }
+
+    fn device(ms: i64) -> DeviceMetadata {
+        DeviceMetadata {
+            device_id: "dev-42".into(),
+            datatype_id: "dt-7".into(),
+            datatype_name: "temperature".into(),
+            datatype_unit: Some("C".into()),
+            persist: true,
+            last_updated_ms: ms,
+            additional_properties: Map::new(),
+        }
+    }
+
+    #[test]
+    fn design_example_decodes() {
+        let d = ok_with_key(Some("dev-42"), EXAMPLE);
+        let mut expected = device(EXAMPLE_MS);
+        expected
+            .additional_properties
+            .insert("site".into(), json!("plant-3"));
+        assert_eq!(d, expected);
+        assert_eq!(d.last_updated_rfc3339(), "2026-11-22T10:00:00.000Z");
+    }
+
+    #[test]
+    fn unknown_fields_are_kept_as_they_came() {
+        let d = ok(&with(
+            "extra",
+            Some(json!({"nested": [1, 2.5, null, "x"], "last_updated": "no"})),
+        ));
+        assert_eq!(d.additional_properties.len(), 2);
+        assert_eq!(d.additional_properties["site"], json!("plant-3"));
+        assert_eq!(
+            d.additional_properties["extra"],
+            json!({"nested": [1, 2.5, null, "x"], "last_updated": "no"})
+        );
+    }
+
+    #[test]
+    fn datatype_unit_may_be_null_or_absent() {
+        assert_eq!(
+            ok(&with("datatype_unit", Some(Value::Null))).datatype_unit,
+            None
+        );
+        assert_eq!(ok(&with("datatype_unit", None)).datatype_unit, None);
+        assert_eq!(
+            ok(&with("datatype_unit", Some(json!("")))).datatype_unit,
+            Some(String::new())
+        );
+        let r = err(&with("datatype_unit", Some(json!(3))));
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("datatype_unit"),
+            "expected a string or null, got number",
+        );
+    }
+
+    #[test]
+    fn offset_is_converted_to_utc() {
+        let d = ok(&with(
+            "last_updated",
+            Some(json!("2026-11-22T12:00:00+02:00")),
+        ));
+        assert_eq!(d.last_updated_ms, EXAMPLE_MS);
+        assert_eq!(d.last_updated_rfc3339(), "2026-11-22T10:00:00.000Z");
+        let d = ok(&with(
+            "last_updated",
+            Some(json!("2026-11-21T23:30:00-10:30")),
+        ));
+        assert_eq!(d.last_updated_rfc3339(), "2026-11-22T10:00:00.000Z");
+    }
+
+    #[test]
+    fn fractional_seconds_truncate_to_milliseconds() {
+        let cases = [
+            (
+                "2026-11-22T10:00:00.5Z",
+                EXAMPLE_MS + 500,
+                "2026-11-22T10:00:00.500Z",
+            ),
+            (
+                "2026-11-22T10:00:00.1239Z",
+                EXAMPLE_MS + 123,
+                "2026-11-22T10:00:00.123Z",
+            ),
+            (
+                "2026-11-22T10:00:00.999999999999Z",
+                EXAMPLE_MS + 999,
+                "2026-11-22T10:00:00.999Z",
+            ),
+            (
+                "2026-11-22t10:00:00.007z",
+                EXAMPLE_MS + 7,
+                "2026-11-22T10:00:00.007Z",
+            ),
+            (
+                "2026-11-22 10:00:00Z",
+                EXAMPLE_MS,
+                "2026-11-22T10:00:00.000Z",
+            ),
+        ];
+        for (input, ms, normal) in cases {
+            let d = ok(&with("last_updated", Some(json!(input))));
+            assert_eq!(d.last_updated_ms, ms, "{input}");
+            assert_eq!(d.last_updated_rfc3339(), normal, "{input}");
+        }
+    }
+
+    #[test]
+    fn timestamp_range_is_1970_to_9999_utc() {
+        let d = ok(&with("last_updated", Some(json!("1970-01-01T00:00:00Z"))));
+        assert_eq!(d.last_updated_ms, 0);
+        assert_eq!(d.last_updated_rfc3339(), "1970-01-01T00:00:00.000Z");
+        let d = ok(&with(
+            "last_updated",
+            Some(json!("9999-12-31T23:59:59.999Z")),
+        ));
+        assert_eq!(d.last_updated_ms, 253_402_300_799_999);
+        assert_eq!(d.last_updated_rfc3339(), "9999-12-31T23:59:59.999Z");
+        for late in [
+            "1969-12-31T23:59:59.999Z",
+            "1970-01-01T00:30:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "0000-01-01T00:00:00Z",
+        ] {
+            let r = err(&with("last_updated", Some(json!(late))));
+            assert_reject(
+                &r,
+                RejectReason::InvalidTimestamp,
+                Some("last_updated"),
+                "expected a time from 1970-01-01T00:00:00Z to 9999-12-31T23:59:59.999Z",
+            );
+        }
+    }
+
+    #[test]
+    fn malformed_timestamps_are_rejected() {
+        for bad in [
+            "2026-11-22T10:00:00",
+            "2026-11-22",
+            "2026-11-22X10:00:00Z",
+            "2026-13-22T10:00:00Z",
+            "2026-02-30T10:00:00Z",
+            "2026-11-22T10:00:00+24:00",
+            "2026-11-22T10:00:00Z ",
+            "yesterday",
+            "",
+        ] {
+            let r = err(&with("last_updated", Some(json!(bad))));
+            assert_reject(
+                &r,
+                RejectReason::InvalidTimestamp,
+                Some("last_updated"),
+                "expected an RFC 3339 timestamp with an offset",
+            );
+        }
+        let r = err(&with("last_updated", Some(json!(1_795_341_600))));
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("last_updated"),
+            "expected a string, got number",
+        );
+    }
+
+    #[test]
+    fn fixed_width_form_sorts_like_time() {
+        let mut ms = vec![0, 1, 999, 1000, 86_399_999, 951_782_400_000, EXAMPLE_MS];
+        ms.push(253_402_300_799_999);
+        let strings: Vec<String> = ms
+            .iter()
+            .map(|&m| device(m).last_updated_rfc3339())
+            .collect();
+        assert!(strings.iter().all(|s| s.len() == 24), "{strings:?}");
+        assert!(strings.windows(2).all(|w| w[0] < w[1]), "{strings:?}");
+        // Leap day, checked against the `time` crate.
+        let leap = OffsetDateTime::parse("2000-02-29T23:59:59.123Z", &Rfc3339).unwrap();
+        let ms = (leap.unix_timestamp_nanos() / 1_000_000) as i64;
+        assert_eq!(
+            device(ms).last_updated_rfc3339(),
+            "2000-02-29T23:59:59.123Z"
+        );
+    }
+
+    #[test]
+    fn key_must_match_device_id() {
+        assert_eq!(ok_with_key(Some(""), EXAMPLE).device_id, "dev-42");
+        let r = err_with(Some(b"dev-43"), Some(EXAMPLE.as_bytes()), &limits());
+        assert_reject(
+            &r,
+            RejectReason::KeyMismatch,
+            Some("device_id"),
+            r#"got key "dev-43" and device_id "dev-42""#,
+        );
+        let r = err_with(Some(b"\xff"), Some(EXAMPLE.as_bytes()), &limits());
+        assert_reject(&r, RejectReason::InvalidUtf8, Some("key"), "not UTF-8");
+    }
+
+    #[test]
+    fn tombstones_delete_by_key() {
+        assert_eq!(
+            decode(Some(b"dev-42"), None, &limits()),
+            Ok(Event::DeviceDelete {
+                device_id: "dev-42".into()
+            })
+        );
+        let r = err_with(None, None, &limits());
+        assert_reject(&r, RejectReason::MissingKey, None, "expected the device id");
+        let r = err_with(Some(b""), None, &limits());
+        assert_eq!(r.reason, RejectReason::MissingKey);
+        let r = err_with(Some(b"\xc3\x28"), None, &limits());
+        assert_reject(&r, RejectReason::InvalidUtf8, Some("key"), "not UTF-8");
+        let r = err_with(Some(b"dev\n42"), None, &limits());
+        assert_reject(&r, RejectReason::InvalidValue, Some("key"), "U+000A");
+        let long = "k".repeat(257);
+        let r = err_with(Some(long.as_bytes()), None, &limits());
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("key"),
+            "at most 256 bytes",
+        );
+    }
+
+    #[test]
+    fn required_fields() {
+        for (field, expected) in [
+            ("device_id", "a string"),
+            ("datatype_id", "a string"),
+            ("datatype_name", "a string"),
+            ("persist", "a boolean"),
+            ("last_updated", "a string"),
+        ] {
+            let r = err(&with(field, None));
+            assert_reject(
+                &r,
+                RejectReason::MissingField,
+                Some(field),
+                &format!("expected {expected}, got nothing"),
+            );
+            let r = err(&with(field, Some(Value::Null)));
+            assert_reject(
+                &r,
+                RejectReason::MissingField,
+                Some(field),
+                &format!("expected {expected}, got null"),
+            );
+        }
+    }
+
+    #[test]
+    fn wrong_types() {
+        let cases = [
+            ("device_id", json!(42), "expected a string, got number"),
+            ("datatype_id", json!(["x"]), "expected a string, got array"),
+            ("datatype_name", json!({}), "expected a string, got object"),
+            ("persist", json!("true"), "expected a boolean, got string"),
+            ("persist", json!(1), "expected a boolean, got number"),
+            (
+                "last_updated",
+                json!(false),
+                "expected a string, got boolean",
+            ),
+        ];
+        for (field, value, message) in cases {
+            let r = err(&with(field, Some(value)));
+            assert_reject(&r, RejectReason::WrongType, Some(field), message);
+        }
+    }
+
+    #[test]
+    fn id_rules() {
+        for field in ["device_id", "datatype_id", "datatype_name"] {
+            let r = err(&with(field, Some(json!(""))));
+            assert_reject(&r, RejectReason::InvalidValue, Some(field), "non-empty");
+            let r = err(&with(field, Some(json!("a".repeat(257)))));
+            assert_reject(&r, RejectReason::InvalidValue, Some(field), "got 257 bytes");
+            let r = err(&with(field, Some(json!("tab\there"))));
+            assert_reject(
+                &r,
+                RejectReason::InvalidValue,
+                Some(field),
+                "U+0009 at byte 3",
+            );
+            // C1 controls are control characters too.
+            let r = err(&with(field, Some(json!("x\u{85}"))));
+            assert_reject(&r, RejectReason::InvalidValue, Some(field), "U+0085");
+        }
+        let r = err(&with("datatype_unit", Some(json!("°\u{0}C"))));
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("datatype_unit"),
+            "U+0000",
+        );
+        let r = err(&with("datatype_unit", Some(json!("u".repeat(257)))));
+        assert_reject(&r, RejectReason::InvalidValue, Some("datatype_unit"), "257");
+        // Exactly at the limit, counted in bytes, not chars: 128 two-byte chars.
+        let d = ok(&with("device_id", Some(json!("é".repeat(128)))));
+        assert_eq!(d.device_id.len(), 256);
+        let r = err(&with(
+            "device_id",
+            Some(json!(format!("{}x", "é".repeat(128)))),
+        ));
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("device_id"),
+            "got 257 bytes",
+        );
+        // Spaces, unicode, `#` and `:` are fine.
+        let d = ok(&with("device_id", Some(json!("plant 3:dev#42 — ünï"))));
+        assert_eq!(d.device_id, "plant 3:dev#42 — ünï");
+    }
+
+    #[test]
+    fn duplicate_fields_are_rejected() {
+        let r = err(
+            r#"{"device_id":"a","device_id":"b","datatype_id":"d","datatype_name":"n","persist":true,"last_updated":"2026-11-22T10:00:00Z"}"#,
+        );
+        assert_reject(
+            &r,
+            RejectReason::DuplicateField,
+            Some("device_id"),
+            "more than once",
+        );
+        let r = err(&EXAMPLE.replace(r#""site""#, r#""site": 1, "site""#));
+        assert_reject(
+            &r,
+            RejectReason::DuplicateField,
+            Some("site"),
+            "more than once",
+        );
+        // Null counts as present; an escaped spelling is the same name.
+        let r = err(&EXAMPLE.replace(
+            r#""datatype_unit": "C""#,
+            r#""datatype_unit": null, "datatype\u005funit": "C""#,
+        ));
+        assert_reject(
+            &r,
+            RejectReason::DuplicateField,
+            Some("datatype_unit"),
+            "once",
+        );
+    }
+
+    #[test]
+    fn whole_record_problems() {
+        let r = err("");
+        assert_reject(&r, RejectReason::InvalidJson, None, "payload is empty");
+        let r = err("   ");
+        assert_reject(&r, RejectReason::InvalidJson, None, "EOF while parsing");
+        let r = err(r#"{"device_id": "dev-42",}"#);
+        assert_reject(&r, RejectReason::InvalidJson, None, "line 1 column 24");
+        let r = err(&format!("{EXAMPLE} {{}}"));
+        assert_reject(&r, RejectReason::InvalidJson, None, "trailing characters");
+        for not_object in ["[]", "null", "\"dev-42\"", "42"] {
+            let r = err(not_object);
+            assert_reject(
+                &r,
+                RejectReason::InvalidJson,
+                None,
+                "expected a device metadata JSON object",
+            );
+        }
+        // A syntax error after a bad field still reports the syntax error.
+        let r = err(r#"{"device_id": 1, "device_id": 2"#);
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "EOF while parsing an object",
+        );
+    }
+
+    #[test]
+    fn deep_nesting_is_invalid_json_not_a_crash() {
+        let deep = "[".repeat(10_000);
+        let r = err(&deep);
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "invalid type: sequence, expected a device metadata JSON object",
+        );
+        let r = err(&with("site", None).replace('}', &format!(r#","x":{deep}}}"#)));
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "recursion limit exceeded",
+        );
+        let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
+        let r = err(&format!(r#"{{"site":{nested}}}"#));
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "recursion limit exceeded",
+        );
+        // Also inside a duplicate, whose value is skipped rather than built.
+        let r = err(&format!(r#"{{"site":1,"site":{nested}}}"#));
+        assert_reject(&r, RejectReason::DuplicateField, Some("site"), "once");
+    }
+
+    #[test]
+    fn invalid_utf8_and_size() {
+        let mut bytes = EXAMPLE.as_bytes().to_vec();
+        bytes[20] = 0xff;
+        let r = err_with(None, Some(&bytes), &limits());
+        assert_reject(
+            &r,
+            RejectReason::InvalidUtf8,
+            None,
+            "invalid utf-8 sequence",
+        );
+
+        let small = Limits {
+            max_message_bytes: 16,
+            ..Limits::default()
+        };
+        let r = err_with(None, Some(EXAMPLE.as_bytes()), &small);
+        assert_reject(
+            &r,
+            RejectReason::TooLarge,
+            None,
+            &format!("payload is {} bytes, expected at most 16", EXAMPLE.len()),
+        );
+        // Size is checked before anything else, even UTF-8.
+        let r = err_with(None, Some(&[0xff; 17]), &small);
+        assert_eq!(r.reason, RejectReason::TooLarge);
+        let exact = Limits {
+            max_message_bytes: EXAMPLE.len(),
+            ..Limits::default()
+        };
+        assert!(matches!(
+            decode(None, Some(EXAMPLE.as_bytes()), &exact),
+            Ok(Event::DeviceUpsert(_))
+        ));
+    }
+
+    #[test]
+    fn normalized_json_has_fixed_field_order() {
+        let d = ok(&with(
+            "last_updated",
+            Some(json!("2026-11-22T12:00:00.25+02:00")),
+        ));
+        assert_eq!(
+            d.to_normalized_json(),
+            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":"C","persist":true,"last_updated":"2026-11-22T10:00:00.250Z","site":"plant-3"}"#
+        );
+        let d = ok(&with("datatype_unit", None).replace(r#""site":"plant-3""#, r#""persist2":0"#));
+        assert_eq!(
+            d.to_normalized_json(),
+            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":null,"persist":true,"last_updated":"2026-11-22T10:00:00.000Z","persist2":0}"#
+        );
+    }
+
+    #[test]
+    fn last_updated_precedes_every_additional_property() {
+        let d = ok(
+            r#"{"aaa": {"last_updated": "1970-01-01T00:00:00Z"}, "\"last_updated\":\"": 1,
+            "device_id": "dev-42", "datatype_id": "dt-7", "datatype_name": "temperature",
+            "persist": false, "last_updated": "2026-11-22T10:00:00Z", "zzz": "\"last_updated\":\"x"}"#,
+        );
+        let json = d.to_normalized_json();
+        let needle = r#""last_updated":""#;
+        let at = json.find(needle).unwrap();
+        assert_eq!(
+            &json[at + needle.len()..at + needle.len() + 24],
+            "2026-11-22T10:00:00.000Z"
+        );
+        assert!(at < json.find(r#""aaa""#).unwrap(), "{json}");
+        assert_eq!(DeviceMetadata::from_normalized_json(&json), Ok(d));
+    }
+
+    #[test]
+    fn named_fields_cannot_be_shadowed_by_hand_built_properties() {
+        let mut d = device(EXAMPLE_MS);
+        d.additional_properties
+            .insert("last_updated".into(), json!("9999-12-31T23:59:59.999Z"));
+        d.additional_properties.insert("site".into(), json!(1));
+        assert_eq!(
+            d.to_normalized_json(),
+            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":"C","persist":true,"last_updated":"2026-11-22T10:00:00.000Z","site":1}"#
+        );
+    }
+
+    #[test]
+    fn normalized_json_round_trips() {
+        let mut d = device(EXAMPLE_MS + 7);
+        d.device_id = "quote\" back\\slash ünï 🚀 #:".into();
+        d.datatype_name = "<script>\u{2028}".into();
+        d.datatype_unit = None;
+        d.persist = false;
+        d.additional_properties.insert(
+            "deep".into(),
+            json!({"a": [1, -2.5, 1e300, u64::MAX, null, true, {"b": "\u{1}"}]}),
+        );
+        d.additional_properties.insert("é\"k".into(), json!("v"));
+        let json = d.to_normalized_json();
+        assert!(
+            json.starts_with(r#"{"device_id":"quote\" back\\slash ünï 🚀 #:","#),
+            "{json}"
+        );
+        assert!(json.contains(r#""\u0001""#), "{json}");
+        // Valid JSON that any client can read.
+        let v: Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["device_id"], json!(d.device_id));
+        assert_eq!(DeviceMetadata::from_normalized_json(&json), Ok(d.clone()));
+        // And it is a fixed point.
+        let again = DeviceMetadata::from_normalized_json(&json).unwrap();
+        assert_eq!(again.to_normalized_json(), json);
+    }
+
+    #[test]
+    fn escaped_input_is_unescaped() {
+        let d = ok(&EXAMPLE.replace(r#""dev-42""#, r#""dev-\u0034\"2\u00e9""#));
+        assert_eq!(d.device_id, "dev-4\"2é");
+        let d = ok_with_key(
+            Some("dev-4\"2é"),
+            &EXAMPLE.replace(r#""dev-42""#, r#""dev-\u0034\"2\u00e9""#),
+        );
+        assert_eq!(d.device_id, "dev-4\"2é");
+        // Escapes that make a control character are still control characters.
+        let r = err(&EXAMPLE.replace(r#""dev-42""#, r#""dev\u001b42""#));
+        assert_reject(&r, RejectReason::InvalidValue, Some("device_id"), "U+001B");
+    }
+
+    #[test]
+    fn from_normalized_json_rejects_what_decode_rejects() {
+        let r = DeviceMetadata::from_normalized_json("{}").unwrap_err();
+        assert_reject(
+            &r,
+            RejectReason::MissingField,
+            Some("device_id"),
+            "got nothing",
+        );
+        let r = DeviceMetadata::from_normalized_json("").unwrap_err();
+        assert_eq!(r.reason, RejectReason::InvalidJson);
+        // No id limit on the read side: the writer may run with larger limits.
+        let mut d = device(EXAMPLE_MS);
+        d.device_id = "x".repeat(10_000);
+        assert_eq!(
+            DeviceMetadata::from_normalized_json(&d.to_normalized_json()),
+            Ok(d)
+        );
+    }
+}
