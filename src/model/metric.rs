@@ -228,3 +228,400 @@ impl<'de> Visitor<'de> for MetricVisitor {
         Ok(raw)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits() -> Limits {
+        Limits::default()
+    }
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn ok_with_key(key: Option<&str>, payload: &str) -> MetricOp {
+        match decode(key.map(str::as_bytes), Some(payload.as_bytes()), &limits()) {
+            Ok(Event::Metric(op)) => op,
+            other => panic!("expected a metric op, got {other:?}"),
+        }
+    }
+
+    fn ok(payload: &str) -> MetricOp {
+        ok_with_key(None, payload)
+    }
+
+    fn err_with(key: Option<&[u8]>, payload: Option<&str>, limits: &Limits) -> Reject {
+        match decode(key, payload.map(str::as_bytes), limits) {
+            Err(r) => r,
+            Ok(e) => panic!("expected a reject, got {e:?}"),
+        }
+    }
+
+    fn err(payload: &str) -> Reject {
+        err_with(None, Some(payload), &limits())
+    }
+
+    fn assert_reject(r: &Reject, reason: RejectReason, field: Option<&str>, needle: &str) {
+        assert_eq!(r.reason, reason, "{r}");
+        assert_eq!(r.field.as_deref(), field, "{r}");
+        assert!(r.message.contains(needle), "{r:?} lacks {needle:?}");
+    }
+
+    #[test]
+    fn design_examples_decode() {
+        assert_eq!(
+            ok_with_key(
+                Some("billing"),
+                r#"{"op": "replace", "namespace": "billing", "metric_names": ["cpu", "mem"]}"#
+            ),
+            MetricOp::Replace {
+                namespace: "billing".into(),
+                metric_names: names(&["cpu", "mem"]),
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op": "add",     "namespace": "billing", "metric_names": ["disk"]}"#),
+            MetricOp::Add {
+                namespace: "billing".into(),
+                metric_names: names(&["disk"]),
+            }
+        );
+        assert_eq!(
+            ok(r#"{"op": "remove",  "namespace": "billing", "metric_names": ["cpu"]}"#),
+            MetricOp::Remove {
+                namespace: "billing".into(),
+                metric_names: names(&["cpu"]),
+            }
+        );
+    }
+
+    #[test]
+    fn empty_lists_are_valid() {
+        for (op, expected) in [
+            (
+                "replace",
+                MetricOp::Replace {
+                    namespace: "billing".into(),
+                    metric_names: vec![],
+                },
+            ),
+            (
+                "add",
+                MetricOp::Add {
+                    namespace: "billing".into(),
+                    metric_names: vec![],
+                },
+            ),
+            (
+                "remove",
+                MetricOp::Remove {
+                    namespace: "billing".into(),
+                    metric_names: vec![],
+                },
+            ),
+        ] {
+            let json = format!(r#"{{"op":"{op}","namespace":"billing","metric_names":[]}}"#);
+            assert_eq!(ok(&json), expected);
+        }
+    }
+
+    #[test]
+    fn empty_null_or_absent_namespace_is_default() {
+        for json in [
+            r#"{"op":"add","namespace":"","metric_names":["cpu"]}"#,
+            r#"{"op":"add","namespace":null,"metric_names":["cpu"]}"#,
+            r#"{"op":"add","metric_names":["cpu"]}"#,
+            r#"{"op":"add","namespace":"default","metric_names":["cpu"]}"#,
+        ] {
+            let expected = MetricOp::Add {
+                namespace: DEFAULT_NAMESPACE.into(),
+                metric_names: names(&["cpu"]),
+            };
+            assert_eq!(ok(json), expected, "{json}");
+            assert_eq!(ok_with_key(Some("default"), json), expected, "{json}");
+            assert_eq!(ok_with_key(Some(""), json), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn key_must_match_namespace() {
+        let json = r#"{"op":"add","namespace":"billing","metric_names":["cpu"]}"#;
+        let r = err_with(Some(b"ops"), Some(json), &limits());
+        assert_reject(
+            &r,
+            RejectReason::KeyMismatch,
+            Some("namespace"),
+            r#"got key "ops" and namespace "billing""#,
+        );
+        let r = err_with(
+            Some(b"billing"),
+            Some(r#"{"op":"add","metric_names":[]}"#),
+            &limits(),
+        );
+        assert_reject(
+            &r,
+            RejectReason::KeyMismatch,
+            Some("namespace"),
+            r#"namespace "default""#,
+        );
+        let r = err_with(Some(b"bill\xffing"), Some(json), &limits());
+        assert_reject(&r, RejectReason::InvalidUtf8, Some("key"), "not UTF-8");
+    }
+
+    #[test]
+    fn tombstones_delete_the_namespace() {
+        assert_eq!(
+            decode(Some(b"billing"), None, &limits()),
+            Ok(Event::Metric(MetricOp::Delete {
+                namespace: "billing".into()
+            }))
+        );
+        assert_eq!(
+            decode(Some(b""), None, &limits()),
+            Ok(Event::Metric(MetricOp::Delete {
+                namespace: DEFAULT_NAMESPACE.into()
+            }))
+        );
+        let r = err_with(None, None, &limits());
+        assert_reject(&r, RejectReason::MissingKey, None, "expected the namespace");
+        let r = err_with(Some(b"\xff"), None, &limits());
+        assert_reject(&r, RejectReason::InvalidUtf8, Some("key"), "not UTF-8");
+        let r = err_with(Some(b"bil\x07ling"), None, &limits());
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("key"),
+            "U+0007 at byte 3",
+        );
+        let r = err_with(Some("n".repeat(257).as_bytes()), None, &limits());
+        assert_reject(&r, RejectReason::InvalidValue, Some("key"), "got 257 bytes");
+    }
+
+    #[test]
+    fn op_is_checked() {
+        let r = err(r#"{"op":"upsert","metric_names":[]}"#);
+        assert_reject(
+            &r,
+            RejectReason::UnknownOp,
+            Some("op"),
+            r#"expected "replace", "add" or "remove", got "upsert""#,
+        );
+        // Case matters.
+        let r = err(r#"{"op":"Replace","metric_names":[]}"#);
+        assert_eq!(r.reason, RejectReason::UnknownOp);
+        let r = err(r#"{"op":1,"metric_names":[]}"#);
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("op"),
+            "expected a string, got number",
+        );
+        let r = err(r#"{"metric_names":[]}"#);
+        assert_reject(&r, RejectReason::MissingField, Some("op"), "got nothing");
+        let r = err(r#"{"op":null,"metric_names":[]}"#);
+        assert_reject(&r, RejectReason::MissingField, Some("op"), "got null");
+        // A hostile op is not echoed in full.
+        let r = err(&format!(
+            r#"{{"op":"{}","metric_names":[]}}"#,
+            "x".repeat(10_000)
+        ));
+        assert!(r.message.len() < 200, "{}", r.message.len());
+    }
+
+    #[test]
+    fn namespace_rules() {
+        let r = err(r#"{"op":"add","namespace":7,"metric_names":[]}"#);
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("namespace"),
+            "expected a string or null, got number",
+        );
+        let json = format!(
+            r#"{{"op":"add","namespace":"{}","metric_names":[]}}"#,
+            "n".repeat(257)
+        );
+        assert_reject(
+            &err(&json),
+            RejectReason::InvalidValue,
+            Some("namespace"),
+            "257",
+        );
+        let r = err(r#"{"op":"add","namespace":"a\nb","metric_names":[]}"#);
+        assert_reject(&r, RejectReason::InvalidValue, Some("namespace"), "U+000A");
+        let op = ok(r#"{"op":"add","namespace":"team a:billing#2 ü","metric_names":[]}"#);
+        assert_eq!(op.namespace(), "team a:billing#2 ü");
+    }
+
+    #[test]
+    fn metric_names_rules() {
+        let r = err(r#"{"op":"replace","namespace":"b"}"#);
+        assert_reject(
+            &r,
+            RejectReason::MissingField,
+            Some("metric_names"),
+            "got nothing",
+        );
+        let r = err(r#"{"op":"add","metric_names":null}"#);
+        assert_reject(
+            &r,
+            RejectReason::MissingField,
+            Some("metric_names"),
+            "got null",
+        );
+        let r = err(r#"{"op":"add","metric_names":"cpu"}"#);
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("metric_names"),
+            "expected an array of strings, got string",
+        );
+        let r = err(r#"{"op":"add","metric_names":["a","b","c",{"x":1}]}"#);
+        assert_reject(
+            &r,
+            RejectReason::WrongType,
+            Some("metric_names[3]"),
+            "expected a string, got object",
+        );
+        let r = err(r#"{"op":"add","metric_names":["a",""]}"#);
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("metric_names[1]"),
+            "non-empty",
+        );
+        let r = err(r#"{"op":"add","metric_names":["a","b\u0000"]}"#);
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("metric_names[1]"),
+            "U+0000",
+        );
+        let long = format!(r#"{{"op":"add","metric_names":["{}"]}}"#, "m".repeat(257));
+        assert_reject(
+            &err(&long),
+            RejectReason::InvalidValue,
+            Some("metric_names[0]"),
+            "257",
+        );
+        // Names keep their order, duplicates and escapes.
+        assert_eq!(
+            ok(r#"{"op":"add","metric_names":["cpu","\"q\" \u00fc","cpu"]}"#),
+            MetricOp::Add {
+                namespace: DEFAULT_NAMESPACE.into(),
+                metric_names: names(&["cpu", "\"q\" ü", "cpu"]),
+            }
+        );
+    }
+
+    #[test]
+    fn metric_names_count_limit() {
+        let three = Limits {
+            max_metric_names: 3,
+            ..Limits::default()
+        };
+        let json = r#"{"op":"replace","metric_names":["a","b","c"]}"#;
+        assert!(matches!(
+            decode(None, Some(json.as_bytes()), &three),
+            Ok(Event::Metric(MetricOp::Replace { .. }))
+        ));
+        let r = err_with(
+            None,
+            Some(r#"{"op":"replace","metric_names":["a","b","c","d"]}"#),
+            &three,
+        );
+        assert_reject(
+            &r,
+            RejectReason::InvalidValue,
+            Some("metric_names"),
+            "expected at most 3 names (limits.max_metric_names), got 4",
+        );
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored() {
+        let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        let json = format!(
+            r#"{{"v":2,"op":"add","extra":{{"op":"remove"}},"metric_names":["x"],"deep":{nested},"v":3}}"#
+        );
+        assert_eq!(
+            ok(&json),
+            MetricOp::Add {
+                namespace: DEFAULT_NAMESPACE.into(),
+                metric_names: names(&["x"]),
+            }
+        );
+    }
+
+    #[test]
+    fn duplicate_fields_are_rejected() {
+        let r = err(r#"{"op":"add","op":"remove","metric_names":[]}"#);
+        assert_reject(
+            &r,
+            RejectReason::DuplicateField,
+            Some("op"),
+            "more than once",
+        );
+        let r = err(r#"{"op":"add","namespace":null,"metric_names":[],"namespace":"b"}"#);
+        assert_reject(&r, RejectReason::DuplicateField, Some("namespace"), "once");
+        let r = err(r#"{"op":"add","metric_names":[],"metric\u005fnames":["a"]}"#);
+        assert_reject(
+            &r,
+            RejectReason::DuplicateField,
+            Some("metric_names"),
+            "once",
+        );
+    }
+
+    #[test]
+    fn whole_record_problems() {
+        let r = err("");
+        assert_reject(&r, RejectReason::InvalidJson, None, "payload is empty");
+        let r = err(r#"["op","add"]"#);
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "expected a metric catalog JSON object",
+        );
+        let r = err(r#"{"op":"add","metric_names":[]} x"#);
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "trailing characters at line 1",
+        );
+        let r = err("{\"op\":\"add\",\n\"metric_names\":[\"a\" \"b\"]}");
+        assert_reject(&r, RejectReason::InvalidJson, None, "line 2 column 21");
+        let deep = "[".repeat(10_000);
+        let r = err(&deep);
+        assert_eq!(r.reason, RejectReason::InvalidJson);
+        let r = err(&format!(r#"{{"op":"add","metric_names":{deep}"#));
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "recursion limit exceeded",
+        );
+        let r = err_with(
+            None,
+            Some("{\"op\":\"add\",\"metric_names\":[\"\u{0}\"]"),
+            &limits(),
+        );
+        assert_eq!(r.reason, RejectReason::InvalidJson);
+
+        let r = match decode(None, Some(b"{\"op\":\"\xe9\"}"), &limits()) {
+            Err(r) => r,
+            Ok(e) => panic!("{e:?}"),
+        };
+        assert_reject(&r, RejectReason::InvalidUtf8, None, "payload is not UTF-8");
+        let tiny = Limits {
+            max_message_bytes: 8,
+            ..Limits::default()
+        };
+        let r = err_with(None, Some(r#"{"op":"add"}"#), &tiny);
+        assert_reject(&r, RejectReason::TooLarge, None, "payload is 12 bytes");
+    }
+}

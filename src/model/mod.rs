@@ -48,3 +48,109 @@ pub fn decode(
         TopicKind::Metric => metric::decode(key, payload, limits),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every reason but the writer's own is produced by some input, with the expected field.
+    #[test]
+    fn every_decoding_reason_is_reachable() {
+        let device = r#"{"device_id":"d","datatype_id":"t","datatype_name":"n","persist":true,"last_updated":"1969-12-31T23:59:59Z"}"#;
+        let cases: [(
+            TopicKind,
+            Option<&[u8]>,
+            Option<&[u8]>,
+            RejectReason,
+            Option<&str>,
+        ); 11] = [
+            (
+                TopicKind::Device,
+                None,
+                Some(&[b' '; 2_000_000]),
+                RejectReason::TooLarge,
+                None,
+            ),
+            (
+                TopicKind::Metric,
+                None,
+                Some(b"\xff"),
+                RejectReason::InvalidUtf8,
+                None,
+            ),
+            (
+                TopicKind::Device,
+                None,
+                Some(b"{"),
+                RejectReason::InvalidJson,
+                None,
+            ),
+            (
+                TopicKind::Device,
+                None,
+                Some(b"{}"),
+                RejectReason::MissingField,
+                Some("device_id"),
+            ),
+            (
+                TopicKind::Metric,
+                None,
+                Some(br#"{"op":true}"#),
+                RejectReason::WrongType,
+                Some("op"),
+            ),
+            (
+                TopicKind::Metric,
+                None,
+                Some(br#"{"op":"add","op":"add"}"#),
+                RejectReason::DuplicateField,
+                Some("op"),
+            ),
+            (
+                TopicKind::Device,
+                Some(b""),
+                None,
+                RejectReason::MissingKey,
+                None,
+            ),
+            (
+                TopicKind::Metric,
+                None,
+                Some(br#"{"op":"put","metric_names":[]}"#),
+                RejectReason::UnknownOp,
+                Some("op"),
+            ),
+            (
+                TopicKind::Metric,
+                Some(b"a"),
+                Some(br#"{"op":"add","metric_names":[]}"#),
+                RejectReason::KeyMismatch,
+                Some("namespace"),
+            ),
+            (
+                TopicKind::Metric,
+                None,
+                Some(br#"{"op":"add","metric_names":[""]}"#),
+                RejectReason::InvalidValue,
+                Some("metric_names[0]"),
+            ),
+            (
+                TopicKind::Device,
+                None,
+                Some(device.as_bytes()),
+                RejectReason::InvalidTimestamp,
+                Some("last_updated"),
+            ),
+        ];
+        let mut seen = Vec::new();
+        for (kind, key, payload, reason, field) in cases {
+            let r = decode(kind, key, payload, &Limits::default()).unwrap_err();
+            assert_eq!((r.reason, r.field.as_deref()), (reason, field), "{r}");
+            assert!(!r.message.is_empty());
+            seen.push(r.reason);
+        }
+        seen.push(RejectReason::RedisRejected);
+        seen.sort();
+        assert_eq!(seen, RejectReason::ALL);
+    }
+}
