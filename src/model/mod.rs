@@ -53,17 +53,19 @@ pub fn decode(
 mod tests {
     use super::*;
 
+    type Case<'a> = (
+        TopicKind,
+        Option<&'a [u8]>,
+        Option<&'a [u8]>,
+        RejectReason,
+        Option<&'a str>,
+    );
+
     /// Every reason but the writer's own is produced by some input, with the expected field.
     #[test]
     fn every_decoding_reason_is_reachable() {
         let device = r#"{"device_id":"d","datatype_id":"t","datatype_name":"n","persist":true,"last_updated":"1969-12-31T23:59:59Z"}"#;
-        let cases: [(
-            TopicKind,
-            Option<&[u8]>,
-            Option<&[u8]>,
-            RejectReason,
-            Option<&str>,
-        ); 11] = [
+        let cases: [Case; 11] = [
             (
                 TopicKind::Device,
                 None,
