@@ -181,10 +181,10 @@ fn parse_last_updated(s: &str) -> Result<i64, Reject> {
     // The `time` parser accepts any byte between date and time; RFC 3339 allows only
     // `T` (any case) or, by its note, a space.
     if !matches!(s.as_bytes().get(10), Some(b'T' | b't' | b' ')) {
-        return Err(bad(&"date and time must be separated by `T`"));
+        return Err(bad(&"date and time must be separated by `T` or a space"));
     }
-    // unix_timestamp_nanos works on any offset without converting to UTC first, so a
-    // year-9999 local time east of UTC cannot overflow `time`'s date range.
+    // unix_timestamp_nanos never converts to a UTC date, so a year-9999 local time west
+    // of UTC (year 10000 in UTC) is rejected here instead of overflowing `time`'s range.
     let ms = parsed.unix_timestamp_nanos().div_euclid(1_000_000);
     if !(0..=MAX_MS).contains(&ms) {
         return Err(Reject::new(
