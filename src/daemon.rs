@@ -1,0 +1,172 @@
+//! The run loop as one chain of stages:
+//! Kafka source (own thread) → writer (batches, pipelines) → Redis, with rejected events
+//! going to the dead-letter stage, and acknowledgements flowing back to the source, which
+//! commits the offsets. Everything stops through one [`Shutdown`].
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::FutureProducer;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Settings;
+use crate::dead_letter::{DeadLetterStage, Topics};
+use crate::shutdown::Shutdown;
+use crate::sink::redis::connect::connect;
+use crate::sink::redis::plan::{Planner, Ttls};
+use crate::sink::redis::retry::RetryPolicy;
+use crate::sink::redis::writer::{Writer, WriterConfig};
+use crate::sink::redis::KeyLayout;
+use crate::source::kafka::{client_config, KafkaSource, SourceReport};
+use crate::stats::Stats;
+
+/// Why the daemon could not run, or did not stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("the kafka consumer thread failed: {0}")]
+    SourceThread(String),
+    #[error("{0} records were not acknowledged before the shutdown timeout; they were not committed and will be replayed")]
+    Unacknowledged(usize),
+}
+
+/// Runs the pipeline until `shutdown` trips, then drains and commits.
+///
+/// Returns `Ok` when every record handed to the pipeline was acknowledged and committed.
+pub async fn run(
+    settings: Settings,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) -> Result<(), DaemonError> {
+    let retry = RetryPolicy::new(
+        Duration::from_millis(settings.writer.retry_initial_ms),
+        Duration::from_millis(settings.writer.retry_max_ms),
+    );
+    let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
+
+    let Some(conn) = connect_redis(&settings, retry, &shutdown, &stats).await else {
+        return Ok(());
+    };
+
+    let capacity = settings.writer.max_batch * settings.writer.max_in_flight.max(1);
+    let (records_tx, records_rx) = flume::bounded(capacity.max(64));
+    let (acks_tx, acks_rx) = flume::unbounded();
+    let (dead_tx, dead_rx) = mpsc::channel(1024);
+
+    let producer = if settings.kafka.dead_letter {
+        let producer: FutureProducer = client_config(&settings.kafka)
+            .set("acks", "all")
+            .set("linger.ms", "5")
+            .create()?;
+        Some(producer)
+    } else {
+        None
+    };
+    let topics = Topics {
+        device_source: settings.kafka.device_topic.clone(),
+        metric_source: settings.kafka.metric_topic.clone(),
+        device_dead_letter: settings.kafka.device_dlq(),
+        metric_dead_letter: settings.kafka.metric_dlq(),
+    };
+    let dead_letters =
+        DeadLetterStage::new(producer, topics, Arc::clone(&stats), acks_tx.clone(), retry);
+    let dead_letter_task = tokio::spawn(dead_letters.run(dead_rx));
+
+    let planner = Planner::new(
+        KeyLayout::new(&settings.redis.key_prefix),
+        Ttls {
+            device_secs: settings.devices.ttl_secs,
+            metric_secs: settings.metrics.ttl_secs,
+        },
+    );
+    let writer = Writer::new(
+        conn,
+        planner,
+        WriterConfig {
+            max_batch: settings.writer.max_batch,
+            linger: Duration::from_millis(settings.writer.linger_ms),
+            max_in_flight: settings.writer.max_in_flight,
+            retry,
+        },
+        Arc::clone(&stats),
+        acks_tx,
+        dead_tx,
+    );
+    let writer_task = tokio::spawn(writer.run(records_rx));
+
+    let source = KafkaSource::new(
+        &settings.kafka,
+        settings.limits.clone(),
+        Arc::clone(&stats),
+        shutdown.clone(),
+        records_tx,
+        acks_rx,
+        shutdown_timeout,
+    )?;
+    tracing::info!(
+        brokers = %settings.kafka.brokers,
+        group = %settings.kafka.group_id,
+        device_topic = %settings.kafka.device_topic,
+        metric_topic = %settings.kafka.metric_topic,
+        "consuming"
+    );
+    let (done_tx, done_rx) = oneshot::channel::<SourceReport>();
+    std::thread::Builder::new()
+        .name("kafka-source".into())
+        .spawn(move || {
+            let _ = done_tx.send(source.run());
+        })
+        .map_err(|e| DaemonError::SourceThread(e.to_string()))?;
+
+    let report = done_rx
+        .await
+        .map_err(|_| DaemonError::SourceThread("it panicked".into()))?;
+    // The source closed the writer's channel; the writer and the dead-letter stage finish
+    // on their own once their queues are empty. If Redis is still down they never would.
+    if report.unacknowledged > 0 {
+        writer_task.abort();
+        dead_letter_task.abort();
+        return Err(DaemonError::Unacknowledged(report.unacknowledged));
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = writer_task.await;
+        let _ = dead_letter_task.await;
+    })
+    .await;
+    Ok(())
+}
+
+/// Connects to Redis, retrying until it answers or shutdown is requested: a daemon that
+/// exits because Redis is briefly unavailable at start would crash-loop under Kubernetes.
+async fn connect_redis(
+    settings: &Settings,
+    retry: RetryPolicy,
+    shutdown: &Shutdown,
+    stats: &Stats,
+) -> Option<redis::aio::ConnectionManager> {
+    let mut delays = retry.delays();
+    let url = settings.redis.redacted_url();
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return None,
+            result = connect(&settings.redis) => match result {
+                Ok(conn) => {
+                    stats.redis_up.store(true, Relaxed);
+                    tracing::info!(redis = %url, "connected to Redis");
+                    return Some(conn);
+                }
+                Err(e) => {
+                    let delay = delays.next().unwrap_or(retry.max);
+                    tracing::warn!(redis = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
+                        "cannot reach Redis; retrying");
+                    tokio::select! {
+                        _ = shutdown.wait() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}

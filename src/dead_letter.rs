@@ -1,0 +1,243 @@
+//! Rejected events, set aside with their reason. A record is acknowledged (and may be
+//! committed past) only once the dead-letter topic has acknowledged its copy, so a bad
+//! event never blocks its partition and is never lost either.
+//!
+//! With dead-lettering switched off, rejected events are counted and logged (at most one
+//! line a second) and then acknowledged: the operator chose to drop them.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use tokio::sync::mpsc;
+
+use crate::model::{Reject, TopicKind};
+use crate::record::{Ack, Origin, Record};
+use crate::sink::redis::retry::RetryPolicy;
+use crate::stats::Stats;
+
+/// Header names on every dead-lettered record.
+pub mod headers {
+    pub const REASON: &str = "metacache.reason";
+    pub const FIELD: &str = "metacache.field";
+    pub const ERROR: &str = "metacache.error";
+    pub const SOURCE_TOPIC: &str = "metacache.source.topic";
+    pub const SOURCE_PARTITION: &str = "metacache.source.partition";
+    pub const SOURCE_OFFSET: &str = "metacache.source.offset";
+}
+
+/// Most dead letters awaiting the broker's acknowledgement at once.
+const MAX_OUTSTANDING: usize = 1024;
+
+/// A rejected record on its way to the dead-letter topic.
+#[derive(Debug)]
+pub struct DeadLetter {
+    pub record: Record,
+    pub reject: Reject,
+}
+
+/// Topic names per source kind.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub device_source: String,
+    pub metric_source: String,
+    pub device_dead_letter: String,
+    pub metric_dead_letter: String,
+}
+
+impl Topics {
+    fn source(&self, kind: TopicKind) -> &str {
+        match kind {
+            TopicKind::Device => &self.device_source,
+            TopicKind::Metric => &self.metric_source,
+        }
+    }
+
+    fn dead_letter(&self, kind: TopicKind) -> &str {
+        match kind {
+            TopicKind::Device => &self.device_dead_letter,
+            TopicKind::Metric => &self.metric_dead_letter,
+        }
+    }
+}
+
+pub struct DeadLetterStage {
+    /// `None` when dead-lettering is switched off.
+    producer: Option<FutureProducer>,
+    topics: Arc<Topics>,
+    stats: Arc<Stats>,
+    acks: flume::Sender<Ack>,
+    retry: RetryPolicy,
+}
+
+impl DeadLetterStage {
+    pub fn new(
+        producer: Option<FutureProducer>,
+        topics: Topics,
+        stats: Arc<Stats>,
+        acks: flume::Sender<Ack>,
+        retry: RetryPolicy,
+    ) -> Self {
+        DeadLetterStage {
+            producer,
+            topics: Arc::new(topics),
+            stats,
+            acks,
+            retry,
+        }
+    }
+
+    /// Runs until `incoming` closes and every dead letter is delivered.
+    pub async fn run(self, mut incoming: mpsc::Receiver<DeadLetter>) {
+        let mut outstanding = FuturesUnordered::new();
+        let mut log = RateLimitedLog::new(Duration::from_secs(1));
+        let mut closed = false;
+        loop {
+            if closed && outstanding.is_empty() {
+                break;
+            }
+            tokio::select! {
+                Some(origin) = outstanding.next(), if !outstanding.is_empty() => {
+                    self.done(origin);
+                }
+                received = incoming.recv(), if !closed && outstanding.len() < MAX_OUTSTANDING => {
+                    let Some(dl) = received else {
+                        closed = true;
+                        continue;
+                    };
+                    match &self.producer {
+                        None => {
+                            log.warn(&dl);
+                            self.done(dl.record.origin);
+                        }
+                        Some(producer) => {
+                            outstanding.push(deliver(
+                                producer.clone(),
+                                Arc::clone(&self.topics),
+                                self.retry,
+                                dl,
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn done(&self, origin: Origin) {
+        if self.producer.is_some() {
+            self.stats
+                .topic(origin.topic)
+                .dead_lettered
+                .fetch_add(1, Relaxed);
+        }
+        let _ = self.acks.send(Ack { done: vec![origin] });
+    }
+}
+
+/// Produces one dead letter, retrying until the broker acknowledges it.
+async fn deliver(
+    producer: FutureProducer,
+    topics: Arc<Topics>,
+    retry: RetryPolicy,
+    dl: DeadLetter,
+) -> Origin {
+    let origin = dl.record.origin;
+    let headers = dead_letter_headers(&dl, topics.source(origin.topic));
+    let topic = topics.dead_letter(origin.topic);
+    let mut delays = retry.delays();
+    loop {
+        let mut record: FutureRecord<'_, [u8], [u8]> =
+            FutureRecord::to(topic).headers(headers.clone());
+        if let Some(key) = &dl.record.key {
+            record = record.key(key.as_slice());
+        }
+        if let Some(value) = &dl.record.value {
+            record = record.payload(value.as_slice());
+        }
+        match producer.send(record, Timeout::Never).await {
+            Ok(_) => return origin,
+            Err((e, _)) => {
+                let delay = delays.next().unwrap_or(retry.max);
+                tracing::warn!(error = %e, topic, retry_in_ms = delay.as_millis() as u64,
+                    "dead-letter produce failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+/// The reason and the source coordinates, as headers a consumer of the dead-letter topic
+/// can filter on.
+pub fn dead_letter_headers(dl: &DeadLetter, source_topic: &str) -> OwnedHeaders {
+    let origin = dl.record.origin;
+    let error = dl.reject.to_string();
+    let partition = origin.partition.to_string();
+    let offset = origin.offset.to_string();
+    let mut h = OwnedHeaders::new_with_capacity(6)
+        .insert(Header {
+            key: headers::REASON,
+            value: Some(dl.reject.reason.as_str()),
+        })
+        .insert(Header {
+            key: headers::ERROR,
+            value: Some(error.as_str()),
+        })
+        .insert(Header {
+            key: headers::SOURCE_TOPIC,
+            value: Some(source_topic),
+        })
+        .insert(Header {
+            key: headers::SOURCE_PARTITION,
+            value: Some(partition.as_str()),
+        })
+        .insert(Header {
+            key: headers::SOURCE_OFFSET,
+            value: Some(offset.as_str()),
+        });
+    if let Some(field) = &dl.reject.field {
+        h = h.insert(Header {
+            key: headers::FIELD,
+            value: Some(field.as_str()),
+        });
+    }
+    h
+}
+
+/// One warning a second at most, with the count of the ones it held back.
+struct RateLimitedLog {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    fn new(every: Duration) -> Self {
+        RateLimitedLog {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, dl: &DeadLetter) {
+        let now = Instant::now();
+        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
+            self.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            partition = dl.record.origin.partition,
+            offset = dl.record.origin.offset,
+            reject = %dl.reject,
+            suppressed = self.suppressed,
+            "rejected event dropped (dead-lettering is off)"
+        );
+        self.last = Some(now);
+        self.suppressed = 0;
+    }
+}

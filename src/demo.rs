@@ -1,0 +1,312 @@
+//! `metacache demo`: the whole job with nothing set up by hand. It starts librdkafka's mock
+//! Kafka cluster in-process and a `redis-server` child, publishes the sample events in
+//! `examples/demo-events.jsonl` (valid ones, a tombstone, an out-of-order update and a few
+//! invalid ones), runs the real daemon against them, and shows what landed in Redis and in
+//! the dead-letter topics, with the commands to look for yourself.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use redis::AsyncCommands;
+use serde::Deserialize;
+
+use crate::config::Settings;
+use crate::dead_letter::headers;
+use crate::embedded::{EmbeddedKafka, EmbeddedRedis};
+use crate::shutdown::Shutdown;
+use crate::sink::redis::KeyLayout;
+use crate::stats::Stats;
+
+/// The sample events shipped with the binary.
+pub const SAMPLE_EVENTS: &str = include_str!("../examples/demo-events.jsonl");
+
+/// One line of a demo events file: which topic, the Kafka key, and the value (JSON, a raw
+/// string for deliberately broken input, or a tombstone).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SampleEvent {
+    #[serde(default)]
+    pub note: String,
+    /// `devices` or `metrics`.
+    pub topic: String,
+    pub key: Option<String>,
+    pub value: Option<serde_json::Value>,
+    pub raw: Option<String>,
+    #[serde(default)]
+    pub tombstone: bool,
+}
+
+impl SampleEvent {
+    pub fn payload(&self) -> Option<Vec<u8>> {
+        if self.tombstone {
+            None
+        } else if let Some(raw) = &self.raw {
+            Some(raw.clone().into_bytes())
+        } else {
+            self.value.as_ref().map(|v| v.to_string().into_bytes())
+        }
+    }
+}
+
+/// Parses a demo events file, naming the line of any mistake.
+pub fn parse_samples(text: &str) -> Result<Vec<SampleEvent>, String> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let e: SampleEvent =
+                serde_json::from_str(l).map_err(|e| format!("line {}: {e}", i + 1))?;
+            if e.topic != "devices" && e.topic != "metrics" {
+                return Err(format!("line {}: topic must be devices or metrics", i + 1));
+            }
+            Ok(e)
+        })
+        .collect()
+}
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Use this Redis instead of starting a `redis-server` child.
+    pub redis_url: Option<String>,
+    /// Exit after showing the results instead of running until Ctrl-C.
+    pub once: bool,
+    /// Events file; the shipped samples when `None`.
+    pub events: Option<std::path::PathBuf>,
+}
+
+pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String> {
+    let text = match &options.events {
+        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        None => SAMPLE_EVENTS.to_owned(),
+    };
+    let samples = parse_samples(&text)?;
+
+    let mut settings = Settings::default();
+    let kafka = EmbeddedKafka::start(
+        1,
+        &[
+            (settings.kafka.device_topic.as_str(), 4),
+            (settings.kafka.metric_topic.as_str(), 4),
+            (settings.kafka.device_dlq().as_str(), 1),
+            (settings.kafka.metric_dlq().as_str(), 1),
+        ],
+    )?;
+    let (redis_child, redis_url) = match &options.redis_url {
+        Some(url) => (None, url.clone()),
+        None => {
+            let r = EmbeddedRedis::start()?;
+            let url = r.url();
+            (Some(r), url)
+        }
+    };
+    settings.kafka.brokers = kafka.bootstrap().to_owned();
+    settings.kafka.group_id = "metacache-demo".into();
+    settings
+        .kafka
+        .client
+        .insert("fetch.wait.max.ms".into(), "10".into());
+    settings.redis.url = redis_url;
+    settings.shutdown.timeout_secs = 10;
+
+    println!("metacache demo");
+    println!(
+        "  Kafka  {}  (librdkafka mock cluster, in this process)",
+        kafka.bootstrap()
+    );
+    println!(
+        "  Redis  {}  ({})",
+        settings.redis.redacted_url(),
+        if redis_child.is_some() {
+            "redis-server child on a free port"
+        } else {
+            "--redis-url"
+        }
+    );
+
+    let stats = Arc::new(Stats::default());
+    let daemon = tokio::spawn(crate::daemon::run(
+        settings.clone(),
+        Arc::clone(&stats),
+        shutdown.clone(),
+    ));
+
+    let started = Instant::now();
+    publish(&settings, &samples).await?;
+    println!(
+        "\nPublished {} sample events ({} device, {} metric-catalog) from examples/demo-events.jsonl",
+        samples.len(),
+        samples.iter().filter(|s| s.topic == "devices").count(),
+        samples.iter().filter(|s| s.topic == "metrics").count(),
+    );
+
+    let expected = samples.len() as u64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finished(&stats) < expected {
+        if Instant::now() >= deadline || daemon.is_finished() {
+            return Err(format!(
+                "only {} of {expected} events were processed; is Redis reachable at {}?",
+                finished(&stats),
+                settings.redis.redacted_url()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let snap = stats.snapshot();
+    println!(
+        "Processed in {} ms (most of it the first consumer-group join):",
+        started.elapsed().as_millis()
+    );
+    for (name, t) in [("devices", &snap.devices), ("metrics", &snap.metrics)] {
+        println!(
+            "  {name:8} consumed {:3}  written {:3}  skipped as stale {:3}  dead-lettered {:3}",
+            t.consumed, t.written, t.stale, t.dead_lettered
+        );
+    }
+
+    show_redis(&settings).await.map_err(|e| format!("reading Redis: {e}"))?;
+    show_dead_letters(&settings, snap.devices.dead_lettered + snap.metrics.dead_lettered)?;
+
+    let port = url::Url::parse(&settings.redis.url)
+        .ok()
+        .and_then(|u| u.port())
+        .unwrap_or(6379);
+    println!("\nLook for yourself:");
+    println!("  redis-cli -p {port} GET device:dev-42");
+    println!("  redis-cli -p {port} ZRANGE devices 0 -1 WITHSCORES");
+    println!("  redis-cli -p {port} SMEMBERS billing#metric_names");
+    println!("  redis-cli -p {port} SISMEMBER billing#metric_names disk");
+    println!(
+        "  kcat -b {} -C -t {} -e -f '%k %h\\n'",
+        kafka.bootstrap(),
+        settings.kafka.device_dlq()
+    );
+    println!("Publish more:");
+    println!(
+        "  echo 'dev-50|{{\"device_id\":\"dev-50\",\"datatype_id\":\"dt-1\",\"datatype_name\":\"rpm\",\"persist\":true,\"last_updated\":\"2026-11-24T08:00:00Z\"}}' | kcat -b {} -P -t {} -K'|'",
+        kafka.bootstrap(),
+        settings.kafka.device_topic
+    );
+
+    if options.once {
+        shutdown.trigger();
+    } else {
+        println!("\nRunning until Ctrl-C.");
+    }
+    let result = daemon
+        .await
+        .map_err(|e| format!("daemon task failed: {e}"))?
+        .map_err(|e| e.to_string());
+    drop(redis_child);
+    drop(kafka);
+    result
+}
+
+/// Records finished one way or another: written, skipped as stale, or dead-lettered.
+fn finished(stats: &Stats) -> u64 {
+    [&stats.devices, &stats.metrics]
+        .iter()
+        .map(|t| t.written.load(Relaxed) + t.stale.load(Relaxed) + t.dead_lettered.load(Relaxed))
+        .sum()
+}
+
+async fn publish(settings: &Settings, samples: &[SampleEvent]) -> Result<(), String> {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("linger.ms", "1")
+        .create()
+        .map_err(|e| format!("producer: {e}"))?;
+    for sample in samples {
+        let topic = if sample.topic == "devices" {
+            &settings.kafka.device_topic
+        } else {
+            &settings.kafka.metric_topic
+        };
+        let payload = sample.payload();
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic);
+        if let Some(key) = &sample.key {
+            record = record.key(key.as_str());
+        }
+        if let Some(p) = &payload {
+            record = record.payload(p.as_slice());
+        }
+        producer
+            .send(record, Timeout::After(Duration::from_secs(10)))
+            .await
+            .map_err(|(e, _)| format!("publishing `{}`: {e}", sample.note))?;
+    }
+    Ok(())
+}
+
+async fn show_redis(settings: &Settings) -> redis::RedisResult<()> {
+    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let client = redis::Client::open(settings.redis.url.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let devices: Vec<(String, i64)> = conn.zrange_withscores(keys.devices(), 0, -1).await?;
+    println!("\nDevices (ZRANGE devices 0 -1 WITHSCORES, oldest first):");
+    for (id, score) in &devices {
+        let json: Option<String> = conn.get(keys.device(id)).await?;
+        println!(
+            "  {id:8} score {score}  GET device:{id} -> {}",
+            json.unwrap_or_else(|| "(nil)".into())
+        );
+    }
+    let mut namespaces: Vec<String> = conn.smembers(keys.metric_namespaces()).await?;
+    namespaces.sort();
+    println!("Metric namespaces (SMEMBERS metric_namespaces) and their names:");
+    for ns in &namespaces {
+        let mut names: Vec<String> = conn.smembers(keys.metric_names(ns)).await?;
+        names.sort();
+        println!("  {ns:8} SMEMBERS {ns}#metric_names -> {}", names.join(", "));
+    }
+    Ok(())
+}
+
+fn show_dead_letters(settings: &Settings, expected: u64) -> Result<(), String> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &settings.kafka.brokers)
+        .set("group.id", "metacache-demo-dead-letter-reader")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(|e| format!("dead-letter reader: {e}"))?;
+    consumer
+        .subscribe(&[&settings.kafka.device_dlq(), &settings.kafka.metric_dlq()])
+        .map_err(|e| format!("dead-letter reader: {e}"))?;
+    println!(
+        "Dead letters ({} and {}), reason in header {}:",
+        settings.kafka.device_dlq(),
+        settings.kafka.metric_dlq(),
+        headers::ERROR
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = 0;
+    while seen < expected && Instant::now() < deadline {
+        let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        seen += 1;
+        let header = |name: &str| {
+            m.headers()
+                .and_then(|h| h.iter().find(|h| h.key == name))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        println!(
+            "  from {}[{}]@{} key {:8} {}",
+            header(headers::SOURCE_TOPIC),
+            header(headers::SOURCE_PARTITION),
+            header(headers::SOURCE_OFFSET),
+            m.key().map(String::from_utf8_lossy).unwrap_or_default(),
+            header(headers::ERROR)
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,229 @@
+//! Servers the demo and the tests start in-process or as children, so a newcomer needs
+//! nothing set up by hand: librdkafka's mock Kafka cluster (a real Kafka-protocol listener
+//! on 127.0.0.1) and a `redis-server` child on a free port.
+//!
+//! Not for production: the mock cluster keeps about 5 MiB per partition and nothing on
+//! disk.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rdkafka::mocking::MockCluster;
+
+/// What the mock-cluster thread can be asked to do.
+enum KafkaCommand {
+    CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
+    BrokerDown(i32, mpsc::Sender<Result<(), String>>),
+    BrokerUp(i32, mpsc::Sender<Result<(), String>>),
+    Stop,
+}
+
+/// librdkafka's mock cluster on a thread of its own (it is not `Send`, so it lives and
+/// dies on the thread that made it; this handle talks to it over a channel).
+pub struct EmbeddedKafka {
+    bootstrap: String,
+    commands: mpsc::Sender<KafkaCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EmbeddedKafka {
+    /// Starts a cluster of `brokers` brokers with the given topics and partition counts.
+    pub fn start(brokers: i32, topics: &[(&str, i32)]) -> Result<Self, String> {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        let (commands, command_rx) = mpsc::channel::<KafkaCommand>();
+        let thread = std::thread::Builder::new()
+            .name("mock-kafka".into())
+            .spawn(move || {
+                let cluster = match MockCluster::new(brokers) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("mock cluster: {e}")));
+                        return;
+                    }
+                };
+                let _ = ready_tx.send(Ok(cluster.bootstrap_servers()));
+                while let Ok(command) = command_rx.recv() {
+                    match command {
+                        KafkaCommand::CreateTopic(name, partitions, reply) => {
+                            let _ = reply.send(
+                                cluster
+                                    .create_topic(&name, partitions, 1)
+                                    .map_err(|e| e.to_string()),
+                            );
+                        }
+                        KafkaCommand::BrokerDown(id, reply) => {
+                            let _ = reply.send(cluster.broker_down(id).map_err(|e| e.to_string()));
+                        }
+                        KafkaCommand::BrokerUp(id, reply) => {
+                            let _ = reply.send(cluster.broker_up(id).map_err(|e| e.to_string()));
+                        }
+                        KafkaCommand::Stop => break,
+                    }
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| "mock cluster thread died".to_owned())??;
+        let kafka = EmbeddedKafka {
+            bootstrap,
+            commands,
+            thread: Some(thread),
+        };
+        for (name, partitions) in topics {
+            kafka.create_topic(name, *partitions)?;
+        }
+        Ok(kafka)
+    }
+
+    /// The `bootstrap.servers` string, reachable by other processes too (kcat, a second
+    /// metacache).
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+
+    fn ask(
+        &self,
+        make: impl FnOnce(mpsc::Sender<Result<(), String>>) -> KafkaCommand,
+    ) -> Result<(), String> {
+        let (tx, rx) = mpsc::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| "mock cluster stopped".to_owned())?;
+        rx.recv().map_err(|_| "mock cluster stopped".to_owned())?
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<(), String> {
+        self.ask(|tx| KafkaCommand::CreateTopic(name.to_owned(), partitions, tx))
+    }
+
+    /// Takes a broker off the network (its listener refuses and drops connections).
+    pub fn broker_down(&self, id: i32) -> Result<(), String> {
+        self.ask(|tx| KafkaCommand::BrokerDown(id, tx))
+    }
+
+    pub fn broker_up(&self, id: i32) -> Result<(), String> {
+        self.ask(|tx| KafkaCommand::BrokerUp(id, tx))
+    }
+}
+
+impl Drop for EmbeddedKafka {
+    fn drop(&mut self) {
+        let _ = self.commands.send(KafkaCommand::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// A `redis-server` child process on a free loopback port, with no persistence, killed on
+/// drop.
+pub struct EmbeddedRedis {
+    port: u16,
+    child: Option<Child>,
+    dir: PathBuf,
+    extra_args: Vec<String>,
+}
+
+impl EmbeddedRedis {
+    /// Starts `redis-server` from `PATH` (Debian's `redis-server` package).
+    pub fn start() -> Result<Self, String> {
+        Self::start_with(&[])
+    }
+
+    /// Starts with extra `redis-server` arguments, e.g. `["--maxmemory", "1mb"]`.
+    pub fn start_with(extra_args: &[&str]) -> Result<Self, String> {
+        let port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("metacache-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        let mut redis = EmbeddedRedis {
+            port,
+            child: None,
+            dir,
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+        };
+        redis.spawn()?;
+        Ok(redis)
+    }
+
+    fn spawn(&mut self) -> Result<(), String> {
+        let child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| {
+                if e.kind() == std::io::ErrorKind::NotFound {
+                    "redis-server not found on PATH: install it (Debian: apt-get install redis-server) or pass --redis-url".to_owned()
+                } else {
+                    format!("cannot start redis-server: {e}")
+                }
+            })?;
+        self.child = Some(child);
+        self.wait_ready(Duration::from_secs(10))
+    }
+
+    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let ok = redis::Client::open(self.url())
+                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
+                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
+                .is_ok();
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("redis-server on port {} did not answer", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Kills the server (SIGKILL: its data is gone, as after a crash without persistence).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port, empty.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.stop();
+        self.spawn()
+    }
+}
+
+impl Drop for EmbeddedRedis {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A loopback port nothing listens on right now.
+pub fn free_port() -> Result<u16, String> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| format!("no free port: {e}"))
+}

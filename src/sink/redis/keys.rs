@@ -1,0 +1,85 @@
+//! The Redis key layout: the contract between metacache and every reader. It lives here and
+//! only here, so the writer and the read side can never disagree on a key.
+//!
+//! | key | type |
+//! | --- | --- |
+//! | `{prefix}device:{device_id}` | string: the normalized device JSON |
+//! | `{prefix}devices` | sorted set: device id scored by `last_updated` (epoch ms) |
+//! | `{prefix}{namespace}#metric_names` | set of metric names |
+//! | `{prefix}metric_namespaces` | set of namespaces |
+//!
+//! Every command metacache sends touches exactly one of these keys, so the layout works on
+//! Redis Cluster without hash tags.
+
+/// Builds the keys under one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyLayout {
+    prefix: String,
+    devices: String,
+    metric_namespaces: String,
+}
+
+impl KeyLayout {
+    pub fn new(prefix: &str) -> Self {
+        KeyLayout {
+            prefix: prefix.to_owned(),
+            devices: format!("{prefix}devices"),
+            metric_namespaces: format!("{prefix}metric_namespaces"),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// `device:{device_id}`: the device's normalized JSON.
+    pub fn device(&self, device_id: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + 7 + device_id.len());
+        key.push_str(&self.prefix);
+        key.push_str("device:");
+        key.push_str(device_id);
+        key
+    }
+
+    /// `devices`: every cached device id, scored by `last_updated` in epoch ms.
+    pub fn devices(&self) -> &str {
+        &self.devices
+    }
+
+    /// `{namespace}#metric_names`: the valid metric names of one namespace.
+    pub fn metric_names(&self, namespace: &str) -> String {
+        let mut key = String::with_capacity(self.prefix.len() + namespace.len() + 13);
+        key.push_str(&self.prefix);
+        key.push_str(namespace);
+        key.push_str("#metric_names");
+        key
+    }
+
+    /// `metric_namespaces`: every namespace that has been written.
+    pub fn metric_namespaces(&self) -> &str {
+        &self.metric_namespaces
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_without_prefix_matches_the_documented_keys() {
+        let keys = KeyLayout::new("");
+        assert_eq!(keys.device("dev-42"), "device:dev-42");
+        assert_eq!(keys.devices(), "devices");
+        assert_eq!(keys.metric_names("billing"), "billing#metric_names");
+        assert_eq!(keys.metric_namespaces(), "metric_namespaces");
+    }
+
+    #[test]
+    fn prefix_goes_in_front_of_every_key() {
+        let keys = KeyLayout::new("mc:");
+        assert_eq!(keys.device("a b"), "mc:device:a b");
+        assert_eq!(keys.devices(), "mc:devices");
+        assert_eq!(keys.metric_names("ns#1:x"), "mc:ns#1:x#metric_names");
+        assert_eq!(keys.metric_namespaces(), "mc:metric_namespaces");
+    }
+}

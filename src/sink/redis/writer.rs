@@ -1,0 +1,369 @@
+//! The pipelined writer: batches records, sends each batch as one pipeline, keeps several
+//! pipelines in flight on one multiplexed connection, and acknowledges records only once
+//! Redis has answered for them.
+//!
+//! Order is the subtle part. Pipelines are handed to the connection in batch order from
+//! this one task, and Redis answers one connection in order, so per-key order holds. When
+//! a batch fails with a transient error, the batches sent after it may or may not have been
+//! applied; the writer then waits for all of them to settle and re-sends the failed batch
+//! and every later one, in order ("go back N"). Every command metacache sends is idempotent
+//! when a suffix of the stream is replayed in order (the stale guard for devices, set
+//! semantics for metric names), so the replay converges to the state the stream describes.
+//! Nothing is acknowledged until its own successful reply, so a crash at any point only
+//! means a replay from the last committed offsets.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::stream::{FuturesOrdered, StreamExt};
+use redis::aio::ConnectionLike;
+use redis::{Pipeline, RedisError, RedisResult, Value};
+use tokio::sync::mpsc;
+
+use super::connect::load_scripts;
+use super::plan::{Planned, Planner};
+use super::retry::RetryPolicy;
+use crate::dead_letter::DeadLetter;
+use crate::model::{Event, Reject, RejectReason};
+use crate::record::{Ack, Record};
+use crate::stats::Stats;
+
+/// Batching and retry knobs, from `[writer]`.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterConfig {
+    pub max_batch: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+    pub retry: RetryPolicy,
+}
+
+type Replies = RedisResult<Vec<RedisResult<Value>>>;
+type Flight = Pin<Box<dyn Future<Output = Replies> + Send>>;
+
+/// One pipeline's worth of records and the commands planned for them.
+struct Batch {
+    records: Vec<Record>,
+    planned: Vec<Planned>,
+    pipe: Arc<Pipeline>,
+    events: u64,
+}
+
+/// What a batch's replies say as a whole.
+enum Verdict {
+    /// Every command answered; per-event outcomes can be read.
+    Answered(Vec<RedisResult<Value>>),
+    /// Something transient went wrong: retry this batch (and everything after it).
+    Retry { reason: String, reload_scripts: bool },
+}
+
+pub struct Writer<C> {
+    conn: C,
+    planner: Planner,
+    config: WriterConfig,
+    stats: Arc<Stats>,
+    acks: flume::Sender<Ack>,
+    dead_letters: mpsc::Sender<DeadLetter>,
+}
+
+impl<C> Writer<C>
+where
+    C: ConnectionLike + Clone + Send + Sync + 'static,
+{
+    pub fn new(
+        conn: C,
+        planner: Planner,
+        config: WriterConfig,
+        stats: Arc<Stats>,
+        acks: flume::Sender<Ack>,
+        dead_letters: mpsc::Sender<DeadLetter>,
+    ) -> Self {
+        Writer {
+            conn,
+            planner,
+            config,
+            stats,
+            acks,
+            dead_letters,
+        }
+    }
+
+    /// Runs until `records` is closed and everything received is acknowledged.
+    pub async fn run(mut self, records: flume::Receiver<Record>) {
+        let max_batch = self.config.max_batch.max(1);
+        let max_in_flight = self.config.max_in_flight.max(1);
+        let mut pending: Vec<Record> = Vec::with_capacity(max_batch);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut sent: VecDeque<Batch> = VecDeque::new();
+        let mut flights: FuturesOrdered<Flight> = FuturesOrdered::new();
+        let mut closed = false;
+
+        loop {
+            let room = sent.len() < max_in_flight;
+            let due = closed
+                || pending.len() >= max_batch
+                || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
+            if room && !pending.is_empty() && due {
+                let batch = self.build(std::mem::replace(
+                    &mut pending,
+                    Vec::with_capacity(max_batch),
+                ));
+                deadline = None;
+                flights.push_back(self.send(&batch));
+                self.stats.in_flight.store(sent.len() as u64 + 1, Relaxed);
+                sent.push_back(batch);
+                continue;
+            }
+            if closed && pending.is_empty() && sent.is_empty() {
+                break;
+            }
+            let linger_wait = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                Some(replies) = flights.next(), if !sent.is_empty() => {
+                    match self.judge(replies) {
+                        Verdict::Answered(replies) => {
+                            if let Some(batch) = sent.pop_front() {
+                                self.complete(batch, replies).await;
+                            }
+                        }
+                        Verdict::Retry { reason, reload_scripts } => {
+                            self.go_back(&mut sent, &mut flights, reason, reload_scripts).await;
+                        }
+                    }
+                    self.stats.in_flight.store(sent.len() as u64, Relaxed);
+                }
+                received = records.recv_async(), if !closed && pending.len() < max_batch => {
+                    match received {
+                        Ok(record) => {
+                            self.accept(record, &mut pending).await;
+                            while pending.len() < max_batch {
+                                match records.try_recv() {
+                                    Ok(record) => self.accept(record, &mut pending).await,
+                                    Err(_) => break,
+                                }
+                            }
+                            if deadline.is_none() && !pending.is_empty() {
+                                deadline = Some(tokio::time::Instant::now() + self.config.linger);
+                            }
+                        }
+                        Err(_) => closed = true,
+                    }
+                }
+                _ = linger_wait, if room && !pending.is_empty() => {}
+            }
+        }
+        self.stats.in_flight.store(0, Relaxed);
+    }
+
+    /// Valid events join the batch; rejected ones go to the dead-letter stage at once.
+    async fn accept(&self, record: Record, pending: &mut Vec<Record>) {
+        match &record.decoded {
+            Ok(_) => pending.push(record),
+            Err(reject) => {
+                let reject = reject.clone();
+                self.stats.topic(record.origin.topic).reject(reject.reason);
+                self.dead_letter(record, reject).await;
+            }
+        }
+    }
+
+    async fn dead_letter(&self, record: Record, reject: Reject) {
+        // The dead-letter stage only stops when the daemon does; if it is gone the record
+        // stays unacknowledged and is replayed after a restart, which loses nothing.
+        let _ = self.dead_letters.send(DeadLetter { record, reject }).await;
+    }
+
+    fn build(&self, records: Vec<Record>) -> Batch {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut planned = Vec::with_capacity(records.len());
+        for record in &records {
+            let plan = match &record.decoded {
+                Ok(event) => self.planner.plan(event, &mut pipe),
+                Err(_) => Planned {
+                    commands: 0,
+                    guarded: false,
+                },
+            };
+            planned.push(plan);
+        }
+        let events = records.len() as u64;
+        Batch {
+            records,
+            planned,
+            pipe: Arc::new(pipe),
+            events,
+        }
+    }
+
+    /// Hands the pipeline to the connection. Called from this task only, in batch order.
+    fn send(&self, batch: &Batch) -> Flight {
+        let pipe = Arc::clone(&batch.pipe);
+        let mut conn = self.conn.clone();
+        let stats = Arc::clone(&self.stats);
+        let events = batch.events;
+        Box::pin(async move {
+            let started = Instant::now();
+            if pipe.is_empty() {
+                return Ok(Vec::new());
+            }
+            let replies: Replies = pipe.query_async(&mut conn).await;
+            if replies.is_ok() {
+                stats.record_batch(events, started.elapsed().as_micros() as u64);
+            }
+            replies
+        })
+    }
+
+    fn judge(&self, replies: Replies) -> Verdict {
+        match replies {
+            Err(e) => Verdict::Retry {
+                reload_scripts: e.code() == Some("NOSCRIPT"),
+                reason: describe(&e),
+            },
+            Ok(replies) => {
+                let mut reload_scripts = false;
+                let mut reason = None;
+                for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+                    if is_permanent(e) {
+                        continue;
+                    }
+                    reload_scripts |= e.code() == Some("NOSCRIPT");
+                    reason.get_or_insert_with(|| describe(e));
+                }
+                match reason {
+                    None => Verdict::Answered(replies),
+                    Some(reason) => Verdict::Retry {
+                        reason,
+                        reload_scripts,
+                    },
+                }
+            }
+        }
+    }
+
+    /// Reads each event's replies: written, skipped as stale, or refused for good.
+    async fn complete(&self, batch: Batch, replies: Vec<RedisResult<Value>>) {
+        self.stats.redis_up.store(true, Relaxed);
+        let mut ack = Ack {
+            done: Vec::with_capacity(batch.records.len()),
+        };
+        let mut refused = Vec::new();
+        let mut at = 0;
+        for (record, plan) in batch.records.into_iter().zip(batch.planned) {
+            let own = replies.get(at..at + plan.commands).unwrap_or(&[]);
+            at += plan.commands;
+            let topic = self.stats.topic(record.origin.topic);
+            if let Some(err) = own.iter().find_map(|r| r.as_ref().err()) {
+                refused.push((record, describe(err)));
+                continue;
+            }
+            let stale = plan.guarded && matches!(own.first(), Some(Ok(Value::Int(0))));
+            if stale {
+                topic.stale.fetch_add(1, Relaxed);
+            } else {
+                topic.written.fetch_add(1, Relaxed);
+            }
+            ack.done.push(record.origin);
+        }
+        if !ack.done.is_empty() {
+            let _ = self.acks.send(ack);
+        }
+        for (record, reason) in refused {
+            let reject = Reject::new(
+                RejectReason::RedisRejected,
+                Some(refused_field(&record)),
+                format!("Redis refused the write: {reason}"),
+            );
+            self.stats.topic(record.origin.topic).reject(reject.reason);
+            tracing::warn!(
+                partition = record.origin.partition,
+                offset = record.origin.offset,
+                %reject,
+                "event refused by Redis; dead-lettering it"
+            );
+            self.dead_letter(record, reject).await;
+        }
+    }
+
+    /// Go back N: let every batch in flight settle, then re-send the failed one and all
+    /// later ones, in order, one at a time, until Redis takes them.
+    async fn go_back(
+        &mut self,
+        sent: &mut VecDeque<Batch>,
+        flights: &mut FuturesOrdered<Flight>,
+        mut reason: String,
+        mut reload_scripts: bool,
+    ) {
+        while flights.next().await.is_some() {}
+        let mut delays = self.config.retry.delays();
+        let mut logged_down = false;
+        while let Some(batch) = sent.front() {
+            if reload_scripts {
+                if let Err(e) = load_scripts(&mut self.conn).await {
+                    reason = describe(&e);
+                }
+            }
+            if !reason.is_empty() {
+                self.stats.retries.fetch_add(1, Relaxed);
+                let delay = delays.next().unwrap_or(self.config.retry.max);
+                if !logged_down {
+                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64,
+                        batches = sent.len(), "Redis write failed; retrying in order");
+                    logged_down = true;
+                } else {
+                    tracing::debug!(%reason, retry_in_ms = delay.as_millis() as u64, "retrying");
+                }
+                self.stats.redis_up.store(false, Relaxed);
+                tokio::time::sleep(delay).await;
+            }
+            match self.judge(self.send(batch).await) {
+                Verdict::Answered(replies) => {
+                    if let Some(batch) = sent.pop_front() {
+                        self.complete(batch, replies).await;
+                    }
+                    reason.clear();
+                    reload_scripts = false;
+                    delays = self.config.retry.delays();
+                }
+                Verdict::Retry {
+                    reason: r,
+                    reload_scripts: reload,
+                } => {
+                    reason = r;
+                    reload_scripts = reload;
+                }
+            }
+        }
+        if logged_down {
+            tracing::info!("Redis writes succeed again");
+        }
+    }
+}
+
+/// Errors that retrying cannot fix: the event is dead-lettered instead.
+fn is_permanent(e: &RedisError) -> bool {
+    e.code() == Some("WRONGTYPE")
+}
+
+fn describe(e: &RedisError) -> String {
+    e.to_string()
+}
+
+/// The key a refused write was aimed at, named for the dead-letter header.
+fn refused_field(record: &Record) -> &'static str {
+    match &record.decoded {
+        Ok(Event::DeviceUpsert(_)) | Ok(Event::DeviceDelete { .. }) => "device_id",
+        Ok(Event::Metric(_)) => "namespace",
+        Err(_) => "value",
+    }
+}

@@ -1,0 +1,580 @@
+//! The Kafka consumer: polls records, decodes them, hands them to the writer, and commits
+//! the offsets the pipeline has finished with.
+//!
+//! It runs on a thread of its own around librdkafka's `BaseConsumer`, because rebalance
+//! callbacks run inside `poll` and must be able to wait (for the in-flight records of the
+//! partitions being taken away) without blocking the async writer they wait for.
+//!
+//! Backpressure: the channel to the writer is bounded. While it is full the thread waits;
+//! if it stays full (Redis slow or down) the thread pauses every assigned partition and
+//! keeps polling, so the consumer stays in its group however long the outage lasts, and
+//! resumes once the writer takes records again. librdkafka's prefetch queue is bounded by
+//! `queued.max.messages.kbytes`, so lag never becomes heap.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
+
+use super::offsets::{Offsets, PartitionId};
+use crate::config::KafkaSettings;
+use crate::model::{self, Limits, TopicKind};
+use crate::record::{Ack, Origin, Record};
+use crate::shutdown::Shutdown;
+use crate::stats::Stats;
+
+/// How long a full channel is tolerated before the partitions are paused.
+const PAUSE_AFTER: Duration = Duration::from_millis(500);
+/// Poll timeout when idle: short enough that acks and commits stay timely.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// librdkafka settings both the consumer and the dead-letter producer share: the brokers
+/// and the user's passthrough table (SASL, SSL, tuning).
+pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+}
+
+/// The consumer's settings: ours first, then the passthrough table, then the ones offset
+/// tracking depends on, which nothing may override.
+pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &kafka.brokers)
+        .set("auto.offset.reset", &kafka.auto_offset_reset)
+        .set(
+            "queued.max.messages.kbytes",
+            kafka.queued_max_messages_kbytes.to_string(),
+        )
+        .set("queued.min.messages", "10000");
+    for (key, value) in &kafka.client {
+        config.set(key, value);
+    }
+    config
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false");
+    config
+}
+
+/// Topic names, and which kind each carries.
+#[derive(Debug, Clone)]
+pub struct TopicNames {
+    pub device: String,
+    pub metric: String,
+}
+
+impl TopicNames {
+    fn kind(&self, topic: &str) -> Option<TopicKind> {
+        if topic == self.device {
+            Some(TopicKind::Device)
+        } else if topic == self.metric {
+            Some(TopicKind::Metric)
+        } else {
+            None
+        }
+    }
+
+    fn name(&self, kind: TopicKind) -> &str {
+        match kind {
+            TopicKind::Device => &self.device,
+            TopicKind::Metric => &self.metric,
+        }
+    }
+}
+
+/// State shared by the poll loop and the rebalance callbacks (which run inside `poll`, on
+/// the same thread: the lock is never contended, it only satisfies the borrow rules).
+struct SourceState {
+    offsets: Offsets,
+    /// Decoded records waiting for room in the channel, in consumption order.
+    stash: VecDeque<Record>,
+    paused: bool,
+}
+
+pub struct SourceContext {
+    state: Mutex<SourceState>,
+    acks: flume::Receiver<Ack>,
+    topics: TopicNames,
+    stats: Arc<Stats>,
+    /// Longest a revoke waits for the in-flight records of the revoked partitions.
+    drain_timeout: Duration,
+}
+
+impl SourceContext {
+    fn state(&self) -> MutexGuard<'_, SourceState> {
+        // A panic while holding the lock would already have ended this thread.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn apply_acks(&self, state: &mut SourceState) {
+        while let Ok(ack) = self.acks.try_recv() {
+            apply(&mut state.offsets, ack);
+        }
+    }
+
+    /// Waits until `busy` says no record of interest is in flight, or until `deadline`.
+    fn drain_until(
+        &self,
+        deadline: Instant,
+        busy: impl Fn(&Offsets) -> bool,
+    ) -> bool {
+        loop {
+            {
+                let mut state = self.state();
+                self.apply_acks(&mut state);
+                if !busy(&state.offsets) {
+                    return true;
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            if let Ok(ack) = self.acks.recv_timeout((deadline - now).min(POLL_INTERVAL)) {
+                apply(&mut self.state().offsets, ack);
+            }
+        }
+    }
+
+    /// Commits every watermark that moved (all of them with `all`), for `only` partitions
+    /// if given.
+    fn commit(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        mode: CommitMode,
+        only: Option<&[PartitionId]>,
+    ) {
+        let mut tpl = TopicPartitionList::new();
+        {
+            let mut state = self.state();
+            self.apply_acks(&mut state);
+            for (id, progress) in state.offsets.iter_mut() {
+                if only.is_some_and(|ids| !ids.contains(id)) {
+                    continue;
+                }
+                let Some(offset) = progress.to_commit() else {
+                    continue;
+                };
+                if tpl
+                    .add_partition_offset(self.topics.name(id.0), id.1, Offset::Offset(offset))
+                    .is_ok()
+                {
+                    progress.mark_committed(offset);
+                }
+            }
+        }
+        if tpl.count() == 0 {
+            return;
+        }
+        match consumer.commit(&tpl, mode) {
+            Ok(()) => {
+                self.stats.commits.fetch_add(1, Relaxed);
+                tracing::debug!(partitions = tpl.count(), ?mode, "offsets committed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "offset commit failed; will retry");
+                self.forget_commits(&tpl);
+            }
+        }
+    }
+
+    fn forget_commits(&self, tpl: &TopicPartitionList) {
+        let mut state = self.state();
+        for elem in tpl.elements() {
+            if let Some(kind) = self.topics.kind(elem.topic()) {
+                if let Some(p) = state.offsets.get_mut(&(kind, elem.partition())) {
+                    p.commit_failed();
+                }
+            }
+        }
+    }
+
+    fn ids(&self, tpl: &TopicPartitionList) -> Vec<PartitionId> {
+        tpl.elements()
+            .iter()
+            .filter_map(|e| self.topics.kind(e.topic()).map(|k| (k, e.partition())))
+            .collect()
+    }
+}
+
+fn apply(offsets: &mut Offsets, ack: Ack) {
+    for origin in ack.done {
+        offsets.done((origin.topic, origin.partition), origin.offset);
+    }
+}
+
+impl ClientContext for SourceContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        log_librdkafka(level, fac, message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(error = %error, reason, "kafka client error");
+    }
+}
+
+impl ConsumerContext for SourceContext {
+    /// Before partitions are taken away: wait for their in-flight records, then commit
+    /// their watermarks, so the next owner starts where this one really stopped.
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let revoked = self.ids(tpl);
+        self.state()
+            .stash
+            .retain(|r| !revoked.contains(&(r.origin.topic, r.origin.partition)));
+        let deadline = Instant::now() + self.drain_timeout;
+        let drained = self.drain_until(deadline, |offsets| {
+            revoked
+                .iter()
+                .any(|id| offsets.get(id).is_some_and(|p| p.in_flight() > 0))
+        });
+        if !drained {
+            tracing::warn!(
+                "revoked partitions still had records in flight after {:?}; the next owner replays them",
+                self.drain_timeout
+            );
+        }
+        self.commit(consumer, CommitMode::Sync, Some(&revoked));
+        let mut state = self.state();
+        for id in &revoked {
+            state.offsets.revoke(id);
+        }
+        let assigned = state.offsets.iter().count();
+        self.stats.kafka_assigned.store(assigned as u64, Relaxed);
+        tracing::info!(partitions = revoked.len(), "partitions revoked");
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let ids = self.ids(tpl);
+                let paused = {
+                    let mut state = self.state();
+                    for id in &ids {
+                        state.offsets.assign(*id);
+                    }
+                    let assigned = state.offsets.iter().count();
+                    self.stats.kafka_assigned.store(assigned as u64, Relaxed);
+                    state.paused
+                };
+                if paused {
+                    if let Err(e) = consumer.pause(tpl) {
+                        tracing::warn!(error = %e, "could not pause newly assigned partitions");
+                    }
+                }
+                tracing::info!(partitions = ids.len(), "partitions assigned");
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance error"),
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "offset commit failed; will retry");
+            self.forget_commits(offsets);
+        }
+    }
+}
+
+/// librdkafka's own log lines, at the matching tracing level.
+pub fn log_librdkafka(level: RDKafkaLogLevel, fac: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error => tracing::error!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", fac, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => {
+            tracing::info!(target: "librdkafka", fac, "{message}")
+        }
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", fac, "{message}"),
+    }
+}
+
+/// What the source reports when it stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceReport {
+    /// Records handed to the pipeline but not acknowledged by the deadline: they were not
+    /// committed and will be replayed.
+    pub unacknowledged: usize,
+}
+
+/// The consumer thread's side of the pipeline.
+pub struct KafkaSource {
+    consumer: BaseConsumer<SourceContext>,
+    records: Option<flume::Sender<Record>>,
+    limits: Limits,
+    shutdown: Shutdown,
+    commit_interval: Duration,
+    shutdown_timeout: Duration,
+}
+
+impl KafkaSource {
+    /// Creates the consumer and subscribes to both topics.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        kafka: &KafkaSettings,
+        limits: Limits,
+        stats: Arc<Stats>,
+        shutdown: Shutdown,
+        records: flume::Sender<Record>,
+        acks: flume::Receiver<Ack>,
+        shutdown_timeout: Duration,
+    ) -> KafkaResult<Self> {
+        let topics = TopicNames {
+            device: kafka.device_topic.clone(),
+            metric: kafka.metric_topic.clone(),
+        };
+        let context = SourceContext {
+            state: Mutex::new(SourceState {
+                offsets: Offsets::default(),
+                stash: VecDeque::new(),
+                paused: false,
+            }),
+            acks,
+            topics,
+            stats,
+            drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
+        };
+        let consumer: BaseConsumer<SourceContext> =
+            consumer_config(kafka).create_with_context(context)?;
+        consumer.subscribe(&[&kafka.device_topic, &kafka.metric_topic])?;
+        Ok(KafkaSource {
+            consumer,
+            records: Some(records),
+            limits,
+            shutdown,
+            commit_interval: Duration::from_millis(kafka.commit_interval_ms),
+            shutdown_timeout,
+        })
+    }
+
+    fn ctx(&self) -> &SourceContext {
+        self.consumer.context()
+    }
+
+    /// The poll loop; returns after shutdown, once in-flight records are acknowledged (or
+    /// the shutdown timeout passed) and the watermarks are committed.
+    pub fn run(self) -> SourceReport {
+        let mut last_commit = Instant::now();
+        let mut blocked_since: Option<Instant> = None;
+        let mut last_poll_error: Option<Instant> = None;
+        while !self.shutdown.is_triggered() {
+            if last_commit.elapsed() >= self.commit_interval {
+                self.ctx().commit(&self.consumer, CommitMode::Async, None);
+                last_commit = Instant::now();
+            }
+            let Some(records) = self.records.clone() else {
+                break;
+            };
+            match self.flush_stash(&records) {
+                Flush::Empty => {
+                    blocked_since = None;
+                    if self.ctx().state().paused {
+                        self.set_paused(false);
+                    }
+                }
+                Flush::Full => {
+                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    let paused = self.ctx().state().paused;
+                    if !paused && since.elapsed() >= PAUSE_AFTER {
+                        self.set_paused(true);
+                    } else if !paused {
+                        self.wait_for_room(&records);
+                        continue;
+                    }
+                }
+                Flush::WriterGone => {
+                    tracing::error!("the writer stopped; shutting down");
+                    self.shutdown.trigger();
+                    break;
+                }
+            }
+            match self.consumer.poll(POLL_INTERVAL) {
+                None => {}
+                Some(Ok(message)) => {
+                    let record = self.decode(&message);
+                    self.offer(&records, record);
+                }
+                Some(Err(e)) => {
+                    if last_poll_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "kafka poll error");
+                        last_poll_error = Some(Instant::now());
+                    }
+                }
+            }
+            let mut state = self.ctx().state();
+            self.ctx().apply_acks(&mut state);
+        }
+        self.finish()
+    }
+
+    fn decode(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+        let ctx = self.ctx();
+        let topic = message.topic();
+        // Subscribed to two topics only, so anything else is the device topic's twin in a
+        // regex subscription a user configured; treat unknown as device and let it reject.
+        let kind = ctx.topics.kind(topic).unwrap_or(TopicKind::Device);
+        ctx.stats.topic(kind).consumed.fetch_add(1, Relaxed);
+        let key = message.key();
+        let value = message.payload();
+        let decoded = model::decode(kind, key, value, &self.limits);
+        Record {
+            origin: Origin {
+                topic: kind,
+                partition: message.partition(),
+                offset: message.offset(),
+            },
+            key: key.map(<[u8]>::to_vec),
+            value: value.map(<[u8]>::to_vec),
+            decoded,
+        }
+    }
+
+    /// Sends at once if nothing is waiting before it; keeps consumption order otherwise.
+    fn offer(&self, records: &flume::Sender<Record>, record: Record) {
+        let mut state = self.ctx().state();
+        if state.stash.is_empty() {
+            let origin = record.origin;
+            match records.try_send(record) {
+                Ok(()) => {
+                    state
+                        .offsets
+                        .dispatched((origin.topic, origin.partition), origin.offset);
+                    return;
+                }
+                Err(flume::TrySendError::Full(r)) | Err(flume::TrySendError::Disconnected(r)) => {
+                    state.stash.push_back(r)
+                }
+            }
+        } else {
+            state.stash.push_back(record);
+        }
+    }
+
+    fn flush_stash(&self, records: &flume::Sender<Record>) -> Flush {
+        let mut state = self.ctx().state();
+        while let Some(record) = state.stash.pop_front() {
+            let origin = record.origin;
+            match records.try_send(record) {
+                Ok(()) => state
+                    .offsets
+                    .dispatched((origin.topic, origin.partition), origin.offset),
+                Err(flume::TrySendError::Full(r)) => {
+                    state.stash.push_front(r);
+                    return Flush::Full;
+                }
+                Err(flume::TrySendError::Disconnected(r)) => {
+                    state.stash.push_front(r);
+                    return Flush::WriterGone;
+                }
+            }
+        }
+        Flush::Empty
+    }
+
+    /// Blocks briefly for room in the channel (without polling, which is fine for the
+    /// short waits before a pause).
+    fn wait_for_room(&self, records: &flume::Sender<Record>) {
+        let Some(record) = self.ctx().state().stash.pop_front() else {
+            return;
+        };
+        let origin = record.origin;
+        match records.send_timeout(record, Duration::from_millis(20)) {
+            Ok(()) => self
+                .ctx()
+                .state()
+                .offsets
+                .dispatched((origin.topic, origin.partition), origin.offset),
+            Err(flume::SendTimeoutError::Timeout(r))
+            | Err(flume::SendTimeoutError::Disconnected(r)) => {
+                self.ctx().state().stash.push_front(r)
+            }
+        }
+        let mut state = self.ctx().state();
+        self.ctx().apply_acks(&mut state);
+    }
+
+    fn set_paused(&self, paused: bool) {
+        let assignment = match self.consumer.assignment() {
+            Ok(tpl) => tpl,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the assignment to pause/resume");
+                return;
+            }
+        };
+        let result = if paused {
+            self.consumer.pause(&assignment)
+        } else {
+            self.consumer.resume(&assignment)
+        };
+        match result {
+            Ok(()) => {
+                self.ctx().state().paused = paused;
+                self.ctx().stats.paused.store(paused, Relaxed);
+                if paused {
+                    tracing::warn!(
+                        partitions = assignment.count(),
+                        "writer is not keeping up (Redis slow or down): partitions paused, still polling to stay in the group"
+                    );
+                } else {
+                    tracing::info!(partitions = assignment.count(), "partitions resumed");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, paused, "pause/resume failed"),
+        }
+    }
+
+    /// Stops fetching, waits for what is in flight, commits, leaves the group.
+    fn finish(mut self) -> SourceReport {
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        self.ctx().state().stash.clear();
+        // Closing the channel tells the writer to flush what it holds and finish.
+        self.records = None;
+        let deadline = Instant::now() + self.shutdown_timeout;
+        loop {
+            let drained = self
+                .ctx()
+                .drain_until(Instant::now() + POLL_INTERVAL, |o| o.in_flight() > 0);
+            if drained || Instant::now() >= deadline {
+                break;
+            }
+            // Serve callbacks (commit results, a rebalance) while waiting.
+            let _ = self.consumer.poll(Duration::ZERO);
+        }
+        self.ctx().commit(&self.consumer, CommitMode::Sync, None);
+        let unacknowledged = self.ctx().state().offsets.in_flight();
+        if unacknowledged > 0 {
+            tracing::warn!(
+                unacknowledged,
+                "shutdown timeout reached with records unacknowledged; they will be replayed"
+            );
+        } else {
+            tracing::info!("all records acknowledged and committed");
+        }
+        self.consumer.unsubscribe();
+        SourceReport { unacknowledged }
+    }
+}
+
+enum Flush {
+    Empty,
+    Full,
+    WriterGone,
+}

@@ -1,0 +1,234 @@
+//! Real servers for the tests: a `redis-server` child on a free port and librdkafka's mock
+//! Kafka cluster, plus the few helpers every test file needs (produce, read a topic, read
+//! committed offsets, wait for a condition).
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metacache::config::Settings;
+use metacache::daemon::{self, DaemonError};
+use metacache::embedded::{EmbeddedKafka, EmbeddedRedis};
+use metacache::shutdown::Shutdown;
+use metacache::stats::Stats;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::OwnedMessage;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+
+pub const DEVICES: &str = "device-metadata";
+pub const METRICS: &str = "metric-catalog";
+
+/// A device event as JSON text.
+pub fn device_json(id: &str, name: &str, last_updated: &str) -> String {
+    serde_json::json!({
+        "device_id": id, "datatype_id": "dt-1", "datatype_name": name,
+        "datatype_unit": "C", "persist": true, "last_updated": last_updated
+    })
+    .to_string()
+}
+
+pub struct Harness {
+    pub kafka: EmbeddedKafka,
+    pub redis: EmbeddedRedis,
+    pub partitions: i32,
+}
+
+static GROUPS: AtomicU64 = AtomicU64::new(0);
+
+impl Harness {
+    /// Both topics with `partitions` partitions, dead-letter topics with one.
+    pub fn start(partitions: i32) -> Harness {
+        let kafka = EmbeddedKafka::start(
+            1,
+            &[
+                (DEVICES, partitions),
+                (METRICS, partitions),
+                ("device-metadata.dlq", 1),
+                ("metric-catalog.dlq", 1),
+            ],
+        )
+        .expect("mock kafka cluster starts");
+        let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+        Harness {
+            kafka,
+            redis,
+            partitions,
+        }
+    }
+
+    /// Settings pointing at these servers, tuned for quick tests (see TESTING.md: an empty
+    /// fetch is held for `fetch.wait.max.ms`).
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::default();
+        s.kafka.brokers = self.kafka.bootstrap().to_owned();
+        s.kafka.group_id = format!(
+            "metacache-test-{}-{}",
+            std::process::id(),
+            GROUPS.fetch_add(1, Ordering::Relaxed)
+        );
+        s.kafka.commit_interval_ms = 100;
+        s.kafka
+            .client
+            .insert("fetch.wait.max.ms".into(), "10".into());
+        s.redis.url = self.redis.url();
+        s.writer.retry_initial_ms = 20;
+        s.writer.retry_max_ms = 200;
+        s.shutdown.timeout_secs = 10;
+        s
+    }
+
+    pub fn start_daemon(&self, settings: Settings) -> Running {
+        let stats = Arc::new(Stats::default());
+        let shutdown = Shutdown::new();
+        let handle = tokio::spawn(daemon::run(settings, Arc::clone(&stats), shutdown.clone()));
+        Running {
+            handle,
+            stats,
+            shutdown,
+        }
+    }
+
+    pub fn producer(&self) -> FutureProducer {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap())
+            .set("linger.ms", "1")
+            .create()
+            .expect("producer")
+    }
+
+    /// Produces records in order and waits for each batch's delivery.
+    pub async fn produce(&self, topic: &str, records: &[(Option<&str>, Option<&str>)]) {
+        let producer = self.producer();
+        let sends = records.iter().map(|(key, value)| {
+            let mut r: FutureRecord<'_, str, str> = FutureRecord::to(topic);
+            if let Some(k) = key {
+                r = r.key(*k);
+            }
+            if let Some(v) = value {
+                r = r.payload(*v);
+            }
+            producer.send(r, Timeout::After(Duration::from_secs(10)))
+        });
+        for result in futures::future::join_all(sends).await {
+            result.expect("delivered to the mock cluster");
+        }
+    }
+
+    pub fn redis(&self) -> redis::Connection {
+        redis::Client::open(self.redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connection")
+    }
+
+    /// The group's committed offsets for `topic`, by partition (-1 when none).
+    pub fn committed(&self, group: &str, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap())
+            .set("group.id", group)
+            .create()
+            .expect("consumer");
+        let mut tpl = TopicPartitionList::new();
+        for p in 0..self.partitions {
+            tpl.add_partition(topic, p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .expect("committed offsets");
+        (0..self.partitions)
+            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o,
+                _ => -1,
+            })
+            .collect()
+    }
+
+    /// Reads `n` records of `topic` from the beginning (fewer if `timeout` passes).
+    pub fn read_topic(&self, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap())
+            .set(
+                "group.id",
+                format!("reader-{}", GROUPS.fetch_add(1, Ordering::Relaxed)),
+            )
+            .set("auto.offset.reset", "earliest")
+            .set("enable.auto.commit", "false")
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .expect("consumer");
+        consumer.subscribe(&[topic]).expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(m.detach());
+            }
+        }
+        out
+    }
+}
+
+pub struct Running {
+    pub handle: tokio::task::JoinHandle<Result<(), DaemonError>>,
+    pub stats: Arc<Stats>,
+    pub shutdown: Shutdown,
+}
+
+impl Running {
+    /// Records finished one way or another.
+    pub fn finished(&self) -> u64 {
+        let s = self.stats.snapshot();
+        [s.devices, s.metrics]
+            .iter()
+            .map(|t| t.written + t.stale + t.dead_lettered)
+            .sum()
+    }
+
+    pub async fn wait_finished(&self, n: u64, timeout: Duration) {
+        wait_for(timeout, &format!("{n} records finished"), || async {
+            self.finished() >= n
+        })
+        .await;
+    }
+
+    /// SIGTERM's path: trip the shutdown and wait for the daemon's verdict.
+    pub async fn stop(self) -> Result<(), DaemonError> {
+        self.shutdown.trigger();
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("daemon stops within 60 s")
+            .expect("daemon task did not panic")
+    }
+}
+
+/// Polls `cond` every 20 ms until it holds; panics naming `what` after `timeout`.
+pub async fn wait_for<F, Fut>(timeout: Duration, what: &str, mut cond: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond().await {
+            return;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The value of a header, as text.
+pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
+    use rdkafka::message::Headers;
+    let headers = m.headers()?;
+    headers
+        .iter()
+        .find(|h| h.key == name)
+        .and_then(|h| h.value)
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
