@@ -269,11 +269,18 @@ impl Settings {
     ) -> Result<Settings, ConfigError> {
         let mut problems = Vec::new();
         let file = choose_file(file, env, fallback, &mut problems);
+        let file_missing = !problems.is_empty();
         let env = EnvSettings::collect(env, &mut problems);
-        if !problems.is_empty() {
+        if file_missing {
+            // Checking the rest against defaults would report problems that aren't there.
             return Err(ConfigError { problems });
         }
-        let tree = merge_sources(file.as_deref(), env)?;
+        let tree = merge_sources(file.as_deref(), env).map_err(|mut e| {
+            problems.append(&mut e.problems);
+            ConfigError {
+                problems: std::mem::take(&mut problems),
+            }
+        })?;
         let settings = from_tree(tree, &mut problems);
 
         // A field that failed to deserialize was left at its default: checking that
@@ -476,19 +483,22 @@ fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Va
     if let Some(path) = file {
         builder = builder.add_source(Parsed(read_toml(path)?));
     }
-    let mut client = Map::new();
-    client.insert("client".to_string(), Value::from(env.client));
-    let mut kafka = Map::new();
-    kafka.insert("kafka".to_string(), Value::from(client));
-    builder = builder
-        .add_source(
-            // try_parsing stays off: it would turn a password "0123" into "123". The
-            // deserializer parses numbers and booleans from strings anyway.
-            Environment::with_prefix("METACACHE")
-                .separator("__")
-                .source(Some(env.general)),
-        )
-        .add_source(Parsed(kafka));
+    builder = builder.add_source(
+        // try_parsing stays off: it would turn a password "0123" into "123". The
+        // deserializer parses numbers and booleans from strings anyway.
+        Environment::with_prefix("METACACHE")
+            .separator("__")
+            .source(Some(env.general)),
+    );
+    // Only when there is something to add: merging even an empty table replaces a
+    // `kafka.client` that is not a table, hiding that mistake.
+    if !env.client.is_empty() {
+        let mut client = Map::new();
+        client.insert("client".to_string(), Value::from(env.client));
+        let mut kafka = Map::new();
+        kafka.insert("kafka".to_string(), Value::from(client));
+        builder = builder.add_source(Parsed(kafka));
+    }
     builder
         .build()
         .and_then(|config| config.collect())
@@ -503,17 +513,23 @@ fn read_toml(path: &Path) -> Result<Map<String, Value>, ConfigError> {
         .map_err(|e| single("config", format!("cannot read {shown}: {e}")))?;
     let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
     let uri = shown.to_string();
-    <FileFormat as Format>::parse(&FileFormat::Toml, Some(&uri), text).map_err(|e| {
+    let unparsable = |message: String| {
         // The error quotes the offending line, which may hold a secret: keep the position
         // and the message only.
-        let message = e.to_string();
         let lines: Vec<&str> = message.lines().filter(|l| !l.trim().is_empty()).collect();
         let summary = match (lines.first(), lines.last()) {
             (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
             _ => message.clone(),
         };
         single("config", format!("cannot parse {shown}: {summary}"))
-    })
+    };
+    // The toml crate's errors carry a position; the config crate's sometimes do not
+    // (integers beyond i64).
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(unparsable(e.to_string()));
+    }
+    <FileFormat as Format>::parse(&FileFormat::Toml, Some(&uri), text)
+        .map_err(|e| unparsable(e.to_string()))
 }
 
 fn single(field: &str, reason: String) -> ConfigError {
@@ -529,14 +545,24 @@ fn single(field: &str, reason: String) -> ConfigError {
 const OPTIONAL_INTEGERS: &[&str] = &["redis.db"];
 
 fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Settings {
-    let sections = json_keys(&Settings::default());
+    let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let sections = json_keys(&defaults);
     for (name, value) in sorted(&tree) {
-        if !sections.contains(name) {
-            problems.push(Problem::new(
-                name.clone(),
-                unknown(name, &sections, "section") + &source_hint(name, value),
-            ));
+        if sections.contains(name) {
+            continue;
         }
+        // A setting written above every section header, e.g. `brokers = ...`.
+        let home = sections
+            .iter()
+            .find(|section| defaults[section.as_str()].get(name.as_str()).is_some());
+        let reason = match home {
+            Some(section) => format!("unknown section (did you mean `{section}.{name}`?)"),
+            None => unknown(name, &sections, "section"),
+        };
+        problems.push(Problem::new(
+            name.clone(),
+            reason + &source_hint(name, value),
+        ));
     }
     if let Some(kafka) = tree.get_mut("kafka") {
         flatten_client(kafka, problems);
@@ -643,7 +669,7 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
         (_, ValueKind::Nil) => true,
         (Kind::Integer, ValueKind::I64(_) | ValueKind::I128(_)) => true,
         (Kind::Integer, ValueKind::U64(_) | ValueKind::U128(_)) => true,
-        (Kind::Integer, ValueKind::String(s)) => s.trim().parse::<i128>().is_ok(),
+        (Kind::Integer, ValueKind::String(s)) => s.parse::<i128>().is_ok(),
         (Kind::Bool, ValueKind::Boolean(_)) => true,
         (Kind::Bool, ValueKind::String(s)) => matches!(
             s.to_lowercase().as_str(),
@@ -671,8 +697,14 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
 
 fn serde_reason(field: &str, value: &Value, error: &::config::ConfigError) -> String {
     let expected = match error {
-        ::config::ConfigError::Type { expected, .. } if expected.contains("unsigned") => {
-            "a non-negative 64-bit integer".to_string()
+        // Negative or beyond 64 bits; the crate's own wording ("an unsigned 64 bit or less
+        // integer", or just "an integer") does not say which.
+        ::config::ConfigError::Type { expected, .. } if expected.contains("integer") => {
+            if OPTIONAL_INTEGERS.contains(&field) {
+                "a 64-bit integer".to_string()
+            } else {
+                "a non-negative 64-bit integer".to_string()
+            }
         }
         ::config::ConfigError::Type { expected, .. } => expected.to_string(),
         _ if is_secret_field(field) => return "has an invalid value".to_string(),
@@ -758,7 +790,7 @@ fn unknown(key: &str, known: &BTreeSet<String>, what: &str) -> String {
         .map(|k| (edit_distance(&key.to_lowercase(), k), k))
         .min();
     match nearest {
-        Some((distance, name)) if distance <= 2 => {
+        Some((distance, name)) if distance <= 2 && distance * 3 <= key.len() => {
             format!("unknown {what} (did you mean `{name}`?)")
         }
         _ => format!("unknown {what}"),
@@ -975,7 +1007,8 @@ impl KafkaSettings {
                 check.fail(
                     field,
                     format!(
-                        "the derived name is {} characters, more than Kafka's 249: set it",
+                        "the derived name would have {} characters, more than Kafka's 249; \
+                         set this explicitly",
                         derived.len()
                     ),
                 );
@@ -996,21 +1029,18 @@ impl KafkaSettings {
             1,
             2_097_151,
         );
-        for (property, value) in &self.client {
+        for property in self.client.keys() {
             let field = format!("kafka.client.{property}");
             if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
                 .iter()
                 .find(|(reserved, _)| reserved == property)
             {
                 check.fail(&field, format!("must not be set here: {instead}"));
-            } else if property.trim().is_empty() || property.contains(char::is_whitespace) {
+            } else if property.is_empty() || property.contains(char::is_whitespace) {
                 check.fail(
                     "kafka.client",
-                    format!("property name {property:?} is not a librdkafka property"),
+                    format!("{property:?} is not a librdkafka property name"),
                 );
-            } else if value.is_empty() && !is_secret_property(property) {
-                // An empty value makes librdkafka fail at start-up with a vaguer message.
-                check.fail(&field, "must not be empty (remove it to use the default)");
             }
         }
     }
@@ -1514,6 +1544,49 @@ mod tests {
     }
 
     #[test]
+    fn values_the_config_crate_would_coerce_are_rejected() {
+        let file = toml_file(
+            r#"
+            shutdown = 5
+            [kafka]
+            client = ["a"]
+            dead_letter = 1
+            [writer]
+            max_batch = true
+            max_in_flight = "99999999999999999999999"
+            "#,
+        );
+        let path = file.path().display().to_string();
+        assert_eq!(
+            problems(load(
+                Some(file.path()),
+                &[("METACACHE__KAFKA__GROUP_ID", "g")]
+            )),
+            [
+                ("kafka.client", "expected a table, got an array".to_string()),
+                (
+                    "kafka.dead_letter",
+                    "expected true or false, got 1".to_string()
+                ),
+                (
+                    "writer.max_batch",
+                    "expected an integer, got true".to_string()
+                ),
+                (
+                    "writer.max_in_flight",
+                    "expected a non-negative 64-bit integer, got \"99999999999999999999999\""
+                        .to_string()
+                ),
+                (
+                    "shutdown",
+                    "expected a table of settings, got 5".to_string()
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        );
+    }
+
+    #[test]
     fn environment_problems_name_the_variable() {
         let found = problems(load(
             None,
@@ -1521,11 +1594,17 @@ mod tests {
                 ("METACACHE__WRITER__MAX_BACH", "5"),
                 ("METACACHE__WRITER__MAX_IN_FLIGHT", "many"),
                 ("METACACHE__KAFKA__DEAD_LETTER", "2"),
+                ("METACACHE__BROKERS", "k:9092"),
             ],
         ));
         assert_eq!(
             found,
             [
+                (
+                    "brokers".to_string(),
+                    "unknown section (did you mean `kafka.brokers`?) (from METACACHE__BROKERS)"
+                        .to_string()
+                ),
                 (
                     "kafka.dead_letter".to_string(),
                     "expected true or false, got \"2\" (from METACACHE__KAFKA__DEAD_LETTER)"
