@@ -9,20 +9,11 @@ pub const DEFAULT_NAMESPACE: &str = "default";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricOp {
     /// Make the set exactly `metric_names` (possibly empty), atomically.
-    Replace {
-        namespace: String,
-        metric_names: Vec<String>,
-    },
+    Replace { namespace: String, metric_names: Vec<String> },
     /// Add names to the set.
-    Add {
-        namespace: String,
-        metric_names: Vec<String>,
-    },
+    Add { namespace: String, metric_names: Vec<String> },
     /// Remove names from the set.
-    Remove {
-        namespace: String,
-        metric_names: Vec<String>,
-    },
+    Remove { namespace: String, metric_names: Vec<String> },
     /// A Kafka tombstone: forget the namespace.
     Delete { namespace: String },
 }
