@@ -2,12 +2,27 @@
 //! environment variables, validated as a whole so a bad deployment hears about every
 //! mistake at once instead of one per restart.
 
-use std::collections::BTreeMap;
-use std::path::Path;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
+use ::config::{Config, Environment, FileFormat, Format, Map, Source, Value, ValueKind};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use url::Url;
 
 use crate::model::Limits;
+
+/// Read when no file is named; a deployment without it runs on defaults and environment.
+pub const DEFAULT_FILE: &str = "config/default.toml";
+
+/// Names the settings file when none is given on the command line.
+pub const CONFIG_FILE_ENV: &str = "METACACHE_CONFIG";
+
+/// Shown instead of a secret.
+pub const MASK: &str = "***";
 
 /// The whole configuration, section by section, as in `config/default.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -202,16 +217,1598 @@ pub struct Problem {
     pub reason: String,
 }
 
+impl Problem {
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Problem {
+        Problem {
+            field: field.into(),
+            // One problem, one line: the report is read in logs and terminals.
+            reason: reason.into().replace(['\n', '\r'], " "),
+        }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.reason)
+    }
+}
+
 /// Every problem found; start-up stops when this is returned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub problems: Vec<Problem>,
 }
 
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "configuration has {} problem(s):", self.problems.len())?;
+        for problem in &self.problems {
+            write!(f, "\n  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
 impl Settings {
-    /// Loads defaults, then `file` (or `config/default.toml` when present and `file` is
-    /// `None`), then the environment, and validates the result.
-    pub fn load(_file: Option<&Path>) -> Result<Settings, ConfigError> {
-        todo!()
+    /// Loads defaults, then `file` (else the file named by `METACACHE_CONFIG`, else
+    /// `config/default.toml` when present), then `METACACHE__SECTION__KEY` variables, and
+    /// validates the result.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        Settings::load_from(file, &env, Path::new(DEFAULT_FILE))
+    }
+
+    /// `load` with the environment and fallback file passed in, so tests need not share
+    /// the process environment.
+    fn load_from(
+        file: Option<&Path>,
+        env: &[(OsString, OsString)],
+        fallback: &Path,
+    ) -> Result<Settings, ConfigError> {
+        let mut problems = Vec::new();
+        let file = choose_file(file, env, fallback, &mut problems);
+        let file_missing = !problems.is_empty();
+        let env = EnvSettings::collect(env, &mut problems);
+        if file_missing {
+            // Checking the rest against defaults would report problems that aren't there.
+            return Err(ConfigError { problems });
+        }
+        let tree = merge_sources(file.as_deref(), env).map_err(|mut e| {
+            problems.append(&mut e.problems);
+            ConfigError {
+                problems: std::mem::take(&mut problems),
+            }
+        })?;
+        let settings = from_tree(tree, &mut problems);
+
+        // A field that failed to deserialize was left at its default: checking that
+        // default would only add noise.
+        let broken: BTreeSet<String> = problems.iter().map(|p| p.field.clone()).collect();
+        if let Err(invalid) = settings.validate() {
+            problems.extend(
+                invalid
+                    .problems
+                    .into_iter()
+                    .filter(|p| !broken.contains(&p.field)),
+            );
+        }
+        if problems.is_empty() {
+            Ok(settings)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Checks the values against each other and the ranges the daemon supports; public so
+    /// that callers applying command-line overrides can check again.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut check = Checks::default();
+        self.kafka.check(&mut check);
+        self.redis.check(&mut check);
+        check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
+        check.at_most("metrics.ttl_secs", self.metrics.ttl_secs, MAX_TTL_SECS);
+        self.writer.check(&mut check);
+        check_limits(&self.limits, &mut check);
+        check.between("shutdown.timeout_secs", self.shutdown.timeout_secs, 1, 3600);
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            check.fail(
+                "http.listen",
+                format!(
+                    "must be an IP address and port such as 0.0.0.0:8080, got {:?}",
+                    self.http.listen
+                ),
+            );
+        }
+        check.one_of("log.format", &self.log.format, &["text", "json"]);
+        if self.log.filter.trim().is_empty() {
+            check.fail("log.filter", "must not be empty (e.g. \"info\")");
+        } else if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            check.fail(
+                "log.filter",
+                format!("is not a valid filter ({e}), got {:?}", self.log.filter),
+            );
+        }
+        check.finish()
+    }
+
+    /// A copy safe to print: passwords, secrets and keys replaced by `***`.
+    pub fn redacted(&self) -> Settings {
+        let mut copy = self.clone();
+        copy.redis.url = self.redis.redacted_url();
+        if copy.redis.password.is_some() {
+            copy.redis.password = Some(MASK.into());
+        }
+        for (key, value) in copy.kafka.client.iter_mut() {
+            if is_secret_property(key) {
+                *value = MASK.into();
+            }
+        }
+        copy
+    }
+
+    /// The redacted settings as TOML, loadable again (unset options are left out).
+    pub fn to_toml_string(&self) -> String {
+        match toml::to_string(&self.redacted()) {
+            Ok(text) => text,
+            // Only values beyond TOML's i64, which validation rejects, get here.
+            Err(e) => format!("# the settings cannot be shown as TOML: {e}\n"),
+        }
+    }
+}
+
+impl RedisSettings {
+    /// The URL with any password replaced by `***`, for logs.
+    pub fn redacted_url(&self) -> String {
+        redact_url(&self.url)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Sources and layering
+
+const ENV_PREFIX: &str = "metacache__";
+const CLIENT_ENV_PREFIX: &str = "metacache__kafka__client__";
+const ENV_ORIGIN: &str = "the environment";
+
+/// The file named on the command line, else by `METACACHE_CONFIG`, else the fallback if
+/// it exists. A named file must exist: silently running on defaults would hide a typo.
+fn choose_file(
+    explicit: Option<&Path>,
+    env: &[(OsString, OsString)],
+    fallback: &Path,
+    problems: &mut Vec<Problem>,
+) -> Option<PathBuf> {
+    let (path, named_by) = match explicit {
+        Some(path) => (path.to_path_buf(), String::new()),
+        None => match env
+            .iter()
+            .find(|(k, v)| k == CONFIG_FILE_ENV && !v.is_empty())
+        {
+            Some((_, v)) => (PathBuf::from(v), format!(" (named by {CONFIG_FILE_ENV})")),
+            None => return fallback.is_file().then(|| fallback.to_path_buf()),
+        },
+    };
+    let shown = path.display();
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_dir() => problems.push(Problem::new(
+            "config",
+            format!("{shown} is a directory, not a settings file{named_by}"),
+        )),
+        Ok(_) => return Some(path),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => problems.push(Problem::new(
+            "config",
+            format!("file {shown} does not exist{named_by}"),
+        )),
+        Err(e) => problems.push(Problem::new(
+            "config",
+            format!("cannot read {shown}{named_by}: {e}"),
+        )),
+    }
+    None
+}
+
+/// The `METACACHE__*` variables, split in two: `kafka.client` properties keep their dots,
+/// which the `config` crate would turn into nested tables.
+struct EnvSettings {
+    general: Map<String, String>,
+    client: Map<String, Value>,
+}
+
+impl EnvSettings {
+    fn collect(env: &[(OsString, OsString)], problems: &mut Vec<Problem>) -> EnvSettings {
+        let mut found = EnvSettings {
+            general: Map::new(),
+            client: Map::new(),
+        };
+        let origin = ENV_ORIGIN.to_string();
+        for (name, value) in env {
+            // Like the config crate: names are matched in any case, non-Unicode ones skipped.
+            let Some(name) = name.to_str() else { continue };
+            let lower = name.to_ascii_lowercase();
+            let Some(path) = lower.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            let Some(value) = value.to_str() else {
+                problems.push(Problem::new(
+                    path.replace("__", "."),
+                    format!("environment variable {name} is not valid UTF-8"),
+                ));
+                continue;
+            };
+            match lower.strip_prefix(CLIENT_ENV_PREFIX) {
+                // librdkafka property names use dots, never underscores.
+                Some(property) => {
+                    let property = property.replace("__", ".").replace('_', ".");
+                    if property.is_empty() {
+                        problems.push(Problem::new(
+                            "kafka.client",
+                            format!("environment variable {name} names no property"),
+                        ));
+                    } else {
+                        found
+                            .client
+                            .insert(property, Value::new(Some(&origin), value.to_string()));
+                    }
+                }
+                None => {
+                    found.general.insert(name.to_string(), value.to_string());
+                }
+            }
+        }
+        found
+    }
+}
+
+/// A source whose values are already parsed.
+#[derive(Debug, Clone)]
+struct Parsed(Map<String, Value>);
+
+impl Source for Parsed {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<Map<String, Value>, ::config::ConfigError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// Defaults, file, environment: later sources win key by key.
+fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Value>, ConfigError> {
+    let defaults = Config::try_from(&Settings::default())
+        .map_err(|e| single("config", format!("built-in defaults: {e}")))?;
+    let mut builder = Config::builder().add_source(defaults);
+    if let Some(path) = file {
+        builder = builder.add_source(Parsed(read_toml(path)?));
+    }
+    builder = builder.add_source(
+        // try_parsing stays off: it would turn a password "0123" into "123". The
+        // deserializer parses numbers and booleans from strings anyway.
+        Environment::with_prefix("METACACHE")
+            .separator("__")
+            .source(Some(env.general)),
+    );
+    // Only when there is something to add: merging even an empty table replaces a
+    // `kafka.client` that is not a table, hiding that mistake.
+    if !env.client.is_empty() {
+        let mut client = Map::new();
+        client.insert("client".to_string(), Value::from(env.client));
+        let mut kafka = Map::new();
+        kafka.insert("kafka".to_string(), Value::from(client));
+        builder = builder.add_source(Parsed(kafka));
+    }
+    builder
+        .build()
+        .and_then(|config| config.collect())
+        .map_err(|e| single("config", e.to_string()))
+}
+
+/// Reads the file ourselves: `config::File` would quietly try `<name>.toml` etc. when
+/// the exact path is missing, and reads non-UTF-8 lossily.
+fn read_toml(path: &Path) -> Result<Map<String, Value>, ConfigError> {
+    let shown = path.display();
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| single("config", format!("cannot read {shown}: {e}")))?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+    let uri = shown.to_string();
+    let unparsable = |message: String| {
+        // The error quotes the offending line, which may hold a secret: keep the position
+        // and the message only.
+        let lines: Vec<&str> = message.lines().filter(|l| !l.trim().is_empty()).collect();
+        let summary = match (lines.first(), lines.last()) {
+            (Some(first), Some(last)) if lines.len() > 1 => format!("{first}: {last}"),
+            _ => message.clone(),
+        };
+        single("config", format!("cannot parse {shown}: {summary}"))
+    };
+    // The toml crate's errors carry a position; the config crate's sometimes do not
+    // (integers beyond i64).
+    if let Err(e) = text.parse::<toml::Table>() {
+        return Err(unparsable(e.to_string()));
+    }
+    <FileFormat as Format>::parse(&FileFormat::Toml, Some(&uri), text)
+        .map_err(|e| unparsable(e.to_string()))
+}
+
+fn single(field: &str, reason: String) -> ConfigError {
+    ConfigError {
+        problems: vec![Problem::new(field, reason)],
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// From the merged tree to typed settings, reporting every unknown key and bad type
+
+/// Optional settings (no default to learn the type from) that hold integers.
+const OPTIONAL_INTEGERS: &[&str] = &["redis.db"];
+
+fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Settings {
+    let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
+    let sections = json_keys(&defaults);
+    for (name, value) in sorted(&tree) {
+        if sections.contains(name) {
+            continue;
+        }
+        // A setting written above every section header, e.g. `brokers = ...`.
+        let home = sections
+            .iter()
+            .find(|section| defaults[section.as_str()].get(name.as_str()).is_some());
+        let reason = match home {
+            Some(section) => format!("unknown section (did you mean `{section}.{name}`?)"),
+            None => unknown(name, &sections, "section"),
+        };
+        problems.push(Problem::new(
+            name.clone(),
+            reason + &source_hint(name, value),
+        ));
+    }
+    if let Some(kafka) = tree.get_mut("kafka") {
+        flatten_client(kafka, problems);
+    }
+    let mut take = |name: &str| tree.remove(name);
+    Settings {
+        kafka: section("kafka", take("kafka"), problems),
+        redis: section("redis", take("redis"), problems),
+        devices: section("devices", take("devices"), problems),
+        metrics: section("metrics", take("metrics"), problems),
+        writer: section("writer", take("writer"), problems),
+        limits: section("limits", take("limits"), problems),
+        shutdown: section("shutdown", take("shutdown"), problems),
+        http: section("http", take("http"), problems),
+        log: section("log", take("log"), problems),
+    }
+}
+
+/// Deserializes one section, reporting each unknown key and each bad value by name: the
+/// config crate's own deserialization stops at the first error.
+fn section<T>(name: &str, value: Option<Value>, problems: &mut Vec<Problem>) -> T
+where
+    T: Default + Serialize + DeserializeOwned,
+{
+    let Some(value) = value else {
+        return T::default();
+    };
+    let hint = source_hint(name, &value);
+    let table = match value.kind {
+        ValueKind::Table(table) => table,
+        other => {
+            let shown = show(&Value::new(None, other), false);
+            problems.push(Problem::new(
+                name,
+                format!("expected a table of settings, got {shown}{hint}"),
+            ));
+            return T::default();
+        }
+    };
+    let defaults = match serde_json::to_value(T::default()) {
+        Ok(serde_json::Value::Object(defaults)) => defaults,
+        _ => serde_json::Map::new(),
+    };
+    let known: BTreeSet<String> = defaults.keys().cloned().collect();
+    let mut good = Map::new();
+    for (key, value) in sorted(&table) {
+        let field = format!("{name}.{key}");
+        match defaults.get(key) {
+            None => problems.push(Problem::new(
+                &field,
+                unknown(key, &known, "setting") + &source_hint(&field, value),
+            )),
+            Some(default) => match check_kind(&field, default, value) {
+                Ok(()) => {
+                    good.insert(key.clone(), value.clone());
+                }
+                Err(reason) => {
+                    problems.push(Problem::new(&field, reason + &source_hint(&field, value)))
+                }
+            },
+        }
+    }
+    if let Ok(parsed) = T::deserialize(Value::from(good.clone())) {
+        return parsed;
+    }
+    // Something the kind check let through (a negative count, an overflow): find it.
+    for (key, value) in sorted(&good.clone()) {
+        let field = format!("{name}.{key}");
+        let mut alone = Map::new();
+        alone.insert(key.clone(), value.clone());
+        if let Err(e) = T::deserialize(Value::from(alone)) {
+            problems.push(Problem::new(
+                &field,
+                serde_reason(&field, value, &e) + &source_hint(&field, value),
+            ));
+            good.remove(key);
+        }
+    }
+    T::deserialize(Value::from(good)).unwrap_or_else(|e| {
+        problems.push(Problem::new(name, e.to_string()));
+        T::default()
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Integer,
+    Bool,
+    Text,
+    Table,
+}
+
+/// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to 1): accept
+/// what a person would mean, and strings for everything since environment values are.
+fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result<(), String> {
+    let kind = match default {
+        serde_json::Value::Number(_) => Kind::Integer,
+        serde_json::Value::Bool(_) => Kind::Bool,
+        serde_json::Value::Object(_) => Kind::Table,
+        serde_json::Value::Null if OPTIONAL_INTEGERS.contains(&field) => Kind::Integer,
+        _ => Kind::Text,
+    };
+    let ok = match (kind, &value.kind) {
+        (_, ValueKind::Nil) => true,
+        (Kind::Integer, ValueKind::I64(_) | ValueKind::I128(_)) => true,
+        (Kind::Integer, ValueKind::U64(_) | ValueKind::U128(_)) => true,
+        (Kind::Integer, ValueKind::String(s)) => s.parse::<i128>().is_ok(),
+        (Kind::Bool, ValueKind::Boolean(_)) => true,
+        (Kind::Bool, ValueKind::String(s)) => matches!(
+            s.to_lowercase().as_str(),
+            "true" | "false" | "yes" | "no" | "on" | "off" | "1" | "0"
+        ),
+        (Kind::Text, ValueKind::Table(_) | ValueKind::Array(_)) => false,
+        (Kind::Text, _) => true,
+        (Kind::Table, ValueKind::Table(_)) => true,
+        _ => false,
+    };
+    if ok {
+        return Ok(());
+    }
+    let expected = match kind {
+        Kind::Integer => "an integer",
+        Kind::Bool => "true or false",
+        Kind::Text => "a string",
+        Kind::Table => "a table",
+    };
+    Err(format!(
+        "expected {expected}, got {}",
+        show(value, is_secret_field(field))
+    ))
+}
+
+fn serde_reason(field: &str, value: &Value, error: &::config::ConfigError) -> String {
+    let expected = match error {
+        // Negative or beyond 64 bits; the crate's own wording ("an unsigned 64 bit or less
+        // integer", or just "an integer") does not say which.
+        ::config::ConfigError::Type { expected, .. } if expected.contains("integer") => {
+            if OPTIONAL_INTEGERS.contains(&field) {
+                "a 64-bit integer".to_string()
+            } else {
+                "a non-negative 64-bit integer".to_string()
+            }
+        }
+        ::config::ConfigError::Type { expected, .. } => expected.to_string(),
+        _ if is_secret_field(field) => return "has an invalid value".to_string(),
+        other => return other.to_string(),
+    };
+    format!(
+        "expected {expected}, got {}",
+        show(value, is_secret_field(field))
+    )
+}
+
+/// `kafka.client` holds librdkafka properties, whose names have dots: a TOML file writing
+/// `sasl.mechanism = "PLAIN"` unquoted means the same as `"sasl.mechanism" = "PLAIN"`.
+fn flatten_client(kafka: &mut Value, problems: &mut Vec<Problem>) {
+    let ValueKind::Table(kafka) = &mut kafka.kind else {
+        return;
+    };
+    let Some(client) = kafka.get_mut("client") else {
+        return;
+    };
+    let ValueKind::Table(entries) = &client.kind else {
+        return;
+    };
+    let mut flat = Map::new();
+    flatten_into("", entries, &mut flat, problems);
+    client.kind = ValueKind::Table(flat);
+}
+
+fn flatten_into(
+    prefix: &str,
+    entries: &Map<String, Value>,
+    flat: &mut Map<String, Value>,
+    problems: &mut Vec<Problem>,
+) {
+    let name = |key: &str| {
+        if prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{prefix}.{key}")
+        }
+    };
+    // Nested tables first, so a quoted name (and the environment, which always gives
+    // one) wins over the same name spelled as nested keys.
+    for (key, value) in sorted(entries) {
+        if let ValueKind::Table(inner) = &value.kind {
+            flatten_into(&name(key), inner, flat, problems);
+        }
+    }
+    for (key, value) in sorted(entries) {
+        let property = name(key);
+        match &value.kind {
+            ValueKind::Table(_) => {}
+            ValueKind::Array(_) | ValueKind::Nil => problems.push(Problem::new(
+                format!("kafka.client.{property}"),
+                format!(
+                    "expected a string, got {} (librdkafka lists are comma-separated strings)",
+                    show(value, false)
+                ),
+            )),
+            _ => {
+                flat.insert(property, value.clone());
+            }
+        }
+    }
+}
+
+/// The field names of a settings struct, as serde sees them.
+fn json_keys<T: Serialize>(value: &T) -> BTreeSet<String> {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::Object(map)) => map.into_iter().map(|(k, _)| k).collect(),
+        _ => BTreeSet::new(),
+    }
+}
+
+fn sorted(map: &Map<String, Value>) -> BTreeMap<&String, &Value> {
+    map.iter().collect()
+}
+
+/// "unknown setting", with the nearest known name when it looks like a typo.
+fn unknown(key: &str, known: &BTreeSet<String>, what: &str) -> String {
+    let nearest = known
+        .iter()
+        .map(|k| (edit_distance(&key.to_lowercase(), k), k))
+        .min();
+    match nearest {
+        Some((distance, name)) if distance <= 2 && distance * 3 <= key.len() => {
+            format!("unknown {what} (did you mean `{name}`?)")
+        }
+        _ => format!("unknown {what}"),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let next = (row[j + 1] + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+/// Where a value came from, so a typo in a Helm chart's env list is found quickly.
+fn source_hint(field: &str, value: &Value) -> String {
+    match origin_of(value) {
+        Some(ENV_ORIGIN) if field.starts_with("kafka.client.") => {
+            " (from a METACACHE__KAFKA__CLIENT__* variable)".to_string()
+        }
+        Some(ENV_ORIGIN) => {
+            let name = format!("METACACHE__{}", field.to_uppercase().replace('.', "__"));
+            if matches!(value.kind, ValueKind::Table(_)) {
+                format!(" (from {name}__* variables)")
+            } else {
+                format!(" (from {name})")
+            }
+        }
+        Some(file) => format!(" (in {file})"),
+        None => String::new(),
+    }
+}
+
+fn origin_of(value: &Value) -> Option<&str> {
+    if let Some(origin) = value.origin() {
+        return Some(origin);
+    }
+    match &value.kind {
+        ValueKind::Table(table) => table.values().find_map(origin_of),
+        _ => None,
+    }
+}
+
+/// A value for a message; a secret's is never shown.
+fn show(value: &Value, secret: bool) -> String {
+    match &value.kind {
+        ValueKind::Nil => "nothing".into(),
+        ValueKind::Table(_) => "a table".into(),
+        ValueKind::Array(_) => "an array".into(),
+        _ if secret => "a value (not shown: secret)".into(),
+        ValueKind::String(s) => format!("{s:?}"),
+        ValueKind::Boolean(b) => b.to_string(),
+        ValueKind::I64(n) => n.to_string(),
+        ValueKind::I128(n) => n.to_string(),
+        ValueKind::U64(n) => n.to_string(),
+        ValueKind::U128(n) => n.to_string(),
+        ValueKind::Float(n) => n.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Semantic checks
+
+/// Redis rejects `EX` values whose milliseconds overflow an i64; every write would fail.
+const MAX_TTL_SECS: u64 = i64::MAX as u64 / 1000;
+
+/// Properties metacache owns: set by librdkafka from `kafka.client` they would break
+/// offset tracking or give one setting two names.
+const RESERVED_CLIENT_PROPERTIES: &[(&str, &str)] = &[
+    (
+        "enable.auto.commit",
+        "metacache commits offsets itself, after Redis acknowledged the writes; remove it",
+    ),
+    (
+        "enable.auto.offset.store",
+        "metacache stores offsets itself, after Redis acknowledged the writes; remove it",
+    ),
+    ("group.id", "use kafka.group_id instead"),
+    ("bootstrap.servers", "use kafka.brokers instead"),
+    ("metadata.broker.list", "use kafka.brokers instead"),
+    ("auto.offset.reset", "use kafka.auto_offset_reset instead"),
+    (
+        "queued.max.messages.kbytes",
+        "use kafka.queued_max_messages_kbytes instead",
+    ),
+];
+
+#[derive(Default)]
+struct Checks(Vec<Problem>);
+
+impl Checks {
+    fn fail(&mut self, field: &str, reason: impl Into<String>) {
+        self.0.push(Problem::new(field, reason));
+    }
+
+    fn between<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, lo: T, hi: T) {
+        if value < lo || value > hi {
+            self.fail(field, format!("must be between {lo} and {hi}, got {value}"));
+        }
+    }
+
+    fn at_least<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, lo: T) {
+        if value < lo {
+            self.fail(field, format!("must be at least {lo}, got {value}"));
+        }
+    }
+
+    fn at_most<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, hi: T) {
+        if value > hi {
+            self.fail(field, format!("must be at most {hi}, got {value}"));
+        }
+    }
+
+    fn one_of(&mut self, field: &str, value: &str, allowed: &[&str]) {
+        if !allowed.contains(&value) {
+            self.fail(
+                field,
+                format!("must be one of {}, got {value:?}", allowed.join(", ")),
+            );
+        }
+    }
+
+    fn topic(&mut self, field: &str, topic: &str) -> bool {
+        let reason = if topic.is_empty() {
+            "must not be empty".to_string()
+        } else if topic.len() > 249 {
+            format!("must be at most 249 characters, got {}", topic.len())
+        } else if topic == "." || topic == ".." {
+            format!("is not a valid Kafka topic name, got {topic:?}")
+        } else if !topic
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        {
+            format!("may only contain ASCII letters, digits, '.', '_' and '-', got {topic:?}")
+        } else {
+            return true;
+        };
+        self.fail(field, reason);
+        false
+    }
+
+    fn finish(self) -> Result<(), ConfigError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems: self.0 })
+        }
+    }
+}
+
+impl KafkaSettings {
+    fn check(&self, check: &mut Checks) {
+        let brokers = self.brokers.trim();
+        if brokers.is_empty() {
+            check.fail(
+                "kafka.brokers",
+                "must not be empty (e.g. \"localhost:9092\")",
+            );
+        } else if brokers.split(',').any(|b| b.trim().is_empty()) {
+            check.fail(
+                "kafka.brokers",
+                format!("has an empty entry in the comma-separated list {brokers:?}"),
+            );
+        }
+        if self.group_id.trim().is_empty() {
+            check.fail("kafka.group_id", "must not be empty");
+        }
+        check.one_of(
+            "kafka.auto_offset_reset",
+            &self.auto_offset_reset,
+            &["earliest", "latest"],
+        );
+        let device_ok = check.topic("kafka.device_topic", &self.device_topic);
+        let metric_ok = check.topic("kafka.metric_topic", &self.metric_topic);
+        if self.device_topic == self.metric_topic && device_ok {
+            check.fail(
+                "kafka.metric_topic",
+                format!(
+                    "must differ from kafka.device_topic, both are {:?}",
+                    self.metric_topic
+                ),
+            );
+        }
+        for (field, explicit, derived, source_ok) in [
+            (
+                "kafka.device_dead_letter_topic",
+                &self.device_dead_letter_topic,
+                self.device_dlq(),
+                device_ok,
+            ),
+            (
+                "kafka.metric_dead_letter_topic",
+                &self.metric_dead_letter_topic,
+                self.metric_dlq(),
+                metric_ok,
+            ),
+        ] {
+            if !explicit.is_empty() {
+                if !check.topic(field, explicit) {
+                    continue;
+                }
+            } else if !self.dead_letter || !source_ok {
+                continue;
+            } else if derived.len() > 249 {
+                check.fail(
+                    field,
+                    format!(
+                        "the derived name would have {} characters, more than Kafka's 249; \
+                         set this explicitly",
+                        derived.len()
+                    ),
+                );
+                continue;
+            }
+            if self.dead_letter && (derived == self.device_topic || derived == self.metric_topic) {
+                check.fail(
+                    field,
+                    format!("must differ from the source topics, got {derived:?}"),
+                );
+            }
+        }
+        check.at_least("kafka.commit_interval_ms", self.commit_interval_ms, 10);
+        // librdkafka's own upper bound, reported here rather than at consumer creation.
+        check.between(
+            "kafka.queued_max_messages_kbytes",
+            self.queued_max_messages_kbytes,
+            1,
+            2_097_151,
+        );
+        for property in self.client.keys() {
+            let field = format!("kafka.client.{property}");
+            if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
+                .iter()
+                .find(|(reserved, _)| reserved == property)
+            {
+                check.fail(&field, format!("must not be set here: {instead}"));
+            } else if property.is_empty() || property.contains(char::is_whitespace) {
+                check.fail(
+                    "kafka.client",
+                    format!("{property:?} is not a librdkafka property name"),
+                );
+            }
+        }
+    }
+}
+
+impl RedisSettings {
+    fn check(&self, check: &mut Checks) {
+        match Url::parse(&self.url) {
+            Err(e) => check.fail(
+                "redis.url",
+                format!("is not a URL such as redis://127.0.0.1:6379/0 ({e})"),
+            ),
+            Ok(url) => match url.scheme() {
+                "redis" | "rediss" => {
+                    if url.host_str().is_none_or(str::is_empty) {
+                        check.fail(
+                            "redis.url",
+                            format!("has no host, got {:?}", self.redacted_url()),
+                        );
+                    }
+                    let db = url.path().trim_start_matches('/');
+                    if !db.is_empty() && db.parse::<u32>().is_err() {
+                        check.fail(
+                            "redis.url",
+                            format!("the path must be a database number, got {db:?}"),
+                        );
+                    }
+                }
+                "redis+unix" | "unix" => {
+                    if url.path().trim_start_matches('/').is_empty() {
+                        check.fail(
+                            "redis.url",
+                            format!("has no socket path, got {:?}", self.redacted_url()),
+                        );
+                    }
+                }
+                other => check.fail(
+                    "redis.url",
+                    format!("scheme must be redis, rediss, redis+unix or unix, got {other:?}"),
+                ),
+            },
+        }
+        if let Some(db) = self.db {
+            check.at_least("redis.db", db, 0);
+        }
+        if self.key_prefix.len() > 128 {
+            check.fail(
+                "redis.key_prefix",
+                format!("must be at most 128 bytes, got {}", self.key_prefix.len()),
+            );
+        }
+        if self
+            .key_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
+        {
+            check.fail(
+                "redis.key_prefix",
+                format!(
+                    "must not contain whitespace or control characters, got {:?}",
+                    self.key_prefix
+                ),
+            );
+        }
+        check.at_least("redis.connect_timeout_ms", self.connect_timeout_ms, 1);
+        check.at_least("redis.response_timeout_ms", self.response_timeout_ms, 1);
+    }
+}
+
+impl WriterSettings {
+    fn check(&self, check: &mut Checks) {
+        check.between("writer.max_batch", self.max_batch, 1, 100_000);
+        check.at_most("writer.linger_ms", self.linger_ms, 10_000);
+        check.between("writer.max_in_flight", self.max_in_flight, 1, 64);
+        check.at_least("writer.retry_initial_ms", self.retry_initial_ms, 1);
+        if self.retry_initial_ms > self.retry_max_ms {
+            check.fail(
+                "writer.retry_initial_ms",
+                format!(
+                    "must not exceed writer.retry_max_ms ({}), got {}",
+                    self.retry_max_ms, self.retry_initial_ms
+                ),
+            );
+        }
+    }
+}
+
+fn check_limits(limits: &Limits, check: &mut Checks) {
+    check.between(
+        "limits.max_message_bytes",
+        limits.max_message_bytes,
+        1,
+        64 * 1024 * 1024,
+    );
+    check.between("limits.max_id_bytes", limits.max_id_bytes, 1, 4096);
+    check.between(
+        "limits.max_metric_names",
+        limits.max_metric_names,
+        1,
+        1_000_000,
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Secrets
+
+/// librdkafka properties whose values are credentials or private keys.
+fn is_secret_property(name: &str) -> bool {
+    const MARKERS: &[&str] = &[
+        "password",
+        "secret",
+        "passphrase",
+        "sasl.jaas",
+        "sasl.oauthbearer.config",
+        "key.pem",
+        "private.key",
+    ];
+    let name = name.to_ascii_lowercase();
+    MARKERS.iter().any(|m| name.contains(m))
+}
+
+fn is_secret_field(field: &str) -> bool {
+    match field.strip_prefix("kafka.client.") {
+        Some(property) => is_secret_property(property),
+        None => matches!(field, "redis.password" | "redis.url"),
+    }
+}
+
+fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = Url::parse(raw) else {
+        // Not a URL, but it may still carry `user:password@`.
+        return match raw.split_once("://") {
+            Some((scheme, rest)) => match rest.rfind('@') {
+                Some(at) => format!("{scheme}://{MASK}@{}", &rest[at + 1..]),
+                None => raw.to_string(),
+            },
+            None => raw.to_string(),
+        };
+    };
+    if url.password().is_some() {
+        let _ = url.set_password(Some(MASK));
+    }
+    // Unix-socket URLs carry the password in the query (`?pass=`).
+    let secret_query = |key: &str| matches!(key, "pass" | "password");
+    if url.query_pairs().any(|(k, _)| secret_query(&k)) {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if secret_query(&k) {
+                    MASK.to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{Mutex, MutexGuard};
+
+    use super::*;
+
+    /// The process environment is shared by every test thread.
+    static ENV_LOCK: Mutex<()> = Mutex::new(());
+
+    /// Sets variables for one test and removes them afterwards, even on panic.
+    struct EnvVars {
+        names: Vec<String>,
+        _lock: MutexGuard<'static, ()>,
+    }
+
+    impl EnvVars {
+        fn set(vars: &[(&str, &str)]) -> EnvVars {
+            let lock = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            for (name, value) in vars {
+                std::env::set_var(name, value);
+            }
+            EnvVars {
+                names: vars.iter().map(|(n, _)| n.to_string()).collect(),
+                _lock: lock,
+            }
+        }
+    }
+
+    impl Drop for EnvVars {
+        fn drop(&mut self) {
+            for name in &self.names {
+                std::env::remove_var(name);
+            }
+        }
+    }
+
+    fn toml_file(text: &str) -> tempfile::NamedTempFile {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(text.as_bytes()).unwrap();
+        file
+    }
+
+    fn env(vars: &[(&str, &str)]) -> Vec<(OsString, OsString)> {
+        vars.iter().map(|(k, v)| (k.into(), v.into())).collect()
+    }
+
+    fn no_fallback() -> &'static Path {
+        Path::new("/nonexistent/metacache/default.toml")
+    }
+
+    fn load(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        Settings::load_from(file, &env(vars), no_fallback())
+    }
+
+    fn problems(result: Result<Settings, ConfigError>) -> Vec<(String, String)> {
+        let error = result.expect_err("configuration should be rejected");
+        error
+            .problems
+            .into_iter()
+            .map(|p| (p.field, p.reason))
+            .collect()
+    }
+
+    fn fields(result: Result<Settings, ConfigError>) -> Vec<String> {
+        problems(result).into_iter().map(|(f, _)| f).collect()
+    }
+
+    fn default_file() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join(DEFAULT_FILE)
+    }
+
+    #[test]
+    fn defaults_load_without_a_file() {
+        let settings = load(None, &[]).unwrap();
+        assert_eq!(
+            settings.to_toml_string(),
+            Settings::default().to_toml_string()
+        );
+        assert_eq!(settings.kafka.brokers, "localhost:9092");
+        assert_eq!(settings.writer.max_batch, 1024);
+        assert_eq!(settings.redis.password, None);
+        assert!(settings.kafka.client.is_empty());
+    }
+
+    #[test]
+    fn the_shipped_default_file_matches_the_code() {
+        let settings = load(Some(&default_file()), &[]).unwrap();
+        assert_eq!(
+            settings.to_toml_string(),
+            Settings::default().to_toml_string()
+        );
+    }
+
+    #[test]
+    fn the_shipped_default_file_names_every_setting() {
+        // Equal values alone would not notice a setting missing from the file.
+        let text = std::fs::read_to_string(default_file()).unwrap();
+        let file: toml::Table = text.parse().unwrap();
+        let code = serde_json::to_value(Settings::default()).unwrap();
+        for (section, keys) in code.as_object().unwrap() {
+            let in_file = file[section].as_table().unwrap();
+            for (key, value) in keys.as_object().unwrap() {
+                // Options without a default are documented as comments.
+                if !value.is_null() {
+                    assert!(in_file.contains_key(key), "{section}.{key} missing");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_fallback_file_is_used_only_when_nothing_is_named() {
+        let fallback = toml_file("[writer]\nmax_batch = 7\n");
+        let settings = Settings::load_from(None, &[], fallback.path()).unwrap();
+        assert_eq!(settings.writer.max_batch, 7);
+
+        let named = toml_file("[writer]\nmax_batch = 8\n");
+        let settings = Settings::load_from(Some(named.path()), &[], fallback.path()).unwrap();
+        assert_eq!(settings.writer.max_batch, 8);
+    }
+
+    #[test]
+    fn a_file_overrides_defaults() {
+        let file = toml_file(
+            r#"
+            [kafka]
+            brokers = "k1:9092,k2:9092"
+            dead_letter = false
+            [redis]
+            key_prefix = "mc:"
+            db = 3
+            [writer]
+            max_batch = 10
+            [devices]
+            ttl_secs = 86400
+            "#,
+        );
+        let settings = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(settings.kafka.brokers, "k1:9092,k2:9092");
+        assert!(!settings.kafka.dead_letter);
+        assert_eq!(settings.redis.key_prefix, "mc:");
+        assert_eq!(settings.redis.db, Some(3));
+        assert_eq!(settings.writer.max_batch, 10);
+        assert_eq!(settings.devices.ttl_secs, 86400);
+        // Untouched settings keep their defaults.
+        assert_eq!(settings.kafka.group_id, "metacache");
+        assert_eq!(settings.writer.linger_ms, 5);
+        assert_eq!(settings.metrics.ttl_secs, 0);
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file() {
+        let file = toml_file("[kafka]\nbrokers = \"file:9092\"\n[writer]\nmax_batch = 10\n");
+        let _env = EnvVars::set(&[
+            ("METACACHE__KAFKA__BROKERS", "env:9092"),
+            ("METACACHE__WRITER__MAX_BATCH", "20"),
+            ("METACACHE__KAFKA__DEAD_LETTER", "false"),
+            ("METACACHE__REDIS__DB", "2"),
+        ]);
+        let settings = Settings::load(Some(file.path())).unwrap();
+        assert_eq!(settings.kafka.brokers, "env:9092");
+        assert_eq!(settings.writer.max_batch, 20);
+        assert!(!settings.kafka.dead_letter);
+        assert_eq!(settings.redis.db, Some(2));
+    }
+
+    #[test]
+    fn client_variables_become_dotted_librdkafka_properties() {
+        let file = toml_file("[kafka.client]\n\"sasl.username\" = \"app\"\n");
+        let _env = EnvVars::set(&[
+            ("METACACHE__KAFKA__CLIENT__SASL_PASSWORD", "s3cret"),
+            ("METACACHE__KAFKA__CLIENT__SECURITY_PROTOCOL", "SASL_SSL"),
+            // Numeric-looking values stay strings.
+            ("METACACHE__KAFKA__CLIENT__FETCH_MAX_BYTES", "052428800"),
+        ]);
+        let settings = Settings::load(Some(file.path())).unwrap();
+        let expected: BTreeMap<String, String> = [
+            ("fetch.max.bytes", "052428800"),
+            ("sasl.password", "s3cret"),
+            ("sasl.username", "app"),
+            ("security.protocol", "SASL_SSL"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        assert_eq!(settings.kafka.client, expected);
+    }
+
+    #[test]
+    fn nested_client_keys_in_a_file_are_flattened() {
+        let file = toml_file(
+            "[kafka.client]\nsasl.mechanism = \"PLAIN\"\n\"socket.keepalive.enable\" = true\n",
+        );
+        let settings = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(settings.kafka.client["sasl.mechanism"], "PLAIN");
+        assert_eq!(settings.kafka.client["socket.keepalive.enable"], "true");
+        assert_eq!(settings.kafka.client.len(), 2);
+    }
+
+    #[test]
+    fn numeric_looking_strings_stay_strings() {
+        for password in ["1234", "0123", "1e3", "TRUE", "nan"] {
+            let settings = load(
+                None,
+                &[
+                    ("METACACHE__REDIS__PASSWORD", password),
+                    ("METACACHE__KAFKA__GROUP_ID", "007"),
+                    ("METACACHE__KAFKA__BROKERS", "9092"),
+                ],
+            )
+            .unwrap();
+            assert_eq!(settings.redis.password.as_deref(), Some(password));
+            assert_eq!(settings.kafka.group_id, "007");
+            assert_eq!(settings.kafka.brokers, "9092");
+        }
+    }
+
+    #[test]
+    fn the_config_file_variable_is_not_a_setting() {
+        let file = toml_file("[writer]\nmax_batch = 9\n");
+        let _env = EnvVars::set(&[("METACACHE_CONFIG", file.path().to_str().unwrap())]);
+        let settings = Settings::load(None).unwrap();
+        assert_eq!(settings.writer.max_batch, 9);
+    }
+
+    #[test]
+    fn a_missing_named_file_is_reported() {
+        let missing = Path::new("/nonexistent/metacache.toml");
+        assert_eq!(
+            problems(load(Some(missing), &[])),
+            [(
+                "config".to_string(),
+                "file /nonexistent/metacache.toml does not exist".to_string()
+            )]
+        );
+        assert_eq!(
+            problems(load(None, &[("METACACHE_CONFIG", "/nonexistent/m.toml")])),
+            [(
+                "config".to_string(),
+                "file /nonexistent/m.toml does not exist (named by METACACHE_CONFIG)".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_file_with_several_problems_reports_them_all() {
+        let file = toml_file(
+            r#"
+            [kafka]
+            auto_offset_reset = "oldest"
+            client = { "enable.auto.commit" = "true", "group.id" = "other" }
+            [redis]
+            url = "http://127.0.0.1:6379"
+            db = "zero"
+            [writer]
+            max_bach = 100
+            max_batch = 0
+            linger_ms = 5.5
+            [limits]
+            max_id_bytes = "lots"
+            max_metric_names = -1
+            [shutdown]
+            timeout_secs = 0
+            [http]
+            listen = "localhost:8080"
+            [log]
+            format = "xml"
+            [writr]
+            max_batch = 1
+            "#,
+        );
+        let path = file.path().display().to_string();
+        let found = problems(load(Some(file.path()), &[]));
+        let expected: Vec<(String, String)> = [
+            (
+                "writr",
+                format!("unknown section (did you mean `writer`?) (in {path})"),
+            ),
+            (
+                "redis.db",
+                format!("expected an integer, got \"zero\" (in {path})"),
+            ),
+            (
+                "writer.linger_ms",
+                format!("expected an integer, got 5.5 (in {path})"),
+            ),
+            (
+                "writer.max_bach",
+                format!("unknown setting (did you mean `max_batch`?) (in {path})"),
+            ),
+            (
+                "limits.max_id_bytes",
+                format!("expected an integer, got \"lots\" (in {path})"),
+            ),
+            (
+                "limits.max_metric_names",
+                format!("expected a non-negative 64-bit integer, got -1 (in {path})"),
+            ),
+            (
+                "kafka.auto_offset_reset",
+                "must be one of earliest, latest, got \"oldest\"".to_string(),
+            ),
+            (
+                "kafka.client.enable.auto.commit",
+                "must not be set here: metacache commits offsets itself, after Redis \
+                 acknowledged the writes; remove it"
+                    .to_string(),
+            ),
+            (
+                "kafka.client.group.id",
+                "must not be set here: use kafka.group_id instead".to_string(),
+            ),
+            (
+                "redis.url",
+                "scheme must be redis, rediss, redis+unix or unix, got \"http\"".to_string(),
+            ),
+            (
+                "writer.max_batch",
+                "must be between 1 and 100000, got 0".to_string(),
+            ),
+            (
+                "shutdown.timeout_secs",
+                "must be between 1 and 3600, got 0".to_string(),
+            ),
+            (
+                "http.listen",
+                "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\""
+                    .to_string(),
+            ),
+            (
+                "log.format",
+                "must be one of text, json, got \"xml\"".to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(f, r)| (f.to_string(), r))
+        .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn values_the_config_crate_would_coerce_are_rejected() {
+        let file = toml_file(
+            r#"
+            shutdown = 5
+            [kafka]
+            client = ["a"]
+            dead_letter = 1
+            [writer]
+            max_batch = true
+            max_in_flight = "99999999999999999999999"
+            "#,
+        );
+        let path = file.path().display().to_string();
+        assert_eq!(
+            problems(load(
+                Some(file.path()),
+                &[("METACACHE__KAFKA__GROUP_ID", "g")]
+            )),
+            [
+                ("kafka.client", "expected a table, got an array".to_string()),
+                (
+                    "kafka.dead_letter",
+                    "expected true or false, got 1".to_string()
+                ),
+                (
+                    "writer.max_batch",
+                    "expected an integer, got true".to_string()
+                ),
+                (
+                    "writer.max_in_flight",
+                    "expected a non-negative 64-bit integer, got \"99999999999999999999999\""
+                        .to_string()
+                ),
+                (
+                    "shutdown",
+                    "expected a table of settings, got 5".to_string()
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        );
+    }
+
+    #[test]
+    fn environment_problems_name_the_variable() {
+        let found = problems(load(
+            None,
+            &[
+                ("METACACHE__WRITER__MAX_BACH", "5"),
+                ("METACACHE__WRITER__MAX_IN_FLIGHT", "many"),
+                ("METACACHE__KAFKA__DEAD_LETTER", "2"),
+                ("METACACHE__BROKERS", "k:9092"),
+            ],
+        ));
+        assert_eq!(
+            found,
+            [
+                (
+                    "brokers".to_string(),
+                    "unknown section (did you mean `kafka.brokers`?) (from METACACHE__BROKERS)"
+                        .to_string()
+                ),
+                (
+                    "kafka.dead_letter".to_string(),
+                    "expected true or false, got \"2\" (from METACACHE__KAFKA__DEAD_LETTER)"
+                        .to_string()
+                ),
+                (
+                    "writer.max_bach".to_string(),
+                    "unknown setting (did you mean `max_batch`?) (from \
+                     METACACHE__WRITER__MAX_BACH)"
+                        .to_string()
+                ),
+                (
+                    "writer.max_in_flight".to_string(),
+                    "expected an integer, got \"many\" (from METACACHE__WRITER__MAX_IN_FLIGHT)"
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_error_prints_one_line_per_problem() {
+        let error = ConfigError {
+            problems: vec![
+                Problem::new("writer.max_batch", "must be between 1 and 100000, got 0"),
+                Problem::new("log.format", "must be one of text, json, got \"xml\""),
+            ],
+        };
+        assert_eq!(
+            error.to_string(),
+            "configuration has 2 problem(s):\n  \
+             - writer.max_batch: must be between 1 and 100000, got 0\n  \
+             - log.format: must be one of text, json, got \"xml\""
+        );
+    }
+
+    #[test]
+    fn topics_and_dead_letters_are_checked() {
+        let mut settings = Settings::default();
+        assert_eq!(settings.kafka.device_dlq(), "device-metadata.dlq");
+        assert_eq!(settings.kafka.metric_dlq(), "metric-catalog.dlq");
+        settings.kafka.device_dead_letter_topic = "rejects".into();
+        assert_eq!(settings.kafka.device_dlq(), "rejects");
+
+        settings.kafka.device_dead_letter_topic = "metric-catalog".into();
+        settings.kafka.metric_topic = "bad topic!".into();
+        settings.kafka.commit_interval_ms = 5;
+        let found = problems(settings.validate().map(|()| Settings::default()));
+        assert_eq!(
+            found,
+            [
+                (
+                    "kafka.metric_topic".to_string(),
+                    "may only contain ASCII letters, digits, '.', '_' and '-', got \"bad topic!\""
+                        .to_string()
+                ),
+                (
+                    "kafka.commit_interval_ms".to_string(),
+                    "must be at least 10, got 5".to_string()
+                ),
+            ]
+        );
+
+        let mut settings = Settings::default();
+        settings.kafka.device_dead_letter_topic = "device-metadata".into();
+        settings.kafka.metric_topic = "device-metadata".into();
+        assert_eq!(
+            fields(settings.validate().map(|()| Settings::default())),
+            ["kafka.metric_topic", "kafka.device_dead_letter_topic"]
+        );
+
+        let mut settings = Settings::default();
+        settings.kafka.device_dead_letter_topic = "metric-catalog".into();
+
+        assert_eq!(
+            problems(settings.validate().map(|()| Settings::default())),
+            [(
+                "kafka.device_dead_letter_topic".to_string(),
+                "must differ from the source topics, got \"metric-catalog\"".to_string()
+            )]
+        );
+        // Without dead letters the derived names do not matter.
+        settings.kafka.dead_letter = false;
+        settings.kafka.device_dead_letter_topic.clear();
+        settings.kafka.device_topic = "d".repeat(249);
+        assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn redis_urls_are_checked_without_showing_passwords() {
+        let mut settings = Settings::default();
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "rediss://user:pw@cache.internal:6380",
+            "redis+unix:///run/redis.sock",
+            "unix:///run/redis.sock?db=1",
+        ] {
+            settings.redis.url = good.into();
+            assert!(settings.validate().is_ok(), "{good}");
+        }
+        settings.redis.url = "redis://user:hunter2@/0".into();
+        let found = problems(settings.validate().map(|()| Settings::default()));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "redis.url");
+        assert!(!found[0].1.contains("hunter2"), "{}", found[0].1);
+
+        settings.redis.url = "redis://h:6379/x".into();
+        settings.redis.db = Some(-1);
+        settings.redis.key_prefix = "a b".into();
+        assert_eq!(
+            problems(settings.validate().map(|()| Settings::default())),
+            [
+                (
+                    "redis.url".to_string(),
+                    "the path must be a database number, got \"x\"".to_string()
+                ),
+                (
+                    "redis.db".to_string(),
+                    "must be at least 0, got -1".to_string()
+                ),
+                (
+                    "redis.key_prefix".to_string(),
+                    "must not contain whitespace or control characters, got \"a b\"".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn secrets_never_reach_printed_settings() {
+        let mut settings = Settings::default();
+        settings.redis.url = "redis://user:url-secret-1@cache:6379/0".into();
+        settings.redis.password = Some("pw-secret-2".into());
+        for (key, value) in [
+            ("sasl.password", "sasl-secret-3"),
+            ("sasl.jaas.config", "jaas-secret-4"),
+            ("sasl.oauthbearer.config", "oauth-secret-5"),
+            ("sasl.oauthbearer.client.secret", "client-secret-6"),
+            ("ssl.key.pem", "pem-secret-7"),
+            ("sasl.username", "alice"),
+        ] {
+            settings.kafka.client.insert(key.into(), value.into());
+        }
+        let printed = settings.to_toml_string();
+        for secret in ["secret-1", "secret-2", "secret-3", "secret-4", "secret-5"] {
+            assert!(!printed.contains(secret), "{secret} in:\n{printed}");
+        }
+        for secret in ["secret-6", "secret-7"] {
+            assert!(!printed.contains(secret), "{secret} in:\n{printed}");
+        }
+        assert!(
+            printed.contains("url = \"redis://user:***@cache:6379/0\""),
+            "{printed}"
+        );
+        assert!(printed.contains("password = \"***\""), "{printed}");
+        assert!(printed.contains("\"sasl.password\" = \"***\""), "{printed}");
+        assert!(
+            printed.contains("\"sasl.username\" = \"alice\""),
+            "{printed}"
+        );
+        assert_eq!(
+            settings.redis.redacted_url(),
+            "redis://user:***@cache:6379/0"
+        );
+        // The original is untouched.
+        assert_eq!(settings.redis.password.as_deref(), Some("pw-secret-2"));
+    }
+
+    #[test]
+    fn printed_settings_load_back_to_the_same_values() {
+        let mut settings = Settings::default();
+        settings.writer.max_batch = 77;
+        settings.kafka.client.insert("linger.ms".into(), "3".into());
+        settings.redis.db = Some(4);
+        let file = toml_file(&settings.to_toml_string());
+        let loaded = load(Some(file.path()), &[]).unwrap();
+        assert_eq!(loaded.to_toml_string(), settings.to_toml_string());
+    }
+
+    #[test]
+    fn urls_are_redacted_in_every_form() {
+        let cases = [
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://:only-pw@h:6379", "redis://:***@h:6379"),
+            ("rediss://u:p%40ss@h/1", "rediss://u:***@h/1"),
+            (
+                "redis+unix:///run/r.sock?db=1&pass=qwerty",
+                "redis+unix:///run/r.sock?db=1&pass=***",
+            ),
+            ("not a url://u:pw@host", "not a url://***@host"),
+        ];
+        for (raw, shown) in cases {
+            assert_eq!(redact_url(raw), shown);
+        }
+    }
+
+    #[test]
+    fn a_syntax_error_names_the_file_but_not_the_line() {
+        let file = toml_file("[redis]\npassword = \"hunter2\nurl = 1\n");
+        let found = problems(load(Some(file.path()), &[]));
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].0, "config");
+        assert!(found[0].1.starts_with("cannot parse "), "{}", found[0].1);
+        assert!(found[0].1.contains("line 2"), "{}", found[0].1);
+        assert!(!found[0].1.contains("hunter2"), "{}", found[0].1);
     }
 }
