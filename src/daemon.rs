@@ -18,7 +18,7 @@ use crate::sink::redis::plan::{Planner, Ttls};
 use crate::sink::redis::retry::RetryPolicy;
 use crate::sink::redis::writer::{Writer, WriterConfig};
 use crate::sink::redis::KeyLayout;
-use crate::source::kafka::{client_config, KafkaSource, SourceReport};
+use crate::source::kafka::{client_config, KafkaSource, ProducerLogContext, SourceReport};
 use crate::stats::Stats;
 
 /// Why the daemon could not run, or did not stop cleanly.
@@ -56,10 +56,10 @@ pub async fn run(
     let (dead_tx, dead_rx) = mpsc::channel(1024);
 
     let producer = if settings.kafka.dead_letter {
-        let producer: FutureProducer = client_config(&settings.kafka)
+        let producer: FutureProducer<ProducerLogContext> = client_config(&settings.kafka)
             .set("acks", "all")
             .set("linger.ms", "5")
-            .create()?;
+            .create_with_context(ProducerLogContext)?;
         Some(producer)
     } else {
         None

@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use crate::model::{Reject, TopicKind};
 use crate::record::{Ack, Origin, Record};
 use crate::sink::redis::retry::RetryPolicy;
+use crate::source::kafka::ProducerLogContext;
 use crate::stats::Stats;
 
 /// Header names on every dead-lettered record.
@@ -67,7 +68,7 @@ impl Topics {
 
 pub struct DeadLetterStage {
     /// `None` when dead-lettering is switched off.
-    producer: Option<FutureProducer>,
+    producer: Option<FutureProducer<ProducerLogContext>>,
     topics: Arc<Topics>,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
@@ -76,7 +77,7 @@ pub struct DeadLetterStage {
 
 impl DeadLetterStage {
     pub fn new(
-        producer: Option<FutureProducer>,
+        producer: Option<FutureProducer<ProducerLogContext>>,
         topics: Topics,
         stats: Arc<Stats>,
         acks: flume::Sender<Ack>,
@@ -141,7 +142,7 @@ impl DeadLetterStage {
 
 /// Produces one dead letter, retrying until the broker acknowledges it.
 async fn deliver(
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerLogContext>,
     topics: Arc<Topics>,
     retry: RetryPolicy,
     dl: DeadLetter,
@@ -226,7 +227,10 @@ impl RateLimitedLog {
 
     fn warn(&mut self, dl: &DeadLetter) {
         let now = Instant::now();
-        if self.last.is_some_and(|t| now.duration_since(t) < self.every) {
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < self.every)
+        {
             self.suppressed += 1;
             return;
         }

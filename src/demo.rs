@@ -82,7 +82,9 @@ pub struct DemoOptions {
 
 pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String> {
     let text = match &options.events {
-        Some(path) => std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?,
+        Some(path) => {
+            std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?
+        }
         None => SAMPLE_EVENTS.to_owned(),
     };
     let samples = parse_samples(&text)?;
@@ -169,8 +171,13 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
         );
     }
 
-    show_redis(&settings).await.map_err(|e| format!("reading Redis: {e}"))?;
-    show_dead_letters(&settings, snap.devices.dead_lettered + snap.metrics.dead_lettered)?;
+    show_redis(&settings)
+        .await
+        .map_err(|e| format!("reading Redis: {e}"))?;
+    show_dead_letters(
+        &settings,
+        snap.devices.dead_lettered + snap.metrics.dead_lettered,
+    )?;
 
     let port = url::Url::parse(&settings.redis.url)
         .ok()
@@ -262,7 +269,10 @@ async fn show_redis(settings: &Settings) -> redis::RedisResult<()> {
     for ns in &namespaces {
         let mut names: Vec<String> = conn.smembers(keys.metric_names(ns)).await?;
         names.sort();
-        println!("  {ns:8} SMEMBERS {ns}#metric_names -> {}", names.join(", "));
+        println!(
+            "  {ns:8} SMEMBERS {ns}#metric_names -> {}",
+            names.join(", ")
+        );
     }
     Ok(())
 }

@@ -138,7 +138,8 @@ impl EmbeddedRedis {
     /// Starts with extra `redis-server` arguments, e.g. `["--maxmemory", "1mb"]`.
     pub fn start_with(extra_args: &[&str]) -> Result<Self, String> {
         let port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("metacache-redis-{}-{port}", std::process::id()));
+        let dir =
+            std::env::temp_dir().join(format!("metacache-redis-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let mut redis = EmbeddedRedis {
             port,

@@ -12,6 +12,7 @@
 //! `queued.max.messages.kbytes`, so lag never becomes heap.
 
 use std::collections::VecDeque;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -109,6 +110,9 @@ pub struct SourceContext {
     stats: Arc<Stats>,
     /// Longest a revoke waits for the in-flight records of the revoked partitions.
     drain_timeout: Duration,
+    /// Set once shutdown gave up waiting: the revoke that closing the consumer triggers
+    /// must not wait a second time.
+    closing: AtomicBool,
 }
 
 impl SourceContext {
@@ -124,11 +128,7 @@ impl SourceContext {
     }
 
     /// Waits until `busy` says no record of interest is in flight, or until `deadline`.
-    fn drain_until(
-        &self,
-        deadline: Instant,
-        busy: impl Fn(&Offsets) -> bool,
-    ) -> bool {
+    fn drain_until(&self, deadline: Instant, busy: impl Fn(&Offsets) -> bool) -> bool {
         loop {
             {
                 let mut state = self.state();
@@ -235,13 +235,18 @@ impl ConsumerContext for SourceContext {
         self.state()
             .stash
             .retain(|r| !revoked.contains(&(r.origin.topic, r.origin.partition)));
-        let deadline = Instant::now() + self.drain_timeout;
+        let wait = if self.closing.load(Relaxed) {
+            Duration::ZERO
+        } else {
+            self.drain_timeout
+        };
+        let deadline = Instant::now() + wait;
         let drained = self.drain_until(deadline, |offsets| {
             revoked
                 .iter()
                 .any(|id| offsets.get(id).is_some_and(|p| p.in_flight() > 0))
         });
-        if !drained {
+        if !drained && !wait.is_zero() {
             tracing::warn!(
                 "revoked partitions still had records in flight after {:?}; the next owner replays them",
                 self.drain_timeout
@@ -286,6 +291,21 @@ impl ConsumerContext for SourceContext {
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed; will retry");
             self.forget_commits(offsets);
+        }
+    }
+}
+
+/// The dead-letter producer's context: it shares the user's passthrough table with the
+/// consumer, so librdkafka's "consumer property ignored by this producer" warnings are
+/// expected there and demoted to debug.
+pub struct ProducerLogContext;
+
+impl ClientContext for ProducerLogContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        if fac == "CONFWARN" {
+            tracing::debug!(target: "librdkafka", fac, "{message}");
+        } else {
+            log_librdkafka(level, fac, message);
         }
     }
 }
@@ -349,6 +369,7 @@ impl KafkaSource {
             topics,
             stats,
             drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
+            closing: AtomicBool::new(false),
         };
         let consumer: BaseConsumer<SourceContext> =
             consumer_config(kafka).create_with_context(context)?;
@@ -559,6 +580,7 @@ impl KafkaSource {
             let _ = self.consumer.poll(Duration::ZERO);
         }
         self.ctx().commit(&self.consumer, CommitMode::Sync, None);
+        self.ctx().closing.store(true, Relaxed);
         let unacknowledged = self.ctx().state().offsets.in_flight();
         if unacknowledged > 0 {
             tracing::warn!(

@@ -116,9 +116,7 @@ impl Offsets {
     /// Marks records done; records of partitions no longer assigned are ignored (the new
     /// owner replays them from the committed offset).
     pub fn done(&mut self, id: PartitionId, offset: i64) -> bool {
-        self.partitions
-            .get_mut(&id)
-            .is_some_and(|p| p.done(offset))
+        self.partitions.get_mut(&id).is_some_and(|p| p.done(offset))
     }
 
     pub fn in_flight(&self) -> usize {

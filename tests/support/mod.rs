@@ -42,6 +42,7 @@ static GROUPS: AtomicU64 = AtomicU64::new(0);
 impl Harness {
     /// Both topics with `partitions` partitions, dead-letter topics with one.
     pub fn start(partitions: i32) -> Harness {
+        init_logging();
         let kafka = EmbeddedKafka::start(
             1,
             &[
@@ -71,9 +72,14 @@ impl Harness {
             GROUPS.fetch_add(1, Ordering::Relaxed)
         );
         s.kafka.commit_interval_ms = 100;
-        s.kafka
-            .client
-            .insert("fetch.wait.max.ms".into(), "10".into());
+        for (k, v) in [
+            ("fetch.wait.max.ms", "10"),
+            // A restarted daemon rejoins quickly (the mock waits session timeout - 1 s).
+            ("session.timeout.ms", "3000"),
+            ("heartbeat.interval.ms", "500"),
+        ] {
+            s.kafka.client.insert(k.into(), v.into());
+        }
         s.redis.url = self.redis.url();
         s.writer.retry_initial_ms = 20;
         s.writer.retry_max_ms = 200;
@@ -139,10 +145,12 @@ impl Harness {
             .committed_offsets(tpl, Duration::from_secs(10))
             .expect("committed offsets");
         (0..self.partitions)
-            .map(|p| match committed.find_partition(topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o,
-                _ => -1,
-            })
+            .map(
+                |p| match committed.find_partition(topic, p).map(|e| e.offset()) {
+                    Some(Offset::Offset(o)) => o,
+                    _ => -1,
+                },
+            )
             .collect()
     }
 
@@ -231,4 +239,15 @@ pub fn header(m: &OwnedMessage, name: &str) -> Option<String> {
         .find(|h| h.key == name)
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// Logs to the test's captured output; `RUST_LOG=metacache=debug` shows the pipeline.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
 }

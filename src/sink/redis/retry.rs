@@ -63,6 +63,8 @@ mod tests {
         assert!(delays[0] >= Duration::from_millis(10));
         assert!(delays[0] < Duration::from_millis(40));
         assert!(delays.iter().all(|d| *d <= Duration::from_millis(200)));
-        assert!(delays[20..].iter().all(|d| *d >= Duration::from_millis(100)));
+        assert!(delays[20..]
+            .iter()
+            .all(|d| *d >= Duration::from_millis(100)));
     }
 }

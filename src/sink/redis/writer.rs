@@ -57,7 +57,10 @@ enum Verdict {
     /// Every command answered; per-event outcomes can be read.
     Answered(Vec<RedisResult<Value>>),
     /// Something transient went wrong: retry this batch (and everything after it).
-    Retry { reason: String, reload_scripts: bool },
+    Retry {
+        reason: String,
+        reload_scripts: bool,
+    },
 }
 
 pub struct Writer<C> {
