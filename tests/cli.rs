@@ -1,0 +1,242 @@
+//! The `metacache` binary as a user runs it: configuration errors, secret masking, the
+//! demo, and signals.
+
+mod support;
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use redis::Commands;
+use support::*;
+
+fn metacache() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metacache"));
+    // Start from a clean environment so a developer's METACACHE__* does not leak in.
+    for (key, _) in std::env::vars() {
+        if key.starts_with("METACACHE") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+#[test]
+fn a_bad_config_lists_every_problem_and_nothing_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[kafka]
+brokers = ""
+auto_offset_reset = "sometimes"
+[writer]
+max_batch = 0
+max_bach = 5
+[redis]
+url = "http://cache:6379"
+[http]
+listen = "not an address"
+"#,
+    )
+    .unwrap();
+    for sub in ["check-config", "run"] {
+        let out = metacache()
+            .args([sub, "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        for field in [
+            "kafka.brokers",
+            "kafka.auto_offset_reset",
+            "writer.max_batch",
+            "writer.max_bach",
+            "redis.url",
+            "http.listen",
+        ] {
+            assert!(err.contains(field), "{sub}: `{field}` missing from:\n{err}");
+        }
+    }
+}
+
+#[test]
+fn check_config_prints_effective_settings_with_secrets_masked() {
+    let out = metacache()
+        .arg("check-config")
+        .env(
+            "METACACHE__REDIS__URL",
+            "redis://app:urlsecret@cache:6379/0",
+        )
+        .env("METACACHE__REDIS__PASSWORD", "pwsecret")
+        .env("METACACHE__KAFKA__CLIENT__SASL_PASSWORD", "saslsecret")
+        .env("METACACHE__WRITER__MAX_BATCH", "512")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("max_batch = 512"), "{text}");
+    assert!(text.contains("redis://app:***@cache:6379/0"), "{text}");
+    for secret in ["urlsecret", "pwsecret", "saslsecret"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+        assert!(!String::from_utf8_lossy(&out.stderr).contains(secret));
+    }
+}
+
+#[test]
+fn the_demo_shows_devices_metric_sets_the_stale_update_and_dead_letters() {
+    let out = metacache().args(["demo", "--once"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(
+            "devices  consumed  11  written   6  skipped as stale   1  dead-lettered   4"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "metrics  consumed   9  written   7  skipped as stale   0  dead-lettered   2"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#""datatype_unit":"K""#),
+        "newest dev-42 wins:\n{text}"
+    );
+    assert!(
+        text.contains("billing  SMEMBERS billing#metric_names -> disk, mem"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("dev-45 "),
+        "tombstoned device shown:\n{text}"
+    );
+    for reason in [
+        "missing_field",
+        "invalid_json",
+        "key_mismatch",
+        "invalid_timestamp",
+        "unknown_op",
+        "wrong_type",
+    ] {
+        assert!(text.contains(reason), "{reason} missing:\n{text}");
+    }
+    assert!(text.contains("redis-cli -p "), "{text}");
+}
+
+fn daemon_process(h: &Harness, group: &str) -> std::process::Child {
+    metacache()
+        .arg("run")
+        .env("METACACHE__KAFKA__BROKERS", h.kafka.bootstrap())
+        .env("METACACHE__KAFKA__GROUP_ID", group)
+        .env("METACACHE__KAFKA__CLIENT__FETCH_WAIT_MAX_MS", "10")
+        .env("METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "3000")
+        .env("METACACHE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500")
+        .env("METACACHE__KAFKA__COMMIT_INTERVAL_MS", "100")
+        .env("METACACHE__REDIS__URL", h.redis.url())
+        .env("METACACHE__WRITER__RETRY_MAX_MS", "200")
+        .env("METACACHE__SHUTDOWN__TIMEOUT_SECS", "20")
+        .env("METACACHE__HTTP__LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("metacache starts")
+}
+
+fn signal(child: &std::process::Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> Option<i32> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("metacache did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_commits_and_exits_zero_and_a_second_signal_exits_at_once() {
+    let mut h = Harness::start(2);
+    let group = "metacache-cli-sigterm";
+    let mut child = daemon_process(&h, group);
+    let events: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            (
+                format!("d{i}"),
+                device_json(&format!("d{i}"), "t", "2026-11-22T10:00:00Z"),
+            )
+        })
+        .collect();
+    let records: Vec<(Option<&str>, Option<&str>)> = events
+        .iter()
+        .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
+        .collect();
+    h.produce(DEVICES, &records).await;
+    wait_for(Duration::from_secs(30), "20 devices in Redis", || async {
+        redis::cmd("ZCARD")
+            .arg("devices")
+            .query::<usize>(&mut h.redis())
+            .unwrap()
+            == 20
+    })
+    .await;
+    signal(&child, "TERM");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(20)), Some(0));
+    assert_eq!(h.committed(group, DEVICES).iter().sum::<i64>(), 20);
+
+    // Now with Redis gone the drain cannot finish; a second signal ends it at once.
+    let mut child = daemon_process(&h, group);
+    let warm = device_json("warm", "t", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("warm"), Some(&warm))]).await;
+    wait_for(
+        Duration::from_secs(30),
+        "the second daemon to write",
+        || async { h.redis().exists::<_, bool>("device:warm").unwrap() },
+    )
+    .await;
+    h.redis.stop();
+    let late = device_json("late", "t", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("late"), Some(&late))]).await;
+    std::thread::sleep(Duration::from_secs(2));
+    signal(&child, "TERM");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.try_wait().unwrap().is_none(), "still draining");
+    signal(&child, "INT");
+    assert_eq!(wait_exit(&mut child, Duration::from_secs(5)), Some(130));
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("second signal"), "{stderr}");
+    assert_eq!(
+        h.committed(group, DEVICES).iter().sum::<i64>(),
+        21,
+        "`warm` committed, `late` (never acknowledged) not"
+    );
+}
