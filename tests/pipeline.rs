@@ -159,7 +159,9 @@ async fn every_rejection_reaches_the_dead_letter_topic_and_later_events_still_la
     let daemon = h.start_daemon(settings);
 
     let big = format!(r#"{{"device_id":"{}"}}"#, "x".repeat(3000));
-    let bad_devices: Vec<(Option<&str>, Option<&str>, &str, Option<&str>)> = vec![
+    // (key, value, expected reason, expected field)
+    type Bad<'a> = (Option<&'a str>, Option<&'a str>, &'a str, Option<&'a str>);
+    let bad_devices: Vec<Bad> = vec![
         (Some("d1"), Some(big.as_str()), "too_large", None),
         (
             Some("d2"),

@@ -431,12 +431,13 @@ impl KafkaSource {
                     let record = self.decode(&message);
                     self.offer(&records, record);
                 }
-                Some(Err(e)) => {
-                    if last_poll_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
-                        tracing::warn!(error = %e, "kafka poll error");
-                        last_poll_error = Some(Instant::now());
-                    }
+                Some(Err(e))
+                    if last_poll_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) =>
+                {
+                    tracing::warn!(error = %e, "kafka poll error");
+                    last_poll_error = Some(Instant::now());
                 }
+                Some(Err(_)) => {}
             }
             let mut state = self.ctx().state();
             self.ctx().apply_acks(&mut state);
@@ -472,12 +473,9 @@ impl KafkaSource {
         if state.stash.is_empty() {
             let origin = record.origin;
             match records.try_send(record) {
-                Ok(()) => {
-                    state
-                        .offsets
-                        .dispatched((origin.topic, origin.partition), origin.offset);
-                    return;
-                }
+                Ok(()) => state
+                    .offsets
+                    .dispatched((origin.topic, origin.partition), origin.offset),
                 Err(flume::TrySendError::Full(r)) | Err(flume::TrySendError::Disconnected(r)) => {
                     state.stash.push_back(r)
                 }
