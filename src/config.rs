@@ -56,7 +56,8 @@ pub struct KafkaSettings {
     pub metric_dead_letter_topic: String,
     /// How often the contiguous offset watermarks are committed.
     pub commit_interval_ms: u64,
-    /// librdkafka's prefetch bound per partition (`queued.max.messages.kbytes`).
+    /// Bound of librdkafka's prefetch queue (`queued.max.messages.kbytes`), shared by all
+    /// assigned partitions.
     pub queued_max_messages_kbytes: u64,
     /// Passed to librdkafka as is (SASL, SSL, tuning); wins over metacache's own choices
     /// except the ones offset tracking depends on.

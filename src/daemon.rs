@@ -18,13 +18,15 @@ use crate::sink::redis::plan::{Planner, Ttls};
 use crate::sink::redis::retry::RetryPolicy;
 use crate::sink::redis::writer::{Writer, WriterConfig};
 use crate::sink::redis::KeyLayout;
-use crate::source::kafka::{client_config, KafkaSource, ProducerLogContext, SourceReport};
+use crate::source::kafka::{
+    client_config, consumer_config, KafkaSource, ProducerLogContext, SourceReport,
+};
 use crate::stats::Stats;
 
 /// Why the daemon could not run, or did not stop cleanly.
 #[derive(Debug, thiserror::Error)]
 pub enum DaemonError {
-    #[error("kafka: {0}")]
+    #[error("kafka: {}", describe_kafka_error(.0))]
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("the kafka consumer thread failed: {0}")]
     SourceThread(String),
@@ -46,6 +48,10 @@ pub async fn run(
     );
     let shutdown_timeout = Duration::from_secs(settings.shutdown.timeout_secs);
 
+    // Reject bad librdkafka properties now, not after Redis first answers.
+    consumer_config(&settings.kafka).create_native_config()?;
+    client_config(&settings.kafka).create_native_config()?;
+
     let Some(conn) = connect_redis(&settings, retry, &shutdown, &stats).await else {
         return Ok(());
     };
@@ -59,7 +65,7 @@ pub async fn run(
         let producer: FutureProducer<ProducerLogContext> = client_config(&settings.kafka)
             .set("acks", "all")
             .set("linger.ms", "5")
-            .create_with_context(ProducerLogContext)?;
+            .create_with_context(ProducerLogContext::default())?;
         Some(producer)
     } else {
         None
@@ -168,5 +174,16 @@ async fn connect_redis(
                 }
             }
         }
+    }
+}
+
+/// librdkafka's configuration errors carry the offending value, which may be a password
+/// under a misspelt key: name the key, never the value.
+fn describe_kafka_error(e: &rdkafka::error::KafkaError) -> String {
+    match e {
+        rdkafka::error::KafkaError::ClientConfig(_, description, key, _) => {
+            format!("librdkafka property `{key}`: {description}")
+        }
+        other => other.to_string(),
     }
 }

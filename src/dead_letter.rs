@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rdkafka::message::{Header, OwnedHeaders};
@@ -16,6 +16,7 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
 use crate::model::{Reject, TopicKind};
+use crate::rate_limit::RateLimit;
 use crate::record::{Ack, Origin, Record};
 use crate::sink::redis::retry::RetryPolicy;
 use crate::source::kafka::ProducerLogContext;
@@ -95,7 +96,7 @@ impl DeadLetterStage {
     /// Runs until `incoming` closes and every dead letter is delivered.
     pub async fn run(self, mut incoming: mpsc::Receiver<DeadLetter>) {
         let mut outstanding = FuturesUnordered::new();
-        let mut log = RateLimitedLog::new(Duration::from_secs(1));
+        let mut log = RateLimit::new(Duration::from_secs(1));
         let mut closed = false;
         loop {
             if closed && outstanding.is_empty() {
@@ -112,7 +113,15 @@ impl DeadLetterStage {
                     };
                     match &self.producer {
                         None => {
-                            log.warn(&dl);
+                            if let Some(suppressed) = log.allow() {
+                                tracing::warn!(
+                                    partition = dl.record.origin.partition,
+                                    offset = dl.record.origin.offset,
+                                    reject = %dl.reject,
+                                    suppressed,
+                                    "rejected event dropped (dead-lettering is off)"
+                                );
+                            }
                             self.done(dl.record.origin);
                         }
                         Some(producer) => {
@@ -151,6 +160,7 @@ async fn deliver(
     let headers = dead_letter_headers(&dl, topics.source(origin.topic));
     let topic = topics.dead_letter(origin.topic);
     let mut delays = retry.delays();
+    let mut attempts = 0u32;
     loop {
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(topic).headers(headers.clone());
@@ -164,8 +174,14 @@ async fn deliver(
             Ok(_) => return origin,
             Err((e, _)) => {
                 let delay = delays.next().unwrap_or(retry.max);
-                tracing::warn!(error = %e, topic, retry_in_ms = delay.as_millis() as u64,
-                    "dead-letter produce failed; retrying");
+                attempts += 1;
+                // One warning per record; its retries only at debug, or an unreachable
+                // dead-letter topic would flood the log with every outstanding record.
+                if attempts == 1 {
+                    tracing::warn!(error = %e, topic, "dead-letter produce failed; retrying until it succeeds");
+                } else {
+                    tracing::debug!(error = %e, topic, attempts, "dead-letter produce retry");
+                }
                 tokio::time::sleep(delay).await;
             }
         }
@@ -207,41 +223,4 @@ pub fn dead_letter_headers(dl: &DeadLetter, source_topic: &str) -> OwnedHeaders 
         });
     }
     h
-}
-
-/// One warning a second at most, with the count of the ones it held back.
-struct RateLimitedLog {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    fn new(every: Duration) -> Self {
-        RateLimitedLog {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, dl: &DeadLetter) {
-        let now = Instant::now();
-        if self
-            .last
-            .is_some_and(|t| now.duration_since(t) < self.every)
-        {
-            self.suppressed += 1;
-            return;
-        }
-        tracing::warn!(
-            partition = dl.record.origin.partition,
-            offset = dl.record.origin.offset,
-            reject = %dl.reject,
-            suppressed = self.suppressed,
-            "rejected event dropped (dead-lettering is off)"
-        );
-        self.last = Some(now);
-        self.suppressed = 0;
-    }
 }

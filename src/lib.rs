@@ -1,10 +1,33 @@
-//! metacache keeps Redis populated from Kafka.
+//! metacache keeps Redis populated from Kafka: device metadata and metric catalogs,
+//! validated into typed models and written through a pipelined writer, at least once.
+//!
+//! The modules, in the order an event meets them:
+//!
+//! - [`config`] — settings from defaults, a TOML file and `METACACHE__*` environment
+//!   variables, validated as a whole so every problem is reported at once.
+//! - [`source`] — the Kafka consumer on its own thread, and the per-partition offset
+//!   watermarks that decide what may be committed.
+//! - [`model`] — pure decoding and validation: `(topic, key, value)` in, a typed
+//!   [`model::Event`] or a [`model::Reject`] naming the field and the reason out.
+//! - [`record`] — what travels between the stages: decoded records and acknowledgements.
+//! - [`sink`] — Redis: the key layout (the public contract), pure command planning, the
+//!   server-side scripts, and the pipelined writer with its retry policy.
+//! - [`dead_letter`] — rejected events to their dead-letter topic, with the reason in
+//!   headers; acknowledged only once the broker has them.
+//! - [`daemon`] — wires the stages into one run loop.
+//! - [`shutdown`] — signals become one cancellation every stage listens to.
+//! - [`stats`] — lock-free counters the stages bump and reporters read.
+//! - [`rate_limit`] — keeps repeating warnings from drowning the log.
+//! - [`embedded`] and [`demo`] — the mock Kafka cluster and `redis-server` child that let
+//!   `metacache demo` and the tests run with nothing set up by hand.
+
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
 pub mod demo;
 pub mod embedded;
 pub mod model;
+pub mod rate_limit;
 pub mod record;
 pub mod shutdown;
 pub mod sink;

@@ -134,6 +134,7 @@ fn load(args: &ConfigArgs) -> Result<Settings, String> {
         settings.redis.url = url.clone();
     }
     settings.validate().map_err(|e| e.to_string())?;
+    metacache::source::kafka::check_client_properties(&settings.kafka)?;
     Ok(settings)
 }
 
@@ -174,6 +175,7 @@ fn init_logging(cli_format: Option<LogFormat>, config_format: &str, config_filte
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     if json {
         builder.json().init();

@@ -128,7 +128,7 @@ impl TopicSnapshot {
         }
     }
 
-    /// Records that are finished one way or another.
+    /// Rejected records, whatever the reason.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
     }

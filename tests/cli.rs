@@ -240,3 +240,22 @@ async fn sigterm_drains_commits_and_exits_zero_and_a_second_signal_exits_at_once
         "`warm` committed, `late` (never acknowledged) not"
     );
 }
+
+#[test]
+fn a_misspelt_librdkafka_property_is_named_without_its_value() {
+    for sub in ["check-config", "run"] {
+        let out = metacache()
+            .arg(sub)
+            .env("METACACHE__KAFKA__CLIENT__SASL_PASWORD", "topsecret123")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{sub}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("kafka.client.sasl.pasword"), "{sub}: {err}");
+        let all = format!("{err}{}", String::from_utf8_lossy(&out.stdout));
+        assert!(
+            !all.contains("topsecret123"),
+            "{sub} leaked the value: {all}"
+        );
+    }
+}

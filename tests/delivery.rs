@@ -96,7 +96,7 @@ async fn shutdown_flushes_the_open_batch_and_commits_it() {
     let h = Harness::start(2);
     let mut settings = h.settings();
     // A batch that would wait a minute for more events: only shutdown can flush it.
-    settings.writer.linger_ms = 60_000;
+    settings.writer.linger_ms = 10_000;
     settings.writer.max_batch = 10_000;
     settings.kafka.commit_interval_ms = 60_000;
     let group = settings.kafka.group_id.clone();
@@ -116,7 +116,7 @@ async fn shutdown_flushes_the_open_batch_and_commits_it() {
     let started = Instant::now();
     daemon.stop().await.expect("clean stop");
     assert!(
-        started.elapsed() < Duration::from_secs(10),
+        started.elapsed() < Duration::from_secs(5),
         "{:?}",
         started.elapsed()
     );
@@ -124,4 +124,56 @@ async fn shutdown_flushes_the_open_batch_and_commits_it() {
     let index: usize = r.zcard("devices").unwrap();
     assert_eq!(index, 40);
     assert_eq!(h.committed(&group, DEVICES).iter().sum::<i64>(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_redis_outage_pauses_the_partitions_without_leaving_the_group() {
+    let mut h = Harness::start(2);
+    let mut settings = h.settings();
+    // A small pipeline so the outage fills it quickly, and a poll interval shorter than the
+    // outage: a consumer that stopped polling would be thrown out of its group.
+    settings.writer.max_batch = 8;
+    settings.writer.max_in_flight = 1;
+    settings
+        .kafka
+        .client
+        .insert("max.poll.interval.ms".into(), "4000".into());
+    let group = settings.kafka.group_id.clone();
+    let daemon = h.start_daemon(settings);
+    produce_devices(&h, &devices(0..10)).await;
+    daemon.wait_finished(10, Duration::from_secs(30)).await;
+
+    h.redis.stop();
+    let during = devices(10..400);
+    produce_devices(&h, &during).await;
+    wait_for(Duration::from_secs(20), "partitions paused", || async {
+        daemon.stats.snapshot().paused
+    })
+    .await;
+    // Stay down for longer than max.poll.interval.ms.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let snap = daemon.stats.snapshot();
+    assert!(snap.paused);
+    assert_eq!(snap.kafka_assigned_partitions, 4, "still in the group");
+    assert!(
+        snap.devices.consumed < 400,
+        "consumption stopped while paused"
+    );
+    assert_eq!(h.committed(&group, DEVICES).iter().sum::<i64>(), 10);
+
+    h.redis.restart().expect("redis restarts");
+    daemon.wait_finished(400, Duration::from_secs(60)).await;
+    assert!(!daemon.stats.snapshot().paused, "resumed");
+    let mut r = h.redis();
+    for (id, _) in &during {
+        assert!(
+            r.exists::<_, bool>(format!("device:{id}")).unwrap(),
+            "{id} landed"
+        );
+    }
+    wait_for(Duration::from_secs(10), "all 400 committed", || async {
+        h.committed(&group, DEVICES).iter().sum::<i64>() == 400
+    })
+    .await;
+    daemon.stop().await.expect("clean stop");
 }

@@ -26,6 +26,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
 use crate::model::{self, Limits, TopicKind};
+use crate::rate_limit::RateLimit;
 use crate::record::{Ack, Origin, Record};
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -66,6 +67,25 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false");
     config
+}
+
+/// Hands the librdkafka properties to librdkafka without connecting, so an unknown or
+/// malformed `kafka.client` entry stops start-up at once. The message names the property
+/// but never its value, which may be a secret under a misspelt key.
+pub fn check_client_properties(kafka: &KafkaSettings) -> Result<(), String> {
+    for config in [consumer_config(kafka), client_config(kafka)] {
+        if let Err(e) = config.create_native_config() {
+            return Err(match e {
+                KafkaError::ClientConfig(_, description, key, _) => {
+                    format!(
+                        "configuration has 1 problem(s):\n  - kafka.client.{key}: {description}"
+                    )
+                }
+                other => format!("kafka.client: {other}"),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Topic names, and which kind each carries.
@@ -110,6 +130,7 @@ pub struct SourceContext {
     stats: Arc<Stats>,
     /// Longest a revoke waits for the in-flight records of the revoked partitions.
     drain_timeout: Duration,
+    error_log: Mutex<RateLimit>,
     /// Set once shutdown gave up waiting: the revoke that closing the consumer triggers
     /// must not wait a second time.
     closing: AtomicBool,
@@ -220,7 +241,16 @@ impl ClientContext for SourceContext {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(error = %error, reason, "kafka client error");
+        log_client_error(&self.error_log, error, reason);
+    }
+}
+
+/// Client errors (a broker unreachable) repeat every few milliseconds while they last:
+/// one line every five seconds is enough to see them.
+fn log_client_error(limit: &Mutex<RateLimit>, error: KafkaError, reason: &str) {
+    let allowed = limit.lock().map(|mut l| l.allow()).unwrap_or(Some(0));
+    if let Some(suppressed) = allowed {
+        tracing::warn!(error = %error, reason, suppressed, "kafka client error");
     }
 }
 
@@ -298,9 +328,23 @@ impl ConsumerContext for SourceContext {
 /// The dead-letter producer's context: it shares the user's passthrough table with the
 /// consumer, so librdkafka's "consumer property ignored by this producer" warnings are
 /// expected there and demoted to debug.
-pub struct ProducerLogContext;
+pub struct ProducerLogContext {
+    error_log: Mutex<RateLimit>,
+}
+
+impl Default for ProducerLogContext {
+    fn default() -> Self {
+        ProducerLogContext {
+            error_log: Mutex::new(RateLimit::new(Duration::from_secs(5))),
+        }
+    }
+}
 
 impl ClientContext for ProducerLogContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        log_client_error(&self.error_log, error, reason);
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
         if fac == "CONFWARN" {
             tracing::debug!(target: "librdkafka", fac, "{message}");
@@ -370,6 +414,7 @@ impl KafkaSource {
             stats,
             drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
             closing: AtomicBool::new(false),
+            error_log: Mutex::new(RateLimit::new(Duration::from_secs(5))),
         };
         let consumer: BaseConsumer<SourceContext> =
             consumer_config(kafka).create_with_context(context)?;
@@ -448,8 +493,7 @@ impl KafkaSource {
     fn decode(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
         let ctx = self.ctx();
         let topic = message.topic();
-        // Subscribed to two topics only, so anything else is the device topic's twin in a
-        // regex subscription a user configured; treat unknown as device and let it reject.
+        // Only the two configured topics are subscribed, so every record maps to a kind.
         let kind = ctx.topics.kind(topic).unwrap_or(TopicKind::Device);
         ctx.stats.topic(kind).consumed.fetch_add(1, Relaxed);
         let key = message.key();

@@ -61,8 +61,8 @@ impl Harness {
         }
     }
 
-    /// Settings pointing at these servers, tuned for quick tests (see TESTING.md: an empty
-    /// fetch is held for `fetch.wait.max.ms`).
+    /// Settings pointing at these servers, tuned for quick tests (the mock cluster holds an
+    /// empty fetch for the whole `fetch.wait.max.ms`).
     pub fn settings(&self) -> Settings {
         let mut s = Settings::default();
         s.kafka.brokers = self.kafka.bootstrap().to_owned();
