@@ -96,6 +96,11 @@ impl Stats {
             retries: self.retries.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
             pipeline_micros_max: self.pipeline_micros_max.load(Relaxed),
+            pipeline_micros_mean: self
+                .pipeline_micros_total
+                .load(Relaxed)
+                .checked_div(self.batches.load(Relaxed))
+                .unwrap_or(0),
             redis_up: self.redis_up.load(Relaxed),
             kafka_assigned_partitions: self.kafka_assigned.load(Relaxed),
             paused: self.paused.load(Relaxed),
@@ -145,6 +150,7 @@ pub struct StatsSnapshot {
     pub retries: u64,
     pub in_flight: u64,
     pub pipeline_micros_max: u64,
+    pub pipeline_micros_mean: u64,
     pub redis_up: bool,
     pub kafka_assigned_partitions: u64,
     pub paused: bool,

@@ -183,14 +183,16 @@ async fn redis_converges_to_the_state_the_stream_describes() {
     }
     println!(
         "convergence: {total} events ({DEVICE_EVENTS} device, {METRIC_EVENTS} metric), {} stale skipped, \
-         {checked} keys checked, {} wrong; backlog drained at {:.0} events/s ({:?}, {} build), {} batches, max batch {}",
+         {checked} keys checked, {} wrong; backlog drained at {:.0} events/s ({:?}, {} build), {} batches, max batch {}, pipeline mean {} µs max {} µs",
         snap.devices.stale,
         wrong.len(),
         total as f64 / elapsed.as_secs_f64(),
         elapsed,
         if cfg!(debug_assertions) { "debug" } else { "release" },
         snap.batches,
-        snap.max_batch
+        snap.max_batch,
+        snap.pipeline_micros_mean,
+        snap.pipeline_micros_max
     );
     assert!(
         wrong.is_empty(),
