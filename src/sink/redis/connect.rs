@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisResult};
+use redis::io::tcp::TcpSettings;
+use redis::{Client, IntoConnectionInfo, RedisResult};
 use url::Url;
 
 use crate::config::RedisSettings;
@@ -39,7 +40,13 @@ pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager>
     let url = effective_url(settings).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
     })?;
-    let client = Client::open(url)?;
+    // A pipelining client wants every write on the wire at once; Nagle's algorithm could
+    // hold back a pipeline's tail (no change was measured on loopback, but it costs nothing).
+    let info = url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let client = Client::open(info)?;
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
