@@ -58,7 +58,11 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
             "queued.max.messages.kbytes",
             kafka.queued_max_messages_kbytes.to_string(),
         )
-        .set("queued.min.messages", "10000");
+        .set("queued.min.messages", "10000")
+        // When the prefetch queue is above its bounds librdkafka postpones the next fetch
+        // by this much (default 1 s): with bounded queues that stalled consumption for a
+        // second at a time. Retry soon instead.
+        .set("fetch.queue.backoff.ms", "10");
     for (key, value) in &kafka.client {
         config.set(key, value);
     }
