@@ -182,12 +182,26 @@ impl Default for ShutdownSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+    /// Redis unreachable for longer than this makes `/readyz` unhealthy (503); shorter
+    /// outages only make it degraded, so a Redis failover does not flap the pods.
+    pub redis_grace_secs: u64,
+    /// `/healthz` fails when records wait, Redis answers, and yet nothing was acknowledged
+    /// for this long: the pipeline is wedged and a restart is the cure.
+    pub wedged_after_secs: u64,
+    /// Consumer lag (records, any one partition) above which `/readyz` says degraded.
+    pub lag_degraded: u64,
+    /// How far back "recent" Redis errors and dead letters count for `/readyz`.
+    pub degraded_window_secs: u64,
 }
 
 impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "0.0.0.0:8080".into(),
+            redis_grace_secs: 10,
+            wedged_after_secs: 120,
+            lag_degraded: 100_000,
+            degraded_window_secs: 60,
         }
     }
 }
@@ -322,6 +336,20 @@ impl Settings {
                 ),
             );
         }
+        check.between("http.redis_grace_secs", self.http.redis_grace_secs, 1, 3600);
+        check.between(
+            "http.wedged_after_secs",
+            self.http.wedged_after_secs,
+            5,
+            86_400,
+        );
+        check.between("http.lag_degraded", self.http.lag_degraded, 1, u64::MAX);
+        check.between(
+            "http.degraded_window_secs",
+            self.http.degraded_window_secs,
+            1,
+            3600,
+        );
         check.one_of("log.format", &self.log.format, &["text", "json"]);
         if self.log.filter.trim().is_empty() {
             check.fail("log.filter", "must not be empty (e.g. \"info\")");

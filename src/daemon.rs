@@ -12,6 +12,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStage, Topics};
+use crate::monitor::Observed;
 use crate::shutdown::Shutdown;
 use crate::sink::redis::connect::connect;
 use crate::sink::redis::plan::{Planner, Ttls};
@@ -28,6 +29,11 @@ use crate::stats::Stats;
 pub enum DaemonError {
     #[error("kafka: {}", describe_kafka_error(.0))]
     Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("http.listen {listen}: {error}")]
+    Http {
+        listen: String,
+        error: std::io::Error,
+    },
     #[error("the kafka consumer thread failed: {0}")]
     SourceThread(String),
     #[error("{0} records were not acknowledged before the shutdown timeout; they were not committed and will be replayed")]
@@ -51,6 +57,26 @@ pub async fn run(
     // Reject bad librdkafka properties now, not after Redis first answers.
     consumer_config(&settings.kafka).create_native_config()?;
     client_config(&settings.kafka).create_native_config()?;
+
+    // The side server and the monitor come first, so probes answer while Redis is awaited.
+    let observed = Arc::new(Observed::default());
+    crate::http::start(
+        &settings,
+        Arc::clone(&stats),
+        Arc::clone(&observed),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|error| DaemonError::Http {
+        listen: settings.http.listen.clone(),
+        error,
+    })?;
+    tokio::spawn(crate::monitor::run(
+        settings.clone(),
+        Arc::clone(&stats),
+        observed,
+        shutdown.clone(),
+    ));
 
     let Some(conn) = connect_redis(&settings, retry, &shutdown, &stats).await else {
         return Ok(());

@@ -139,6 +139,7 @@ impl DeadLetterStage {
     }
 
     fn done(&self, origin: Origin) {
+        self.stats.acknowledged();
         if self.producer.is_some() {
             self.stats
                 .topic(origin.topic)

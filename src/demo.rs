@@ -78,6 +78,8 @@ pub struct DemoOptions {
     pub once: bool,
     /// Events file; the shipped samples when `None`.
     pub events: Option<std::path::PathBuf>,
+    /// Address of the health/stats/metrics server (port 0 picks a free one).
+    pub http_listen: String,
 }
 
 pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String> {
@@ -115,6 +117,7 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
         .insert("fetch.wait.max.ms".into(), "10".into());
     settings.redis.url = redis_url;
     settings.shutdown.timeout_secs = 10;
+    settings.http.listen = options.http_listen.clone();
 
     println!("metacache demo");
     println!(
@@ -137,6 +140,9 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
         Arc::clone(&stats),
         shutdown.clone(),
     ));
+
+    let http = wait_http_addr(&stats, &daemon).await?;
+    println!("  HTTP   http://{http}/healthz  /readyz  /stats  /metrics");
 
     let started = Instant::now();
     publish(&settings, &samples).await?;
@@ -193,6 +199,9 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
         kafka.bootstrap(),
         settings.kafka.device_dlq()
     );
+    println!("  curl -s http://{http}/readyz");
+    println!("  curl -s http://{http}/stats");
+    println!("  curl -s http://{http}/metrics");
     println!("Publish more:");
     println!(
         "  echo 'dev-50|{{\"device_id\":\"dev-50\",\"datatype_id\":\"dt-1\",\"datatype_name\":\"rpm\",\"persist\":true,\"last_updated\":\"2026-11-24T08:00:00Z\"}}' | kcat -b {} -P -t {} -K'|'",
@@ -212,6 +221,23 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
     drop(redis_child);
     drop(kafka);
     result
+}
+
+/// The side server binds before anything else; its address tells the user where to look.
+async fn wait_http_addr(
+    stats: &Stats,
+    daemon: &tokio::task::JoinHandle<Result<(), crate::daemon::DaemonError>>,
+) -> Result<std::net::SocketAddr, String> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(addr) = stats.http_addr.get() {
+            return Ok(*addr);
+        }
+        if daemon.is_finished() || Instant::now() >= deadline {
+            return Err("the HTTP side server did not start (is http.listen in use?)".into());
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 /// Records finished one way or another: written, skipped as stale, or dead-lettered.

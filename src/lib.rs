@@ -17,6 +17,10 @@
 //! - [`daemon`] — wires the stages into one run loop.
 //! - [`shutdown`] — signals become one cancellation every stage listens to.
 //! - [`stats`] — lock-free counters the stages bump and reporters read.
+//! - [`monitor`] — the cache as Redis sees it, refreshed once a second in the background.
+//! - [`health`] — liveness and readiness verdicts, pure functions of what is known.
+//! - [`metrics`] and [`http`] — Prometheus exposition and the side server with
+//!   `/healthz`, `/readyz`, `/stats` and `/metrics`.
 //! - [`rate_limit`] — keeps repeating warnings from drowning the log.
 //! - [`embedded`] and [`demo`] — the mock Kafka cluster and `redis-server` child that let
 //!   `metacache demo` and the tests run with nothing set up by hand.
@@ -26,7 +30,11 @@ pub mod daemon;
 pub mod dead_letter;
 pub mod demo;
 pub mod embedded;
+pub mod health;
+pub mod http;
+pub mod metrics;
 pub mod model;
+pub mod monitor;
 pub mod rate_limit;
 pub mod record;
 pub mod shutdown;

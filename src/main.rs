@@ -65,6 +65,9 @@ struct DemoArgs {
     /// A demo events file instead of the shipped examples/demo-events.jsonl.
     #[arg(long)]
     events: Option<PathBuf>,
+    /// Address for /healthz, /readyz, /stats and /metrics (port 0: a free one).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    http_listen: String,
 }
 
 fn main() -> ExitCode {
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
                 redis_url: args.redis_url,
                 once: args.once,
                 events: args.events,
+                http_listen: args.http_listen,
             };
             runtime(|shutdown| async move {
                 match metacache::demo::run(options, shutdown).await {

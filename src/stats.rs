@@ -1,9 +1,13 @@
 //! Counters the pipeline bumps on its hot path: plain relaxed atomics, no locks, so
 //! observing the daemon never slows it. The HTTP side and the demo read snapshots.
 
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use serde::Serialize;
 
 use crate::model::{RejectReason, TopicKind};
@@ -29,6 +33,20 @@ impl TopicStats {
     }
 }
 
+/// How many recent pipeline latencies the percentiles in `/stats` are computed over.
+const LATENCY_SAMPLES: usize = 2048;
+
+/// One partition as librdkafka's statistics see it.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq, Eq)]
+pub struct PartitionFigures {
+    /// Last committed offset (-1 before the first commit).
+    pub committed: i64,
+    /// The partition's high watermark: the offset the next produced record gets.
+    pub high_watermark: i64,
+    /// Records between the committed offset and the high watermark.
+    pub lag: i64,
+}
+
 #[derive(Debug)]
 pub struct Stats {
     pub started: Instant,
@@ -45,6 +63,21 @@ pub struct Stats {
     pub kafka_assigned: AtomicU64,
     pub paused: AtomicBool,
     pub commits: AtomicU64,
+    /// Milliseconds since `started` of the last acknowledgement (Redis or dead letter).
+    pub last_ack_ms: AtomicU64,
+    /// Records handed to the pipeline and not yet acknowledged (refreshed by the source).
+    pub pending_records: AtomicU64,
+    /// Brokers librdkafka reports as up, from its periodic statistics.
+    pub kafka_brokers_up: AtomicU64,
+    /// Whether librdkafka's statistics have arrived at least once.
+    pub kafka_stats_seen: AtomicBool,
+    /// Per (topic, partition): committed offset, high watermark and lag.
+    pub partitions: Mutex<BTreeMap<(String, i32), PartitionFigures>>,
+    /// Seconds per Redis pipeline; observed once per batch, not per event.
+    pub pipeline_seconds: Histogram,
+    recent_latencies: Mutex<VecDeque<u32>>,
+    /// Where the HTTP side listens, once bound (port 0 picks a free one).
+    pub http_addr: OnceLock<SocketAddr>,
 }
 
 impl Default for Stats {
@@ -64,6 +97,14 @@ impl Default for Stats {
             kafka_assigned: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            last_ack_ms: AtomicU64::new(0),
+            pending_records: AtomicU64::new(0),
+            kafka_brokers_up: AtomicU64::new(0),
+            kafka_stats_seen: AtomicBool::new(false),
+            partitions: Mutex::new(BTreeMap::new()),
+            pipeline_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
+            recent_latencies: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
+            http_addr: OnceLock::new(),
         }
     }
 }
@@ -76,17 +117,55 @@ impl Stats {
         }
     }
 
+    /// Once per Redis pipeline (hundreds a second at most), so the lock is cheap.
     pub fn record_batch(&self, events: u64, micros: u64) {
         self.batches.fetch_add(1, Relaxed);
         self.batched_events.fetch_add(events, Relaxed);
         self.max_batch.fetch_max(events, Relaxed);
         self.pipeline_micros_total.fetch_add(micros, Relaxed);
         self.pipeline_micros_max.fetch_max(micros, Relaxed);
+        self.pipeline_seconds.observe(micros as f64 / 1e6);
+        if let Ok(mut recent) = self.recent_latencies.lock() {
+            if recent.len() == LATENCY_SAMPLES {
+                recent.pop_front();
+            }
+            recent.push_back(micros.min(u32::MAX as u64) as u32);
+        }
+    }
+
+    /// Something was acknowledged just now.
+    pub fn acknowledged(&self) {
+        self.last_ack_ms
+            .store(self.started.elapsed().as_millis() as u64, Relaxed);
+    }
+
+    /// Milliseconds since the last acknowledgement (since start if none yet).
+    pub fn since_last_ack_ms(&self) -> u64 {
+        (self.started.elapsed().as_millis() as u64).saturating_sub(self.last_ack_ms.load(Relaxed))
+    }
+
+    /// p50 and p99 of the recent pipeline latencies, in microseconds.
+    fn latency_percentiles(&self) -> (u64, u64) {
+        let Ok(recent) = self.recent_latencies.lock() else {
+            return (0, 0);
+        };
+        if recent.is_empty() {
+            return (0, 0);
+        }
+        let mut sorted: Vec<u32> = recent.iter().copied().collect();
+        sorted.sort_unstable();
+        let at = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize] as u64;
+        (at(0.5), at(0.99))
     }
 
     /// A consistent-enough copy for reporting (each counter is read once).
     pub fn snapshot(&self) -> StatsSnapshot {
+        let (p50, p99) = self.latency_percentiles();
         StatsSnapshot {
+            pipeline_micros_p50: p50,
+            pipeline_micros_p99: p99,
+            pending_records: self.pending_records.load(Relaxed),
+            kafka_brokers_up: self.kafka_brokers_up.load(Relaxed),
             uptime_secs: self.started.elapsed().as_secs_f64(),
             devices: TopicSnapshot::of(&self.devices),
             metrics: TopicSnapshot::of(&self.metrics),
@@ -151,6 +230,10 @@ pub struct StatsSnapshot {
     pub in_flight: u64,
     pub pipeline_micros_max: u64,
     pub pipeline_micros_mean: u64,
+    pub pipeline_micros_p50: u64,
+    pub pipeline_micros_p99: u64,
+    pub pending_records: u64,
+    pub kafka_brokers_up: u64,
     pub redis_up: bool,
     pub kafka_assigned_partitions: u64,
     pub paused: bool,

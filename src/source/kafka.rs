@@ -29,7 +29,7 @@ use crate::model::{self, Limits, TopicKind};
 use crate::rate_limit::RateLimit;
 use crate::record::{Ack, Origin, Record};
 use crate::shutdown::Shutdown;
-use crate::stats::Stats;
+use crate::stats::{PartitionFigures, Stats};
 
 /// How long a full channel is tolerated before the partitions are paused.
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
@@ -62,7 +62,9 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         // When the prefetch queue is above its bounds librdkafka postpones the next fetch
         // by this much (default 1 s): with bounded queues that stalled consumption for a
         // second at a time. Retry soon instead.
-        .set("fetch.queue.backoff.ms", "10");
+        .set("fetch.queue.backoff.ms", "10")
+        // Per-partition lag and broker state for /stats, /metrics and /readyz.
+        .set("statistics.interval.ms", "1000");
     for (key, value) in &kafka.client {
         config.set(key, value);
     }
@@ -246,6 +248,41 @@ impl ClientContext for SourceContext {
 
     fn error(&self, error: KafkaError, reason: &str) {
         log_client_error(&self.error_log, error, reason);
+    }
+
+    /// librdkafka's statistics (every `statistics.interval.ms`): broker states and, per
+    /// assigned partition, the committed offset, high watermark and lag.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let up = statistics
+            .brokers
+            .values()
+            .filter(|b| b.nodeid >= 0 && b.state == "UP")
+            .count();
+        self.stats.kafka_brokers_up.store(up as u64, Relaxed);
+        self.stats.kafka_stats_seen.store(true, Relaxed);
+        let mut figures = std::collections::BTreeMap::new();
+        for (name, topic) in &statistics.topics {
+            if self.topics.kind(name).is_none() {
+                continue;
+            }
+            for (id, p) in &topic.partitions {
+                // -1 is librdkafka's internal "unassigned" partition; only report ours.
+                if *id < 0 || p.fetch_state == "none" {
+                    continue;
+                }
+                figures.insert(
+                    (name.clone(), *id),
+                    PartitionFigures {
+                        committed: p.committed_offset,
+                        high_watermark: p.hi_offset,
+                        lag: p.consumer_lag.max(0),
+                    },
+                );
+            }
+        }
+        if let Ok(mut partitions) = self.stats.partitions.lock() {
+            *partitions = figures;
+        }
     }
 }
 
@@ -441,9 +478,18 @@ impl KafkaSource {
     /// the shutdown timeout passed) and the watermarks are committed.
     pub fn run(self) -> SourceReport {
         let mut last_commit = Instant::now();
+        let mut last_pending = Instant::now();
         let mut blocked_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
         while !self.shutdown.is_triggered() {
+            if last_pending.elapsed() >= Duration::from_millis(200) {
+                let pending = self.ctx().state().offsets.in_flight();
+                self.ctx()
+                    .stats
+                    .pending_records
+                    .store(pending as u64, Relaxed);
+                last_pending = Instant::now();
+            }
             if last_commit.elapsed() >= self.commit_interval {
                 self.ctx().commit(&self.consumer, CommitMode::Async, None);
                 last_commit = Instant::now();

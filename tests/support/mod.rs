@@ -42,6 +42,11 @@ static GROUPS: AtomicU64 = AtomicU64::new(0);
 impl Harness {
     /// Both topics with `partitions` partitions, dead-letter topics with one.
     pub fn start(partitions: i32) -> Harness {
+        Self::start_with(partitions, &[])
+    }
+
+    /// As [`start`](Self::start), with extra `redis-server` arguments.
+    pub fn start_with(partitions: i32, redis_args: &[&str]) -> Harness {
         init_logging();
         let kafka = EmbeddedKafka::start(
             1,
@@ -53,7 +58,7 @@ impl Harness {
             ],
         )
         .expect("mock kafka cluster starts");
-        let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+        let redis = EmbeddedRedis::start_with(redis_args).unwrap_or_else(|e| panic!("{e}"));
         Harness {
             kafka,
             redis,
@@ -84,6 +89,7 @@ impl Harness {
         s.writer.retry_initial_ms = 20;
         s.writer.retry_max_ms = 200;
         s.shutdown.timeout_secs = 10;
+        s.http.listen = "127.0.0.1:0".into();
         s
     }
 
@@ -250,4 +256,58 @@ pub fn init_logging() {
         )
         .with_test_writer()
         .try_init();
+}
+
+/// A plain HTTP/1.1 GET against the daemon's side server: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("a status code");
+    // Bodies may come chunked; undo that for the tests.
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    (status, body)
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = &rest[n + 2..];
+    }
+    out
+}
+
+impl Running {
+    /// The side server's address, once bound.
+    pub async fn http(&self) -> std::net::SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(a) = self.stats.http_addr.get() {
+                return *a;
+            }
+            assert!(Instant::now() < deadline, "http server did not start");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
 }

@@ -279,6 +279,7 @@ where
             ack.done.push(record.origin);
         }
         if !ack.done.is_empty() {
+            self.stats.acknowledged();
             let _ = self.acks.send(ack);
         }
         for (record, reason) in refused {

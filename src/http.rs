@@ -1,0 +1,253 @@
+//! The side server operators and Kubernetes talk to: `/healthz`, `/readyz`, `/stats` and
+//! `/metrics`. Every handler reads atomics and the monitor's last snapshot; none touches
+//! Redis or Kafka, so a slow dependency never makes a probe slow, and scraping never slows
+//! the pipeline. It serves GET only: nothing here can change the daemon.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::registry::Registry;
+use serde::Serialize;
+
+use crate::config::Settings;
+use crate::health::{self, Inputs, Status, Thresholds};
+use crate::monitor::{CacheFigures, Observed};
+use crate::shutdown::Shutdown;
+use crate::stats::{PartitionFigures, Stats, StatsSnapshot};
+
+struct AppState {
+    stats: Arc<Stats>,
+    observed: Arc<Observed>,
+    registry: Registry,
+    thresholds: Thresholds,
+    topics: [String; 2],
+}
+
+/// Binds `http.listen` (so a port in use stops start-up with a clear error) and serves
+/// until shutdown. Returns the bound address.
+pub async fn start(
+    settings: &Settings,
+    stats: Arc<Stats>,
+    observed: Arc<Observed>,
+    shutdown: Shutdown,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(&settings.http.listen).await?;
+    let addr = listener.local_addr()?;
+    let _ = stats.http_addr.set(addr);
+    let topics = [
+        settings.kafka.device_topic.clone(),
+        settings.kafka.metric_topic.clone(),
+    ];
+    let state = Arc::new(AppState {
+        registry: crate::metrics::registry(
+            Arc::clone(&stats),
+            Arc::clone(&observed),
+            topics.clone(),
+        ),
+        stats,
+        observed,
+        thresholds: thresholds(settings),
+        topics,
+    });
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/stats", get(stats_json))
+        .route("/metrics", get(metrics))
+        .with_state(state);
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.wait().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "http server stopped");
+        }
+    });
+    tracing::info!(%addr, "serving /healthz /readyz /stats /metrics");
+    Ok(addr)
+}
+
+pub fn thresholds(settings: &Settings) -> Thresholds {
+    Thresholds {
+        redis_grace: Duration::from_secs(settings.http.redis_grace_secs),
+        wedged_after: Duration::from_secs(settings.http.wedged_after_secs),
+        lag_degraded: settings.http.lag_degraded,
+        window: Duration::from_secs(settings.http.degraded_window_secs),
+    }
+}
+
+/// Collects what the health verdicts need.
+pub fn inputs(stats: &Stats, observed: &Observed) -> Inputs {
+    let o = observed.get();
+    let max_lag = stats.partitions.lock().ok().and_then(|p| {
+        p.iter()
+            .max_by_key(|(_, f)| f.lag)
+            .map(|((t, p), f)| (t.clone(), *p, f.lag))
+    });
+    Inputs {
+        assigned_partitions: stats.kafka_assigned.load(Relaxed),
+        kafka_stats_seen: stats.kafka_stats_seen.load(Relaxed),
+        kafka_brokers_up: stats.kafka_brokers_up.load(Relaxed),
+        redis_reachable: o.redis_reachable,
+        redis_down_for: o.redis_down_since.map(|t| t.elapsed()),
+        redis_error: o.redis_error,
+        recent_redis_errors: o.recent_redis_errors,
+        recent_dead_letters: o.recent_dead_letters,
+        max_lag,
+        eviction_warning: o.eviction_warning,
+        paused: stats.paused.load(Relaxed),
+        pending_records: stats.pending_records.load(Relaxed),
+        since_last_ack: Duration::from_millis(stats.since_last_ack_ms()),
+    }
+}
+
+async fn healthz(State(state): State<Arc<AppState>>) -> Response {
+    let live = health::liveness(&inputs(&state.stats, &state.observed), &state.thresholds);
+    let code = if live.alive {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(live)).into_response()
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    let ready = health::readiness(&inputs(&state.stats, &state.observed), &state.thresholds);
+    let code = if ready.status == Status::Unhealthy {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (code, Json(ready)).into_response()
+}
+
+/// The `/stats` document.
+#[derive(Debug, Serialize)]
+pub struct StatsReport {
+    pub version: &'static str,
+    pub uptime_secs: f64,
+    pub topics: std::collections::BTreeMap<String, crate::stats::TopicSnapshot>,
+    pub writer: WriterReport,
+    pub kafka: KafkaReport,
+    pub redis: RedisReport,
+    pub cache: Option<CacheFigures>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct WriterReport {
+    pub batches: u64,
+    pub mean_batch_size: f64,
+    pub max_batch_size: u64,
+    pub pipeline_ms_p50: f64,
+    pub pipeline_ms_p99: f64,
+    pub pipeline_ms_max: f64,
+    pub retries: u64,
+    pub in_flight_pipelines: u64,
+    pub pending_records: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct KafkaReport {
+    pub assigned_partitions: u64,
+    pub brokers_up: u64,
+    pub paused: bool,
+    pub commits: u64,
+    pub partitions: Vec<PartitionReport>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartitionReport {
+    pub topic: String,
+    pub partition: i32,
+    #[serde(flatten)]
+    pub figures: PartitionFigures,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RedisReport {
+    pub reachable: Option<bool>,
+    pub error: Option<String>,
+    pub eviction_warning: Option<String>,
+}
+
+pub fn report(stats: &Stats, observed: &Observed, topics: &[String; 2]) -> StatsReport {
+    let s: StatsSnapshot = stats.snapshot();
+    let o = observed.get();
+    let partitions = stats
+        .partitions
+        .lock()
+        .map(|p| {
+            p.iter()
+                .map(|((topic, partition), f)| PartitionReport {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    figures: *f,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    StatsReport {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_secs: s.uptime_secs,
+        topics: [
+            (topics[0].clone(), s.devices.clone()),
+            (topics[1].clone(), s.metrics.clone()),
+        ]
+        .into_iter()
+        .collect(),
+        writer: WriterReport {
+            batches: s.batches,
+            mean_batch_size: if s.batches == 0 {
+                0.0
+            } else {
+                s.batched_events as f64 / s.batches as f64
+            },
+            max_batch_size: s.max_batch,
+            pipeline_ms_p50: s.pipeline_micros_p50 as f64 / 1000.0,
+            pipeline_ms_p99: s.pipeline_micros_p99 as f64 / 1000.0,
+            pipeline_ms_max: s.pipeline_micros_max as f64 / 1000.0,
+            retries: s.retries,
+            in_flight_pipelines: s.in_flight,
+            pending_records: s.pending_records,
+        },
+        kafka: KafkaReport {
+            assigned_partitions: s.kafka_assigned_partitions,
+            brokers_up: s.kafka_brokers_up,
+            paused: s.paused,
+            commits: s.commits,
+            partitions,
+        },
+        redis: RedisReport {
+            reachable: o.redis_reachable,
+            error: o.redis_error,
+            eviction_warning: o.eviction_warning,
+        },
+        cache: o.cache,
+    }
+}
+
+async fn stats_json(State(state): State<Arc<AppState>>) -> Json<StatsReport> {
+    Json(report(&state.stats, &state.observed, &state.topics))
+}
+
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let mut body = String::with_capacity(16 * 1024);
+    match prometheus_client::encoding::text::encode(&mut body, &state.registry) {
+        Ok(()) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}

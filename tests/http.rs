@@ -1,0 +1,352 @@
+//! The side server against the real pipeline: counters that match what was sent, readiness
+//! that follows a Redis outage while liveness stays up, Prometheus text that parses, and
+//! cache figures that agree with redis-cli.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn redis_cli(h: &Harness, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &h.redis.port().to_string()])
+        .args(args)
+        .output()
+        .expect("redis-cli runs (Debian package redis-tools)");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+async fn json(addr: std::net::SocketAddr, path: &str) -> (u16, Value) {
+    let (status, body) = http_get(addr, path).await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}")),
+    )
+}
+
+fn sample(scrape: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    scrape
+        .samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match &s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            prometheus_parse::Value::Histogram(b) => b.last().map(|c| c.count).unwrap_or(0.0),
+            prometheus_parse::Value::Summary(_) => f64::NAN,
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_metrics_and_cache_figures_tell_the_truth() {
+    let h = Harness::start(2);
+    let daemon = h.start_daemon(h.settings());
+    let addr = daemon.http().await;
+
+    let d = |id: &str, ts: &str| device_json(id, "t", ts);
+    let (a, b, c, a_old) = (
+        d("a", "2026-11-22T10:00:00Z"),
+        d("b", "2026-11-22T11:00:00Z"),
+        d("c", "2026-11-22T12:00:00Z"),
+        d("a", "2026-11-22T09:00:00Z"),
+    );
+    let missing = r#"{"device_id":"x","datatype_name":"n","persist":true,"last_updated":"2026-11-22T10:00:00Z"}"#;
+    h.produce(
+        DEVICES,
+        &[
+            (Some("a"), Some(&a)),
+            (Some("b"), Some(&b)),
+            (Some("c"), Some(&c)),
+            (Some("a"), Some(&a_old)),
+            (Some("x"), Some(missing)),
+            (Some("y"), Some("not json")),
+        ],
+    )
+    .await;
+    h.produce(
+        METRICS,
+        &[
+            (
+                Some("ns"),
+                Some(r#"{"op":"add","namespace":"ns","metric_names":["m"]}"#),
+            ),
+            (
+                Some("ns"),
+                Some(r#"{"op":"explode","namespace":"ns","metric_names":[]}"#),
+            ),
+        ],
+    )
+    .await;
+    daemon.wait_finished(8, Duration::from_secs(30)).await;
+
+    let (status, stats) = json(addr, "/stats").await;
+    assert_eq!(status, 200);
+    let dev = &stats["topics"]["device-metadata"];
+    assert_eq!(dev["consumed"], 6);
+    assert_eq!(dev["written"], 3);
+    assert_eq!(dev["stale"], 1);
+    assert_eq!(dev["rejected"]["missing_field"], 1);
+    assert_eq!(dev["rejected"]["invalid_json"], 1);
+    assert_eq!(dev["dead_lettered"], 2);
+    let met = &stats["topics"]["metric-catalog"];
+    assert_eq!(met["written"], 1);
+    assert_eq!(met["rejected"]["unknown_op"], 1);
+    assert!(stats["writer"]["batches"].as_u64().unwrap() >= 1);
+    assert!(stats["writer"]["pipeline_ms_max"].as_f64().unwrap() > 0.0);
+    assert_eq!(stats["version"], env!("CARGO_PKG_VERSION"));
+
+    // Cache figures and per-partition offsets arrive within a refresh or two.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stats = loop {
+        let (_, s) = json(addr, "/stats").await;
+        let committed: i64 = s["kafka"]["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .filter(|p| p["topic"] == "device-metadata")
+                    .map(|p| p["committed"].as_i64().unwrap_or(0).max(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        if s["cache"]["total_devices"] == 3 && committed == 6 {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "figures never settled: {s:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let cache = &stats["cache"];
+    assert_eq!(
+        cache["total_devices"].to_string(),
+        redis_cli(&h, &["ZCARD", "devices"])
+    );
+    let oldest = redis_cli(&h, &["ZRANGE", "devices", "0", "0", "WITHSCORES"]);
+    assert_eq!(oldest, format!("a\n{}", cache["oldest_device_ms"]));
+    let newest = redis_cli(&h, &["ZRANGE", "devices", "-1", "-1", "WITHSCORES"]);
+    assert_eq!(newest, format!("c\n{}", cache["newest_device_ms"]));
+    assert_eq!(
+        cache["metric_namespaces"].to_string(),
+        redis_cli(&h, &["SCARD", "metric_namespaces"])
+    );
+    let policy = redis_cli(&h, &["CONFIG", "GET", "maxmemory-policy"]);
+    assert_eq!(
+        policy,
+        format!(
+            "maxmemory-policy\n{}",
+            cache["maxmemory_policy"].as_str().unwrap()
+        )
+    );
+    let server = redis_cli(&h, &["INFO", "server"]);
+    assert!(server.contains(&format!(
+        "redis_version:{}",
+        cache["redis_version"].as_str().unwrap()
+    )));
+    assert!(cache["used_memory_bytes"].as_u64().unwrap() > 0);
+    for p in stats["kafka"]["partitions"].as_array().unwrap() {
+        assert_eq!(p["lag"], 0, "{p}");
+    }
+
+    let (status, text) = http_get(addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned())))
+        .expect("/metrics parses as Prometheus text");
+    let topic = [("topic", "device-metadata")];
+    assert_eq!(
+        sample(&scrape, "metacache_events_consumed_total", &topic),
+        Some(6.0)
+    );
+    assert_eq!(
+        sample(&scrape, "metacache_events_written_total", &topic),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(&scrape, "metacache_events_stale_total", &topic),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "metacache_events_rejected_total",
+            &[("topic", "device-metadata"), ("reason", "missing_field")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &scrape,
+            "metacache_events_rejected_total",
+            &[("topic", "metric-catalog"), ("reason", "unknown_op")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(sample(&scrape, "metacache_redis_up", &[]), Some(1.0));
+    assert_eq!(sample(&scrape, "metacache_kafka_up", &[]), Some(1.0));
+    assert_eq!(sample(&scrape, "metacache_cache_devices", &[]), Some(3.0));
+    assert_eq!(
+        sample(
+            &scrape,
+            "metacache_consumer_lag",
+            &[("topic", "device-metadata"), ("partition", "0")]
+        ),
+        Some(0.0)
+    );
+    assert!(
+        sample(
+            &scrape,
+            "metacache_redis_pipeline_duration_seconds_count",
+            &[]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+            || scrape.samples.iter().any(|s| s
+                .metric
+                .starts_with("metacache_redis_pipeline_duration_seconds")),
+        "histogram present"
+    );
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_a_redis_outage_while_liveness_stays_up() {
+    let mut h = Harness::start(1);
+    let mut settings = h.settings();
+    settings.http.redis_grace_secs = 2;
+    let daemon = h.start_daemon(settings);
+    let addr = daemon.http().await;
+    let ready = |want: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (code, body) = json(addr, "/readyz").await;
+            if body["status"] == want {
+                return (code, body);
+            }
+            assert!(Instant::now() < deadline, "never {want}: {body:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (code, body) = ready("healthy").await;
+    assert_eq!(code, 200);
+    assert_eq!(body["checks"]["redis"]["status"], "healthy");
+    assert_eq!(body["checks"]["kafka"]["status"], "healthy");
+
+    h.redis.stop();
+    let (code, body) = ready("unhealthy").await;
+    assert_eq!(code, 503);
+    assert_eq!(body["checks"]["redis"]["status"], "unhealthy");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("Redis unreachable"),
+        "{body:#}"
+    );
+    let (code, live) = json(addr, "/healthz").await;
+    assert_eq!(code, 200, "liveness must not depend on Redis: {live}");
+
+    h.redis.restart().expect("redis restarts");
+    let (code, _) = ready("healthy").await;
+    assert_eq!(code, 200);
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicting_redis_is_reported() {
+    let h = Harness::start_with(1, &["--maxmemory-policy", "allkeys-lru"]);
+    let daemon = h.start_daemon(h.settings());
+    let addr = daemon.http().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (code, body) = json(addr, "/readyz").await;
+        if body["checks"]["eviction"]["status"] == "degraded" {
+            assert_eq!(code, 200);
+            assert!(body["checks"]["eviction"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("allkeys-lru"));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "eviction never reported: {body:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    daemon.stop().await.expect("clean stop");
+}
+
+/// What scraping costs the pipeline: drains the same backlog twice, without and with a
+/// client fetching `/metrics` and `/stats` every 100 ms, and prints both rates. A
+/// measurement, not a test: `cargo test --release --test http -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn scrape_cost() {
+    const EVENTS: usize = 60_000;
+    let mut rates = Vec::new();
+    for scrape in [false, true, false, true] {
+        let h = Harness::start(4);
+        let records: Vec<(String, String)> = (0..EVENTS)
+            .map(|i| {
+                let id = format!("dev-{}", i % 10_000);
+                let json = device_json(&id, "t", "2026-11-22T10:00:00Z");
+                (id, json)
+            })
+            .collect();
+        for chunk in records.chunks(5_000) {
+            let refs: Vec<(Option<&str>, Option<&str>)> = chunk
+                .iter()
+                .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
+                .collect();
+            h.produce(DEVICES, &refs).await;
+        }
+        let daemon = h.start_daemon(h.settings());
+        let addr = daemon.http().await;
+        wait_for(Duration::from_secs(30), "first record", || async {
+            daemon.stats.snapshot().devices.consumed > 0
+        })
+        .await;
+        let started = Instant::now();
+        let scraper = scrape.then(|| {
+            tokio::spawn(async move {
+                let mut scrapes = 0u64;
+                loop {
+                    let _ = http_get(addr, "/metrics").await;
+                    let _ = http_get(addr, "/stats").await;
+                    scrapes += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    if scrapes > 10_000 {
+                        return;
+                    }
+                }
+            })
+        });
+        daemon
+            .wait_finished(EVENTS as u64, Duration::from_secs(120))
+            .await;
+        let rate = EVENTS as f64 / started.elapsed().as_secs_f64();
+        if let Some(s) = scraper {
+            s.abort();
+        }
+        println!(
+            "scrape_cost: scraping every 100 ms: {scrape:5}  backlog drain {rate:.0} events/s"
+        );
+        rates.push((scrape, rate));
+        daemon.stop().await.expect("clean stop");
+    }
+    let mean = |on: bool| {
+        let v: Vec<f64> = rates
+            .iter()
+            .filter(|(s, _)| *s == on)
+            .map(|(_, r)| *r)
+            .collect();
+        v.iter().sum::<f64>() / v.len() as f64
+    };
+    println!(
+        "scrape_cost: without {:.0} events/s, with {:.0} events/s ({:+.1}%)",
+        mean(false),
+        mean(true),
+        (mean(true) / mean(false) - 1.0) * 100.0
+    );
+}
