@@ -7,6 +7,7 @@ Run from the repository root: `python -m pytest -q tests/deploy`.
 
 import copy
 import re
+import textwrap
 import tomllib
 from pathlib import Path
 
@@ -345,3 +346,43 @@ def test_dockerignore_keeps_target_and_secrets_out():
     assert included == {"Cargo.toml", "Cargo.lock", "src", "examples"}
     for pattern in ("**/*.pem", "**/*.key", "**/.env", "**/target"):
         assert pattern in lines
+
+
+# --- the docs ----------------------------------------------------------------------------
+
+
+def docs_values_blocks():
+    """The ```yaml blocks of docs/deploy.md that start with `# metacache-values.yaml`."""
+    text = (ROOT / "docs" / "deploy.md").read_text()
+    blocks = re.findall(r"^( *)```yaml\n(.*?)^\1```", text, re.M | re.S)
+    return [textwrap.dedent(body) for _, body in blocks
+            if textwrap.dedent(body).startswith("# metacache-values.yaml")]
+
+
+def deep_merge(base, overlay):
+    merged = copy.deepcopy(base)
+    for key, value in overlay.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def test_docs_values_files_install(chart):
+    """The values files in docs/deploy.md render valid manifests, and the Secrets they
+    name are the ones the page tells how to create."""
+    blocks = docs_values_blocks()
+    assert len(blocks) == 2
+    values = {}
+    for block in blocks:
+        values = deep_merge(values, helm.values_from_yaml(block))
+        docs = render(chart, values)
+        validate(docs)
+    env = {e["name"]: e for e in container(docs)["env"]}
+    page = (ROOT / "docs" / "deploy.md").read_text()
+    for name in SECRET_ENV:
+        ref = env[name]["valueFrom"]["secretKeyRef"]
+        assert f"create secret generic {ref['name']}" in page
+        assert f"--from-literal={ref['key']}=" in page
+    assert config_toml(docs)["kafka"]["client"]["ssl.ca.location"] == "/etc/kafka-ca/ca.crt"
