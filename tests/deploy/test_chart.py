@@ -245,6 +245,12 @@ def test_config_toml_matches_values(chart):
     assert isinstance(toml["writer"]["max_batch"], int)
 
 
+def test_config_file_has_no_trailing_spaces(chart):
+    """Trailing spaces would make kubectl show the file as one quoted string."""
+    text = chart.render(values={}, name="mc")["metacache/templates/configmap.yaml"]
+    assert [line for line in text.splitlines() if line != line.rstrip()] == []
+
+
 def test_config_settings_mirror_default_toml(chart):
     """Every setting of config/default.toml is in values.config (http.listen comes from
     containerPort), with the same type; nothing the daemon does not know is rendered."""
