@@ -239,7 +239,7 @@ def test_config_toml_matches_values(chart):
     values = chart.merge_values(overrides)
     toml = config_toml(render(chart, overrides))
     expected = copy.deepcopy(values["config"])
-    expected["http"] = {"listen": "0.0.0.0:8080"}
+    expected["http"] = {"listen": "0.0.0.0:8080", **values["config"]["http"]}
     assert toml == expected
     assert toml["kafka"]["client"]["client.id"] == 'say "hi"\\'
     assert isinstance(toml["writer"]["max_batch"], int)
@@ -267,7 +267,7 @@ def test_config_settings_mirror_default_toml(chart):
         for key in defaults[section]:
             assert key in settings, f"{section}.{key} is missing from the chart"
     values_config = chart.values["config"]
-    assert values_config.keys() == defaults.keys() - {"http"}
+    assert values_config.keys() == defaults.keys()
     assert values_config["log"]["format"] == "json"
 
 

@@ -56,6 +56,7 @@ The settings file: every section of .Values.config, scalar keys first, then its 
 # metacache settings, rendered by the Helm chart from .Values.config.
 # Secrets are not here: they come from METACACHE__* environment variables.
 {{- range $section, $settings := .Values.config }}
+{{- if ne $section "http" }}
 
 [{{ $section }}]
 {{- range $key, $value := $settings }}
@@ -73,9 +74,13 @@ The settings file: every section of .Values.config, scalar keys first, then its 
 {{- end }}
 {{- end }}
 {{- end }}
+{{- end }}
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (int .Values.containerPort) | toJson }}
+{{- range $key, $value := .Values.config.http }}
+{{ $key }} = {{ include "metacache.tomlValue" $value }}
+{{- end }}
 {{- end }}
 
 {{/* The shutdown drain plus room for the process to exit after it. */}}
