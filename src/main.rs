@@ -39,6 +39,63 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Run the whole job on an embedded Kafka mock cluster and a redis-server child.
     Demo(DemoArgs),
+    /// Measure Kafka's and Redis's ceilings, a naive consumer, and metacache, on one
+    /// machine; print a table and optionally write JSON.
+    Bench(BenchArgs),
+    /// Serve librdkafka's mock Kafka cluster until stdin closes (used by `bench`, which
+    /// keeps the broker out of the daemon's CPU figures).
+    #[command(hide = true)]
+    MockKafka(MockKafkaArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchArgs {
+    /// Events per workload run.
+    #[arg(long, default_value_t = 1_000_000)]
+    events: u64,
+    /// Distinct device ids (events repeat them).
+    #[arg(long, default_value_t = 100_000)]
+    devices: u64,
+    /// Partitions per topic (the mock broker keeps ~5 MiB per partition).
+    #[arg(long, default_value_t = 8)]
+    partitions: i32,
+    #[arg(long, value_enum, default_value = "devices")]
+    workload: metacache::bench::workload::Workload,
+    /// writer.max_batch for the daemon and the Redis ceiling's pipelines.
+    #[arg(long, default_value_t = 1024)]
+    batch: usize,
+    /// writer.linger_ms.
+    #[arg(long, default_value_t = 5)]
+    linger_ms: u64,
+    /// writer.max_in_flight.
+    #[arg(long, default_value_t = 4)]
+    in_flight: usize,
+    /// Events for the naive baseline (it is slow; a sample is enough).
+    #[arg(long, default_value_t = 10_000)]
+    naive_events: u64,
+    /// Publish rate of the latency phase, events/s.
+    #[arg(long, default_value_t = 10_000)]
+    latency_rate: u64,
+    /// Duration of the latency phase, seconds.
+    #[arg(long, default_value_t = 5)]
+    latency_secs: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// Use this Redis instead of starting a redis-server child (it is FLUSHALLed!).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// A run of a few seconds (CI): 20k mixed events, small samples.
+    #[arg(long)]
+    smoke: bool,
+}
+
+#[derive(Debug, Args)]
+struct MockKafkaArgs {
+    #[arg(long, default_value_t = 4)]
+    partitions: i32,
+    #[arg(long = "topic")]
+    topics: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -106,6 +163,60 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+        Command::Bench(args) => {
+            init_logging(cli.log_format, "text", "warn");
+            let options = if args.smoke {
+                metacache::bench::BenchOptions {
+                    json: args.json,
+                    redis_url: args.redis_url,
+                    ..metacache::bench::BenchOptions::smoke()
+                }
+            } else {
+                metacache::bench::BenchOptions {
+                    events: args.events,
+                    devices: args.devices,
+                    partitions: args.partitions,
+                    workload: args.workload,
+                    max_batch: args.batch,
+                    linger_ms: args.linger_ms,
+                    max_in_flight: args.in_flight,
+                    naive_events: args.naive_events,
+                    latency_rate: args.latency_rate,
+                    latency_secs: args.latency_secs,
+                    json: args.json,
+                    redis_url: args.redis_url,
+                }
+            };
+            match metacache::bench::run(options) {
+                Ok(_) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench failed: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::MockKafka(args) => {
+            let topics: Vec<(&str, i32)> = args
+                .topics
+                .iter()
+                .map(|t| (t.as_str(), args.partitions))
+                .collect();
+            match metacache::embedded::EmbeddedKafka::start(1, &topics) {
+                Ok(kafka) => {
+                    println!("{}", kafka.bootstrap());
+                    use std::io::{Read, Write};
+                    let _ = std::io::stdout().flush();
+                    // Serve until the parent closes our stdin (or dies).
+                    let _ = std::io::stdin().read_to_end(&mut Vec::new());
+                    drop(kafka);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("mock kafka: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Demo(args) => {
             init_logging(cli.log_format, "text", "warn");

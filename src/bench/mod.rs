@@ -1,0 +1,670 @@
+//! `metacache bench`: what Kafka can give, what Redis can take, what a naive consumer
+//! does, and what metacache does — in one run, on the same broker and Redis, printed as a
+//! table and written as JSON so runs can be compared.
+//!
+//! The broker (librdkafka's mock cluster) runs in a child process, and metacache runs as
+//! the real `metacache run` binary in another, so the CPU and memory figures are the
+//! daemon's own. Caveat of the mock: an empty fetch is held for the whole
+//! `fetch.wait.max.ms`, so every consumer here sets it to 10 ms (a real broker answers as
+//! soon as data arrives).
+
+pub mod probes;
+pub mod workload;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use rdkafka::{ClientConfig, Message};
+use serde::Serialize;
+
+use crate::embedded::{free_port, EmbeddedRedis};
+use crate::model::{self, Limits, TopicKind};
+use workload::{generate, BenchRecord, Workload};
+
+const DEVICE_TOPIC: &str = "bench-devices";
+const METRIC_TOPIC: &str = "bench-metrics";
+const STEADY_DEVICE_TOPIC: &str = "bench-steady-devices";
+const STEADY_METRIC_TOPIC: &str = "bench-steady-metrics";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchOptions {
+    pub events: u64,
+    pub devices: u64,
+    pub partitions: i32,
+    pub workload: Workload,
+    pub max_batch: usize,
+    pub linger_ms: u64,
+    pub max_in_flight: usize,
+    /// Events for the naive baseline (it is slow; a sample is enough).
+    pub naive_events: u64,
+    /// Publish rate and duration of the latency phase.
+    pub latency_rate: u64,
+    pub latency_secs: u64,
+    #[serde(skip)]
+    pub json: Option<PathBuf>,
+    #[serde(skip)]
+    pub redis_url: Option<String>,
+}
+
+impl BenchOptions {
+    /// Seconds-long settings for CI, so the command never rots.
+    pub fn smoke() -> Self {
+        BenchOptions {
+            events: 20_000,
+            devices: 2_000,
+            partitions: 4,
+            workload: Workload::Mixed,
+            max_batch: 1024,
+            linger_ms: 5,
+            max_in_flight: 4,
+            naive_events: 1_000,
+            latency_rate: 1_000,
+            latency_secs: 2,
+            json: None,
+            redis_url: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub stage: String,
+    pub events: u64,
+    pub seconds: f64,
+    pub events_per_sec: f64,
+    pub note: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DaemonFigures {
+    pub events_per_sec: f64,
+    pub cpu_seconds: f64,
+    pub cpu_us_per_event: f64,
+    pub peak_rss_mib: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub rate: u64,
+    pub samples: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub version: &'static str,
+    pub cpus: usize,
+    pub options: BenchOptions,
+    pub rows: Vec<Row>,
+    pub drain: DaemonFigures,
+    pub steady: DaemonFigures,
+    pub latency: Latency,
+    pub ratio_to_consume_ceiling: f64,
+    pub ratio_to_naive: f64,
+}
+
+struct Broker {
+    child: Child,
+    bootstrap: String,
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker(partitions: i32) -> Result<Broker, String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let topics = [DEVICE_TOPIC, METRIC_TOPIC, STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC];
+    let mut child = Command::new(exe)
+        .arg("mock-kafka")
+        .args(["--partitions", &partitions.to_string()])
+        .args(topics.iter().flat_map(|t| ["--topic", t]))
+        .args(["--topic", &format!("{DEVICE_TOPIC}.dlq"), "--topic", &format!("{METRIC_TOPIC}.dlq")])
+        .args(["--topic", &format!("{STEADY_DEVICE_TOPIC}.dlq"), "--topic", &format!("{STEADY_METRIC_TOPIC}.dlq")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting the mock broker: {e}"))?;
+    let stdout = child.stdout.take().ok_or("no broker stdout")?;
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the broker address: {e}"))?;
+    let bootstrap = line.trim().to_owned();
+    if bootstrap.is_empty() {
+        return Err("the mock broker did not start".into());
+    }
+    Ok(Broker { child, bootstrap })
+}
+
+fn producer(bootstrap: &str, linger_ms: &str) -> Result<BaseProducer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("compression.type", "zstd")
+        .set("linger.ms", linger_ms)
+        .set("batch.size", "1000000")
+        .set("queue.buffering.max.messages", "1000000")
+        .set("queue.buffering.max.kbytes", "1048576")
+        .create()
+        .map_err(|e| format!("producer: {e}"))
+}
+
+fn send(p: &BaseProducer, topic: &str, r: &BenchRecord) {
+    let mut record = BaseRecord::to(topic).key(r.key.as_str()).payload(r.value.as_slice());
+    loop {
+        match p.send(record) {
+            Ok(()) => return,
+            Err((_, back)) => {
+                record = back;
+                p.poll(Duration::from_millis(5));
+            }
+        }
+    }
+}
+
+fn produce(bootstrap: &str, records: &[BenchRecord], topics: (&str, &str)) -> Result<f64, String> {
+    let p = producer(bootstrap, "20")?;
+    let started = Instant::now();
+    for (i, r) in records.iter().enumerate() {
+        send(&p, if r.device_topic { topics.0 } else { topics.1 }, r);
+        if i % 1024 == 0 {
+            p.poll(Duration::ZERO);
+        }
+    }
+    p.flush(Duration::from_secs(120))
+        .map_err(|e| format!("flushing the producer: {e}"))?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+fn consumer(bootstrap: &str, group: &str) -> Result<BaseConsumer, String> {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", group)
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .set("fetch.wait.max.ms", "10")
+        .create()
+        .map_err(|e| format!("consumer: {e}"))
+}
+
+/// Records in the topics, checked so that the mock's fixed retention did not drop any.
+fn stored(bootstrap: &str, topics: &[&str]) -> Result<u64, String> {
+    let c = consumer(bootstrap, "bench-watermarks")?;
+    let mut total = 0;
+    for topic in topics {
+        let md = c
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| e.to_string())?;
+        let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        for p in 0..partitions as i32 {
+            let (low, high) = c
+                .fetch_watermarks(topic, p, Duration::from_secs(10))
+                .map_err(|e| e.to_string())?;
+            if low > 0 {
+                return Err(format!(
+                    "the mock broker dropped records of {topic}[{p}] (retention is ~5 MiB per partition): use more --partitions or fewer --events"
+                ));
+            }
+            total += high as u64;
+        }
+    }
+    Ok(total)
+}
+
+fn consume_ceiling(bootstrap: &str, n: u64) -> Result<Row, String> {
+    let c = consumer(bootstrap, "bench-consume-ceiling")?;
+    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC]).map_err(|e| e.to_string())?;
+    let mut seen = 0u64;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < n && Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            started.get_or_insert_with(Instant::now);
+            seen += 1;
+            std::hint::black_box(m.payload());
+        }
+    }
+    let secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    Ok(row("consume ceiling (rdkafka, discard)", seen, secs, "what Kafka can give"))
+}
+
+fn row(stage: &str, events: u64, seconds: f64, note: &str) -> Row {
+    Row {
+        stage: stage.to_owned(),
+        events,
+        seconds,
+        events_per_sec: events as f64 / seconds,
+        note: note.to_owned(),
+    }
+}
+
+fn flushall(url: &str) -> Result<(), String> {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| e.to_string())?;
+    redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())
+}
+
+fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Result<Row, String> {
+    use futures::stream::{FuturesOrdered, StreamExt};
+    flushall(url)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let secs = runtime.block_on(async {
+        let client = redis::Client::open(url).map_err(|e| e.to_string())?;
+        let conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let mut flights = FuturesOrdered::new();
+        for chunk in records.chunks(opts.max_batch.max(1)) {
+            let mut pipe = redis::pipe();
+            for r in chunk {
+                pipe.cmd("SET").arg(&r.key).arg(&r.value).ignore();
+            }
+            let mut c = conn.clone();
+            flights.push_back(async move { pipe.query_async::<()>(&mut c).await });
+            if flights.len() >= opts.max_in_flight.max(1) {
+                if let Some(r) = flights.next().await {
+                    r.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+        while let Some(r) = flights.next().await {
+            r.map_err(|e| e.to_string())?;
+        }
+        Ok::<f64, String>(started.elapsed().as_secs_f64())
+    })?;
+    let mut r = row(
+        "Redis ceiling (pipelined plain SET, 1 connection)",
+        records.len() as u64,
+        secs,
+        "",
+    );
+    let cmds_per_event = 2.0;
+    r.note = format!(
+        "{:.0} commands/s = {:.0} events/s at metacache's {cmds_per_event} commands per event",
+        r.events_per_sec,
+        r.events_per_sec / cmds_per_event
+    );
+    Ok(r)
+}
+
+fn naive(bootstrap: &str, url: &str, n: u64) -> Result<Row, String> {
+    flushall(url)?;
+    let c = consumer(bootstrap, "bench-naive")?;
+    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC]).map_err(|e| e.to_string())?;
+    let mut r = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| e.to_string())?;
+    let limits = Limits::default();
+    let mut seen = 0u64;
+    let mut started = None;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while seen < n && Instant::now() < deadline {
+        let Some(Ok(m)) = c.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        started.get_or_insert_with(Instant::now);
+        let kind = if m.topic() == DEVICE_TOPIC {
+            TopicKind::Device
+        } else {
+            TopicKind::Metric
+        };
+        if model::decode(kind, m.key(), m.payload(), &limits).is_ok() {
+            let key = m.key().unwrap_or_default();
+            let _: () = redis::cmd("SET")
+                .arg(key)
+                .arg(m.payload().unwrap_or_default())
+                .query(&mut r)
+                .map_err(|e| e.to_string())?;
+        }
+        c.commit_message(&m, CommitMode::Sync).map_err(|e| e.to_string())?;
+        seen += 1;
+    }
+    let secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    Ok(row(
+        "naive (decode, awaited SET, sync commit per message)",
+        seen,
+        secs,
+        "what a simple per-message service does",
+    ))
+}
+
+/// The real daemon as a child process.
+struct Daemon {
+    child: Child,
+    http: SocketAddr,
+}
+
+impl Daemon {
+    fn start(bootstrap: &str, url: &str, group: &str, topics: (&str, &str), opts: &BenchOptions) -> Result<Daemon, String> {
+        let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+        let port = free_port()?;
+        let http: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut cmd = Command::new(exe);
+        for (k, _) in std::env::vars() {
+            if k.starts_with("METACACHE") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .arg("run")
+            .current_dir(std::env::temp_dir())
+            .env("METACACHE__KAFKA__BROKERS", bootstrap)
+            .env("METACACHE__KAFKA__GROUP_ID", group)
+            .env("METACACHE__KAFKA__DEVICE_TOPIC", topics.0)
+            .env("METACACHE__KAFKA__METRIC_TOPIC", topics.1)
+            .env("METACACHE__KAFKA__CLIENT__FETCH_WAIT_MAX_MS", "10")
+            .env("METACACHE__REDIS__URL", url)
+            .env("METACACHE__WRITER__MAX_BATCH", opts.max_batch.to_string())
+            .env("METACACHE__WRITER__LINGER_MS", opts.linger_ms.to_string())
+            .env("METACACHE__WRITER__MAX_IN_FLIGHT", opts.max_in_flight.to_string())
+            .env("METACACHE__HTTP__LISTEN", http.to_string())
+            .env("METACACHE__LOG__FILTER", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("starting metacache run: {e}"))?;
+        let daemon = Daemon { child, http };
+        daemon.wait(Duration::from_secs(30), "the daemon to join its group", |s| {
+            s["kafka"]["assigned_partitions"].as_u64().unwrap_or(0) > 0
+        })?;
+        Ok(daemon)
+    }
+
+    fn stats(&self) -> Option<serde_json::Value> {
+        probes::get_json(self.http, "/stats")
+    }
+
+    fn wait(
+        &self,
+        timeout: Duration,
+        what: &str,
+        cond: impl Fn(&serde_json::Value) -> bool,
+    ) -> Result<serde_json::Value, String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.stats() {
+                if cond(&s) {
+                    return Ok(s);
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(format!("timed out waiting for {what}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn figures(events: u64, secs: f64, cpu: f64, pid: u32) -> DaemonFigures {
+    DaemonFigures {
+        events_per_sec: events as f64 / secs,
+        cpu_seconds: cpu,
+        cpu_us_per_event: cpu * 1e6 / events as f64,
+        peak_rss_mib: probes::peak_rss_bytes(pid).unwrap_or(0) as f64 / (1024.0 * 1024.0),
+    }
+}
+
+fn drain(bootstrap: &str, url: &str, n: u64, opts: &BenchOptions) -> Result<DaemonFigures, String> {
+    flushall(url)?;
+    let d = Daemon::start(bootstrap, url, "bench-drain", (DEVICE_TOPIC, METRIC_TOPIC), opts)?;
+    let pid = d.child.id();
+    d.wait(Duration::from_secs(30), "the first record", |s| probes::consumed(s) > 0)?;
+    let started = Instant::now();
+    let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
+    d.wait(Duration::from_secs(600), "the backlog to drain", |s| probes::finished(s) >= n)?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let f = figures(n, secs, cpu, pid);
+    d.stop();
+    Ok(f)
+}
+
+fn steady_and_latency(
+    bootstrap: &str,
+    url: &str,
+    records: &[BenchRecord],
+    opts: &BenchOptions,
+) -> Result<(DaemonFigures, Latency), String> {
+    flushall(url)?;
+    let d = Daemon::start(bootstrap, url, "bench-steady", (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC), opts)?;
+    let pid = d.child.id();
+    let n = records.len() as u64;
+    let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
+    let started = Instant::now();
+    produce(bootstrap, records, (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC))?;
+    d.wait(Duration::from_secs(600), "the stream to be written", |s| probes::finished(s) >= n)?;
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let steady = figures(n, secs, cpu, pid);
+    let latency = latency(bootstrap, url, opts);
+    d.stop();
+    Ok((steady, latency?))
+}
+
+/// Publishes device events at a steady rate and times each tenth from send to visible in
+/// Redis (polled every millisecond).
+fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, String> {
+    let p = producer(bootstrap, "0")?;
+    let outstanding: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
+    let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = {
+        let outstanding = Arc::clone(&outstanding);
+        let samples = Arc::clone(&samples);
+        let done = Arc::clone(&done);
+        let mut conn = redis::Client::open(url)
+            .and_then(|c| c.get_connection())
+            .map_err(|e| e.to_string())?;
+        std::thread::spawn(move || {
+            let deadline_after_done = Duration::from_secs(5);
+            let mut done_at: Option<Instant> = None;
+            loop {
+                let keys: Vec<(String, Instant)> =
+                    outstanding.lock().map(|o| o.clone()).unwrap_or_default();
+                if keys.is_empty() && done.load(std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                if !keys.is_empty() {
+                    let mut pipe = redis::pipe();
+                    for (k, _) in &keys {
+                        pipe.cmd("EXISTS").arg(format!("device:{k}"));
+                    }
+                    if let Ok(found) = pipe.query::<Vec<bool>>(&mut conn) {
+                        let now = Instant::now();
+                        let seen: Vec<&String> = keys
+                            .iter()
+                            .zip(&found)
+                            .filter(|(_, f)| **f)
+                            .map(|((k, sent), _)| {
+                                if let Ok(mut s) = samples.lock() {
+                                    s.push(now.duration_since(*sent).as_secs_f64() * 1000.0);
+                                }
+                                k
+                            })
+                            .collect();
+                        if let Ok(mut o) = outstanding.lock() {
+                            o.retain(|(k, _)| !seen.contains(&k));
+                        }
+                    }
+                }
+                if done.load(std::sync::atomic::Ordering::SeqCst) {
+                    let at = *done_at.get_or_insert_with(Instant::now);
+                    if at.elapsed() > deadline_after_done {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })
+    };
+    let total = opts.latency_rate * opts.latency_secs;
+    let started = Instant::now();
+    for i in 0..total {
+        let due = started + Duration::from_secs_f64(i as f64 / opts.latency_rate as f64);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let id = format!("lat-{i}");
+        let record = BenchRecord {
+            device_topic: true,
+            value: workload::device_event(&id, i),
+            key: id.clone(),
+        };
+        let sent = Instant::now();
+        send(&p, STEADY_DEVICE_TOPIC, &record);
+        p.poll(Duration::ZERO);
+        if i % 10 == 0 {
+            if let Ok(mut o) = outstanding.lock() {
+                o.push((id, sent));
+            }
+        }
+    }
+    let _ = p.flush(Duration::from_secs(10));
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let _ = poller.join();
+    let mut s = samples.lock().map(|s| s.clone()).unwrap_or_default();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| {
+        if s.is_empty() {
+            f64::NAN
+        } else {
+            s[((s.len() - 1) as f64 * q).round() as usize]
+        }
+    };
+    Ok(Latency {
+        rate: opts.latency_rate,
+        samples: s.len(),
+        p50_ms: pick(0.5),
+        p99_ms: pick(0.99),
+        max_ms: pick(1.0),
+    })
+}
+
+/// Runs every stage and prints the table; writes JSON when asked.
+pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    println!(
+        "metacache bench: {} {:?} events over {} devices, {} partitions, batch {}, linger {} ms, {} in flight ({cpus} CPUs)",
+        opts.events, opts.workload, opts.devices, opts.partitions, opts.max_batch, opts.linger_ms, opts.max_in_flight
+    );
+    let broker = start_broker(opts.partitions)?;
+    let redis_child;
+    let url = match &opts.redis_url {
+        Some(u) => u.clone(),
+        None => {
+            redis_child = EmbeddedRedis::start()?;
+            redis_child.url()
+        }
+    };
+    let records = generate(opts.workload, opts.events, opts.devices, 42);
+    let n = records.len() as u64;
+
+    let produce_secs = produce(&broker.bootstrap, &records, (DEVICE_TOPIC, METRIC_TOPIC))?;
+    let stored = stored(&broker.bootstrap, &[DEVICE_TOPIC, METRIC_TOPIC])?;
+    if stored != n {
+        return Err(format!("{stored} of {n} records stored by the mock broker"));
+    }
+    let mut rows = vec![row("produce (BaseProducer, zstd)", n, produce_secs, "filling the backlog")];
+    eprintln!("  consume ceiling …");
+    rows.push(consume_ceiling(&broker.bootstrap, n)?);
+    eprintln!("  Redis ceiling …");
+    rows.push(redis_ceiling(&url, &records, &opts)?);
+    eprintln!("  naive baseline …");
+    rows.push(naive(&broker.bootstrap, &url, opts.naive_events.min(n))?);
+    eprintln!("  metacache, draining the backlog …");
+    let drain = drain(&broker.bootstrap, &url, n, &opts)?;
+    rows.push(row("metacache, backlog drain", n, n as f64 / drain.events_per_sec, "the real daemon, child process"));
+    eprintln!("  metacache, steady state and latency …");
+    let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
+    let (steady, latency) = steady_and_latency(&broker.bootstrap, &url, &steady_records, &opts)?;
+    rows.push(row(
+        "metacache, steady state (producing while consuming)",
+        n,
+        n as f64 / steady.events_per_sec,
+        "publish start to last write",
+    ));
+
+    let ceiling = rows[1].events_per_sec;
+    let naive_rate = rows[3].events_per_sec;
+    let report = BenchReport {
+        version: env!("CARGO_PKG_VERSION"),
+        cpus,
+        options: opts.clone(),
+        ratio_to_consume_ceiling: drain.events_per_sec / ceiling,
+        ratio_to_naive: drain.events_per_sec / naive_rate,
+        rows,
+        drain,
+        steady,
+        latency,
+    };
+    print_report(&report);
+    if let Some(path) = &opts.json {
+        let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!("JSON written to {}", path.display());
+    }
+    Ok(report)
+}
+
+fn print_report(r: &BenchReport) {
+    println!();
+    println!("| stage | events | seconds | events/s | note |");
+    println!("| --- | ---: | ---: | ---: | --- |");
+    for row in &r.rows {
+        println!(
+            "| {} | {} | {:.2} | {:.0} | {} |",
+            row.stage, row.events, row.seconds, row.events_per_sec, row.note
+        );
+    }
+    println!();
+    println!("| metacache | events/s | CPU µs/event | CPU s per 1M events | peak RSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for (name, f) in [("backlog drain", &r.drain), ("steady state", &r.steady)] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
+            f.events_per_sec, f.cpu_us_per_event, f.cpu_us_per_event, f.peak_rss_mib
+        );
+    }
+    println!();
+    println!(
+        "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+        r.latency.rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms, r.latency.samples
+    );
+    println!(
+        "metacache ÷ consume ceiling: {:.2}   metacache ÷ naive: {:.0}×",
+        r.ratio_to_consume_ceiling, r.ratio_to_naive
+    );
+}
