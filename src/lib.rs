@@ -25,6 +25,7 @@
 //! - [`embedded`] and [`demo`] — the mock Kafka cluster and `redis-server` child that let
 //!   `metacache demo` and the tests run with nothing set up by hand.
 
+pub mod bench;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
@@ -41,4 +42,3 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod stats;
-pub mod bench;

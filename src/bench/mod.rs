@@ -125,13 +125,28 @@ impl Drop for Broker {
 
 fn start_broker(partitions: i32) -> Result<Broker, String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-    let topics = [DEVICE_TOPIC, METRIC_TOPIC, STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC];
+    let topics = [
+        DEVICE_TOPIC,
+        METRIC_TOPIC,
+        STEADY_DEVICE_TOPIC,
+        STEADY_METRIC_TOPIC,
+    ];
     let mut child = Command::new(exe)
         .arg("mock-kafka")
         .args(["--partitions", &partitions.to_string()])
         .args(topics.iter().flat_map(|t| ["--topic", t]))
-        .args(["--topic", &format!("{DEVICE_TOPIC}.dlq"), "--topic", &format!("{METRIC_TOPIC}.dlq")])
-        .args(["--topic", &format!("{STEADY_DEVICE_TOPIC}.dlq"), "--topic", &format!("{STEADY_METRIC_TOPIC}.dlq")])
+        .args([
+            "--topic",
+            &format!("{DEVICE_TOPIC}.dlq"),
+            "--topic",
+            &format!("{METRIC_TOPIC}.dlq"),
+        ])
+        .args([
+            "--topic",
+            &format!("{STEADY_DEVICE_TOPIC}.dlq"),
+            "--topic",
+            &format!("{STEADY_METRIC_TOPIC}.dlq"),
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -162,7 +177,9 @@ fn producer(bootstrap: &str, linger_ms: &str) -> Result<BaseProducer, String> {
 }
 
 fn send(p: &BaseProducer, topic: &str, r: &BenchRecord) {
-    let mut record = BaseRecord::to(topic).key(r.key.as_str()).payload(r.value.as_slice());
+    let mut record = BaseRecord::to(topic)
+        .key(r.key.as_str())
+        .payload(r.value.as_slice());
     loop {
         match p.send(record) {
             Ok(()) => return,
@@ -207,7 +224,11 @@ fn stored(bootstrap: &str, topics: &[&str]) -> Result<u64, String> {
         let md = c
             .fetch_metadata(Some(topic), Duration::from_secs(10))
             .map_err(|e| e.to_string())?;
-        let partitions = md.topics().first().map(|t| t.partitions().len()).unwrap_or(0);
+        let partitions = md
+            .topics()
+            .first()
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
         for p in 0..partitions as i32 {
             let (low, high) = c
                 .fetch_watermarks(topic, p, Duration::from_secs(10))
@@ -225,7 +246,8 @@ fn stored(bootstrap: &str, topics: &[&str]) -> Result<u64, String> {
 
 fn consume_ceiling(bootstrap: &str, n: u64) -> Result<Row, String> {
     let c = consumer(bootstrap, "bench-consume-ceiling")?;
-    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC]).map_err(|e| e.to_string())?;
+    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC])
+        .map_err(|e| e.to_string())?;
     let mut seen = 0u64;
     let mut started = None;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -236,8 +258,15 @@ fn consume_ceiling(bootstrap: &str, n: u64) -> Result<Row, String> {
             std::hint::black_box(m.payload());
         }
     }
-    let secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
-    Ok(row("consume ceiling (rdkafka, discard)", seen, secs, "what Kafka can give"))
+    let secs = started
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or(f64::NAN);
+    Ok(row(
+        "consume ceiling (rdkafka, discard)",
+        seen,
+        secs,
+        "what Kafka can give",
+    ))
 }
 
 fn row(stage: &str, events: u64, seconds: f64, note: &str) -> Row {
@@ -254,7 +283,9 @@ fn flushall(url: &str) -> Result<(), String> {
     let mut c = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .map_err(|e| e.to_string())?;
-    redis::cmd("FLUSHALL").query::<()>(&mut c).map_err(|e| e.to_string())
+    redis::cmd("FLUSHALL")
+        .query::<()>(&mut c)
+        .map_err(|e| e.to_string())
 }
 
 fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Result<Row, String> {
@@ -308,7 +339,8 @@ fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Res
 fn naive(bootstrap: &str, url: &str, n: u64) -> Result<Row, String> {
     flushall(url)?;
     let c = consumer(bootstrap, "bench-naive")?;
-    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC]).map_err(|e| e.to_string())?;
+    c.subscribe(&[DEVICE_TOPIC, METRIC_TOPIC])
+        .map_err(|e| e.to_string())?;
     let mut r = redis::Client::open(url)
         .and_then(|c| c.get_connection())
         .map_err(|e| e.to_string())?;
@@ -334,10 +366,13 @@ fn naive(bootstrap: &str, url: &str, n: u64) -> Result<Row, String> {
                 .query(&mut r)
                 .map_err(|e| e.to_string())?;
         }
-        c.commit_message(&m, CommitMode::Sync).map_err(|e| e.to_string())?;
+        c.commit_message(&m, CommitMode::Sync)
+            .map_err(|e| e.to_string())?;
         seen += 1;
     }
-    let secs = started.map(|s| s.elapsed().as_secs_f64()).unwrap_or(f64::NAN);
+    let secs = started
+        .map(|s| s.elapsed().as_secs_f64())
+        .unwrap_or(f64::NAN);
     Ok(row(
         "naive (decode, awaited SET, sync commit per message)",
         seen,
@@ -353,7 +388,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(bootstrap: &str, url: &str, group: &str, topics: (&str, &str), opts: &BenchOptions) -> Result<Daemon, String> {
+    fn start(
+        bootstrap: &str,
+        url: &str,
+        group: &str,
+        topics: (&str, &str),
+        opts: &BenchOptions,
+    ) -> Result<Daemon, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let port = free_port()?;
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -374,7 +415,10 @@ impl Daemon {
             .env("METACACHE__REDIS__URL", url)
             .env("METACACHE__WRITER__MAX_BATCH", opts.max_batch.to_string())
             .env("METACACHE__WRITER__LINGER_MS", opts.linger_ms.to_string())
-            .env("METACACHE__WRITER__MAX_IN_FLIGHT", opts.max_in_flight.to_string())
+            .env(
+                "METACACHE__WRITER__MAX_IN_FLIGHT",
+                opts.max_in_flight.to_string(),
+            )
             .env("METACACHE__HTTP__LISTEN", http.to_string())
             .env("METACACHE__LOG__FILTER", "warn")
             .stdout(Stdio::null())
@@ -382,9 +426,11 @@ impl Daemon {
             .spawn()
             .map_err(|e| format!("starting metacache run: {e}"))?;
         let daemon = Daemon { child, http };
-        daemon.wait(Duration::from_secs(30), "the daemon to join its group", |s| {
-            s["kafka"]["assigned_partitions"].as_u64().unwrap_or(0) > 0
-        })?;
+        daemon.wait(
+            Duration::from_secs(30),
+            "the daemon to join its group",
+            |s| s["kafka"]["assigned_partitions"].as_u64().unwrap_or(0) > 0,
+        )?;
         Ok(daemon)
     }
 
@@ -439,12 +485,22 @@ fn figures(events: u64, secs: f64, cpu: f64, pid: u32) -> DaemonFigures {
 
 fn drain(bootstrap: &str, url: &str, n: u64, opts: &BenchOptions) -> Result<DaemonFigures, String> {
     flushall(url)?;
-    let d = Daemon::start(bootstrap, url, "bench-drain", (DEVICE_TOPIC, METRIC_TOPIC), opts)?;
+    let d = Daemon::start(
+        bootstrap,
+        url,
+        "bench-drain",
+        (DEVICE_TOPIC, METRIC_TOPIC),
+        opts,
+    )?;
     let pid = d.child.id();
-    d.wait(Duration::from_secs(30), "the first record", |s| probes::consumed(s) > 0)?;
+    d.wait(Duration::from_secs(30), "the first record", |s| {
+        probes::consumed(s) > 0
+    })?;
     let started = Instant::now();
     let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
-    d.wait(Duration::from_secs(600), "the backlog to drain", |s| probes::finished(s) >= n)?;
+    d.wait(Duration::from_secs(600), "the backlog to drain", |s| {
+        probes::finished(s) >= n
+    })?;
     let secs = started.elapsed().as_secs_f64();
     let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     let f = figures(n, secs, cpu, pid);
@@ -459,13 +515,25 @@ fn steady_and_latency(
     opts: &BenchOptions,
 ) -> Result<(DaemonFigures, Latency), String> {
     flushall(url)?;
-    let d = Daemon::start(bootstrap, url, "bench-steady", (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC), opts)?;
+    let d = Daemon::start(
+        bootstrap,
+        url,
+        "bench-steady",
+        (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
+        opts,
+    )?;
     let pid = d.child.id();
     let n = records.len() as u64;
     let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
     let started = Instant::now();
-    produce(bootstrap, records, (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC))?;
-    d.wait(Duration::from_secs(600), "the stream to be written", |s| probes::finished(s) >= n)?;
+    produce(
+        bootstrap,
+        records,
+        (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
+    )?;
+    d.wait(Duration::from_secs(600), "the stream to be written", |s| {
+        probes::finished(s) >= n
+    })?;
     let secs = started.elapsed().as_secs_f64();
     let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     let steady = figures(n, secs, cpu, pid);
@@ -475,9 +543,11 @@ fn steady_and_latency(
 }
 
 /// Publishes device events at a steady rate and times each tenth from send to visible in
-/// Redis (polled every millisecond).
+/// Redis (polled every millisecond). The time includes the producer's 5 ms linger.
 fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, String> {
-    let p = producer(bootstrap, "0")?;
+    // librdkafka's default linger: unbatched sends at 10k/s swamp the mock broker (one
+    // request per record), which measured the broker rather than metacache.
+    let p = producer(bootstrap, "5")?;
     let outstanding: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
     let samples: Arc<Mutex<Vec<f64>>> = Arc::default();
     let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -575,7 +645,9 @@ fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, S
 
 /// Runs every stage and prints the table; writes JSON when asked.
 pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     println!(
         "metacache bench: {} {:?} events over {} devices, {} partitions, batch {}, linger {} ms, {} in flight ({cpus} CPUs)",
         opts.events, opts.workload, opts.devices, opts.partitions, opts.max_batch, opts.linger_ms, opts.max_in_flight
@@ -597,7 +669,12 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     if stored != n {
         return Err(format!("{stored} of {n} records stored by the mock broker"));
     }
-    let mut rows = vec![row("produce (BaseProducer, zstd)", n, produce_secs, "filling the backlog")];
+    let mut rows = vec![row(
+        "produce (BaseProducer, zstd)",
+        n,
+        produce_secs,
+        "filling the backlog",
+    )];
     eprintln!("  consume ceiling …");
     rows.push(consume_ceiling(&broker.bootstrap, n)?);
     eprintln!("  Redis ceiling …");
@@ -606,7 +683,12 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     rows.push(naive(&broker.bootstrap, &url, opts.naive_events.min(n))?);
     eprintln!("  metacache, draining the backlog …");
     let drain = drain(&broker.bootstrap, &url, n, &opts)?;
-    rows.push(row("metacache, backlog drain", n, n as f64 / drain.events_per_sec, "the real daemon, child process"));
+    rows.push(row(
+        "metacache, backlog drain",
+        n,
+        n as f64 / drain.events_per_sec,
+        "the real daemon, child process",
+    ));
     eprintln!("  metacache, steady state and latency …");
     let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
     let (steady, latency) = steady_and_latency(&broker.bootstrap, &url, &steady_records, &opts)?;

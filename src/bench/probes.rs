@@ -59,7 +59,12 @@ pub fn finished(stats: &serde_json::Value) -> u64 {
 pub fn consumed(stats: &serde_json::Value) -> u64 {
     stats["topics"]
         .as_object()
-        .map(|topics| topics.values().map(|t| t["consumed"].as_u64().unwrap_or(0)).sum())
+        .map(|topics| {
+            topics
+                .values()
+                .map(|t| t["consumed"].as_u64().unwrap_or(0))
+                .sum()
+        })
         .unwrap_or(0)
 }
 

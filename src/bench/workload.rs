@@ -131,7 +131,13 @@ mod tests {
     fn device_events_are_valid_and_about_250_bytes() {
         let v = device_event("dev-12345", 123_456);
         assert!((230..=290).contains(&v.len()), "{}", v.len());
-        assert!(decode(TopicKind::Device, Some(b"dev-12345"), Some(&v), &Limits::default()).is_ok());
+        assert!(decode(
+            TopicKind::Device,
+            Some(b"dev-12345"),
+            Some(&v),
+            &Limits::default()
+        )
+        .is_ok());
     }
 
     #[test]
@@ -140,8 +146,18 @@ mod tests {
         let invalid = records
             .iter()
             .filter(|r| {
-                let kind = if r.device_topic { TopicKind::Device } else { TopicKind::Metric };
-                decode(kind, Some(r.key.as_bytes()), Some(&r.value), &Limits::default()).is_err()
+                let kind = if r.device_topic {
+                    TopicKind::Device
+                } else {
+                    TopicKind::Metric
+                };
+                decode(
+                    kind,
+                    Some(r.key.as_bytes()),
+                    Some(&r.value),
+                    &Limits::default(),
+                )
+                .is_err()
             })
             .count();
         assert!((100..=300).contains(&invalid), "{invalid}");
