@@ -87,11 +87,13 @@ const SCAN_CHUNK: usize = 1000;
 pub struct CacheClient {
     conn: ConnectionManager,
     keys: KeyLayout,
+    redacted_url: String,
 }
 
 impl std::fmt::Debug for CacheClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheClient")
+            .field("url", &self.redacted_url)
             .field("key_prefix", &self.keys.prefix())
             .finish_non_exhaustive()
     }
@@ -149,7 +151,24 @@ impl CacheClient {
         Ok(CacheClient {
             conn,
             keys: KeyLayout::new(&settings.key_prefix),
+            redacted_url: settings.redacted_url(),
         })
+    }
+
+    /// The Redis URL with any password masked, for logs and messages.
+    ///
+    /// ```
+    /// # use metacache::client::CacheClient;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// let url = format!("redis://default:secret@127.0.0.1:{}/0", redis.port());
+    /// let client = CacheClient::connect(&url).await?; // no password set: AUTH is accepted
+    /// assert!(!client.redacted_url().contains("secret"));
+    /// # Ok(()) }
+    /// ```
+    pub fn redacted_url(&self) -> &str {
+        &self.redacted_url
     }
 
     /// The key layout this client reads (the writer's, under the configured prefix).
