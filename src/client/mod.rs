@@ -59,10 +59,27 @@ use crate::model::{DeviceMetadata, DEFAULT_NAMESPACE};
 use crate::sink::redis::{connect, KeyLayout};
 
 /// The result of every client call.
+///
+/// ```
+/// use metacache::client::{BlockingCacheClient, Result};
+///
+/// fn unit_of(client: &BlockingCacheClient, id: &str) -> Result<Option<String>> {
+///     Ok(client.get_device(id)?.and_then(|d| d.datatype_unit))
+/// }
+/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// # let client = BlockingCacheClient::connect(&redis.url())?;
+/// assert_eq!(unit_of(&client, "dev-43")?.as_deref(), Some("%"));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// A `PING` slower than this makes [`CacheClient::health`] report
 /// [`Health::Degraded`].
+///
+/// ```
+/// assert_eq!(metacache::client::SLOW_PING.as_millis(), 250);
+/// ```
 pub const SLOW_PING: Duration = Duration::from_millis(250);
 
 /// How many index entries [`CacheClient::list_devices`] fetches per round trip while
