@@ -401,3 +401,119 @@ async fn produce_skip_invalid_sends_the_good_lines_which_the_daemon_writes() {
     assert_eq!(daemon.stats.snapshot().devices.dead_lettered, 0);
     daemon.stop().await.expect("clean stop");
 }
+
+/// Runs `openssl ARGS` in `dir`; false when openssl is missing or fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) -> bool {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+#[test]
+fn rediss_urls_connect_over_tls_and_check_the_certificate() {
+    // A throwaway CA and a server certificate for localhost.
+    let dir = tempfile::tempdir().unwrap();
+    let made = openssl(
+        dir.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=metacache test CA",
+        ],
+    ) && openssl(
+        dir.path(),
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ) && std::fs::write(
+        dir.path().join("ext.cnf"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .is_ok()
+        && openssl(
+            dir.path(),
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "server.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "server.pem",
+                "-days",
+                "1",
+                "-extfile",
+                "ext.cnf",
+            ],
+        );
+    if !made {
+        println!("SKIPPED: openssl is not available to make test certificates");
+        return;
+    }
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let tls_port = metacache::embedded::free_port().unwrap().to_string();
+    let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
+    let redis = EmbeddedRedis::start_with(&[
+        "--tls-port",
+        &tls_port,
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with TLS");
+    redis
+        .apply("", &metacache::demo::valid_sample_events())
+        .unwrap();
+    let url = format!("rediss://localhost:{tls_port}/0");
+
+    // The CA is trusted through SSL_CERT_FILE, which rustls-native-certs reads.
+    let out = metacache()
+        .args(["get", "device", "dev-42", "--json", "--redis-url", &url])
+        .env("SSL_CERT_FILE", &ca)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(json_of(&out)["datatype_unit"], "K");
+
+    // With only the system's CAs the certificate is refused.
+    let out = metacache()
+        .args(["info", "--redis-url", &url])
+        .env_remove("SSL_CERT_FILE")
+        .env_remove("SSL_CERT_DIR")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("certificate"), "{}", stderr(&out));
+}
