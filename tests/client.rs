@@ -771,3 +771,47 @@ async fn typed_events_applied_like_the_writer_read_back_equal() {
         .is_empty());
     assert!(client.get_devices::<&str>(&[]).await.unwrap().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_redis_degrades_health_and_a_stalled_one_times_out() {
+    let redis = EmbeddedRedis::start_with(&["--enable-debug-command", "yes"]).unwrap();
+    // Redis runs one command at a time: DEBUG SLEEP on another connection stalls it.
+    let stall = |secs: f64| {
+        let url = redis.url();
+        let thread = std::thread::spawn(move || {
+            let mut c = redis::Client::open(url).unwrap().get_connection().unwrap();
+            let _: redis::RedisResult<()> =
+                redis::cmd("DEBUG").arg("SLEEP").arg(secs).query(&mut c);
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        thread
+    };
+
+    let client = CacheClient::connect(&redis.url()).await.unwrap();
+    let slow = stall(0.6);
+    let health = client.health().await;
+    assert_eq!(health.status, Health::Degraded, "{}", health.message);
+    assert!(
+        health.message.contains("slower than 250 ms"),
+        "{}",
+        health.message
+    );
+    assert!(health.latency.unwrap() > metacache::client::SLOW_PING);
+    slow.join().unwrap();
+    assert_eq!(client.health().await.status, Health::Healthy);
+
+    let settings = RedisSettings {
+        url: redis.url(),
+        response_timeout_ms: 200,
+        ..RedisSettings::default()
+    };
+    let impatient = CacheClient::from_settings(&settings).await.unwrap();
+    let stalled = stall(1.5);
+    let e = impatient.get_device("dev-1").await.unwrap_err();
+    assert!(matches!(e, ClientError::Timeout(_)), "{e:?}");
+    let health = impatient.health().await;
+    assert_eq!(health.status, Health::Unhealthy, "{}", health.message);
+    stalled.join().unwrap();
+    // Afterwards the same client works again.
+    assert_eq!(impatient.get_device("dev-1").await.unwrap(), None);
+}
