@@ -19,6 +19,7 @@ use serde::Deserialize;
 use crate::config::Settings;
 use crate::dead_letter::headers;
 use crate::embedded::{EmbeddedKafka, EmbeddedRedis};
+use crate::model::{self, Event, Limits, TopicKind};
 use crate::shutdown::Shutdown;
 use crate::sink::redis::KeyLayout;
 use crate::stats::Stats;
@@ -66,6 +67,40 @@ pub fn parse_samples(text: &str) -> Result<Vec<SampleEvent>, String> {
                 return Err(format!("line {}: topic must be devices or metrics", i + 1));
             }
             Ok(e)
+        })
+        .collect()
+}
+
+/// The shipped sample events that pass validation, decoded, in file order (tombstones and
+/// the out-of-order update included). Applied in order they leave the cache as the demo
+/// does: devices `dev-42`, `dev-43`, `dev-44`; namespaces `billing`, `default`, `infra`.
+///
+/// ```
+/// use metacache::model::Event;
+///
+/// let events = metacache::demo::valid_sample_events();
+/// assert_eq!(events.len(), 14);
+/// assert!(matches!(&events[0], Event::DeviceUpsert(d) if d.device_id == "dev-42"));
+/// ```
+pub fn valid_sample_events() -> Vec<Event> {
+    let limits = Limits::default();
+    parse_samples(SAMPLE_EVENTS)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|sample| {
+            let kind = if sample.topic == "devices" {
+                TopicKind::Device
+            } else {
+                TopicKind::Metric
+            };
+            let payload = sample.payload();
+            model::decode(
+                kind,
+                sample.key.as_deref().map(str::as_bytes),
+                payload.as_deref(),
+                &limits,
+            )
+            .ok()
         })
         .collect()
 }

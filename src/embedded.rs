@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use rdkafka::mocking::MockCluster;
 
+use crate::model::Event;
+use crate::sink::redis::plan::{Planner, Ttls};
+use crate::sink::redis::{scripts, KeyLayout};
+
 /// What the mock-cluster thread can be asked to do.
 enum KafkaCommand {
     CreateTopic(String, i32, mpsc::Sender<Result<(), String>>),
@@ -197,6 +201,43 @@ impl EmbeddedRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
+    }
+
+    /// Writes `events` the way the daemon's writer does (the same planner, scripts and key
+    /// layout under `key_prefix`, no TTLs), without Kafka: examples and tests get a cache
+    /// in a known state in one call.
+    ///
+    /// ```
+    /// use metacache::embedded::EmbeddedRedis;
+    /// use metacache::model::{Event, MetricOp};
+    ///
+    /// let redis = EmbeddedRedis::start()?;
+    /// redis.apply("", &[Event::Metric(MetricOp::Add {
+    ///     namespace: "billing".into(),
+    ///     metric_names: vec!["cpu".into()],
+    /// })])?;
+    /// # Ok::<(), String>(())
+    /// ```
+    pub fn apply(&self, key_prefix: &str, events: &[Event]) -> Result<(), String> {
+        let mut conn = redis::Client::open(self.url())
+            .and_then(|c| c.get_connection())
+            .map_err(|e| format!("redis: {e}"))?;
+        for script in scripts::all() {
+            script
+                .load(&mut conn)
+                .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
+        }
+        let planner = Planner::new(KeyLayout::new(key_prefix), Ttls::default());
+        let mut pipe = redis::pipe();
+        for event in events {
+            planner.plan(event, &mut pipe);
+        }
+        if pipe.is_empty() {
+            return Ok(());
+        }
+        pipe.query::<redis::Value>(&mut conn)
+            .map(drop)
+            .map_err(|e| format!("redis: {e}"))
     }
 
     /// Kills the server (SIGKILL: its data is gone, as after a crash without persistence).

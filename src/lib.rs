@@ -22,10 +22,15 @@
 //! - [`metrics`] and [`http`] — Prometheus exposition and the side server with
 //!   `/healthz`, `/readyz`, `/stats` and `/metrics`.
 //! - [`rate_limit`] — keeps repeating warnings from drowning the log.
+//! - [`client`] — the read side: a typed async client (and a blocking twin) that reads
+//!   the cache through the same key layout and models the writer uses.
+//! - [`publish`] — the producer side: typed events validated with the daemon's own decoder
+//!   and produced to the right topic with the right key.
 //! - [`embedded`] and [`demo`] — the mock Kafka cluster and `redis-server` child that let
 //!   `metacache demo` and the tests run with nothing set up by hand.
 
 pub mod bench;
+pub mod client;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;
@@ -36,6 +41,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod publish;
 pub mod rate_limit;
 pub mod record;
 pub mod shutdown;

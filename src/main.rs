@@ -1,14 +1,22 @@
-//! The `metacache` command line: `run` (the daemon), `check-config`, `demo`.
+//! The `metacache` command line: `run` (the daemon), `check-config`, `demo`, the cache
+//! look-ups (`get`, `check-metric`, `info`) and `produce`.
 
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::json;
 use tracing_subscriber::EnvFilter;
 
+use metacache::client::{
+    CacheClient, CacheInfo, ClientError, DeviceEntry, HealthStatus, ListOptions, Order,
+};
 use metacache::config::Settings;
 use metacache::demo::DemoOptions;
+use metacache::model::{DeviceMetadata, TopicKind};
+use metacache::publish::{self, Outgoing, Publisher};
 use metacache::shutdown::{install_signal_handlers, Shutdown};
 use metacache::stats::Stats;
 
@@ -46,6 +54,15 @@ enum Command {
     /// keeps the broker out of the daemon's CPU figures).
     #[command(hide = true)]
     MockKafka(MockKafkaArgs),
+    /// Look up devices or metric names in the cache.
+    #[command(subcommand)]
+    Get(GetCommand),
+    /// Exit 0 if NAME is a valid metric name in NAMESPACE, 1 if it is not.
+    CheckMetric(CheckMetricArgs),
+    /// What the cache holds, and whether Redis is healthy.
+    Info(LookupArgs),
+    /// Validate JSON Lines events with the daemon's decoder and produce them to Kafka.
+    Produce(ProduceArgs),
 }
 
 #[derive(Debug, Args)]
@@ -96,6 +113,97 @@ struct MockKafkaArgs {
     partitions: i32,
     #[arg(long = "topic")]
     topics: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+enum GetCommand {
+    /// One device's metadata (exit 1 when it is not cached).
+    Device {
+        /// The device id.
+        id: String,
+        #[command(flatten)]
+        lookup: LookupArgs,
+    },
+    /// A page of the devices index, newest first.
+    Devices(DevicesArgs),
+    /// The valid metric names of a namespace (an empty one means `default`).
+    Metrics {
+        /// The namespace.
+        namespace: String,
+        #[command(flatten)]
+        lookup: LookupArgs,
+    },
+}
+
+/// Where to read from, and how to print it.
+#[derive(Debug, Args)]
+struct LookupArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Print JSON for scripts instead of text for people.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct DevicesArgs {
+    /// Most devices to list.
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Matching devices to skip first.
+    #[arg(long, default_value_t = 0)]
+    offset: usize,
+    /// Only ids matching this Redis-style glob (`*`, `?`, `[abc]`, `[^a-z]`, `\` escapes).
+    #[arg(long)]
+    pattern: Option<String>,
+    /// Least recently updated first.
+    #[arg(long)]
+    oldest_first: bool,
+    #[command(flatten)]
+    lookup: LookupArgs,
+}
+
+#[derive(Debug, Args)]
+struct CheckMetricArgs {
+    /// The namespace (an empty one means `default`).
+    namespace: String,
+    /// The metric name.
+    name: String,
+    #[command(flatten)]
+    lookup: LookupArgs,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum ProduceTopic {
+    /// `kafka.device_topic`
+    Devices,
+    /// `kafka.metric_topic`
+    Metrics,
+}
+
+#[derive(Debug, Args)]
+struct ProduceArgs {
+    /// Which configured topic the events are for.
+    #[arg(long, value_enum)]
+    topic: ProduceTopic,
+    /// A JSON Lines file: one event per line, or {"tombstone": "<key>"}; `-` or nothing
+    /// reads stdin.
+    file: Option<PathBuf>,
+    /// Send the valid lines even when some are invalid (the invalid ones are reported).
+    #[arg(long)]
+    skip_invalid: bool,
+    #[command(flatten)]
+    config: ConfigArgs,
+}
+
+/// Exit codes of the look-ups and `produce`.
+mod exit {
+    /// The answer is no: not cached, not a valid metric name, invalid input lines.
+    pub const NO: u8 = 1;
+    /// Configuration problems.
+    pub const CONFIG: u8 = 2;
+    /// Redis or Kafka failed, or the cache holds a corrupt entry.
+    pub const UNAVAILABLE: u8 = 3;
 }
 
 #[derive(Debug, Args)]
@@ -236,7 +344,343 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Get(GetCommand::Device { id, lookup }) => {
+            lookup_command(cli.log_format, &lookup, |client, json| async move {
+                get_device(&client, &id, json).await
+            })
+        }
+        Command::Get(GetCommand::Devices(args)) => {
+            let options = ListOptions {
+                limit: args.limit,
+                offset: args.offset,
+                pattern: args.pattern.clone(),
+                order: if args.oldest_first {
+                    Order::OldestFirst
+                } else {
+                    Order::NewestFirst
+                },
+            };
+            lookup_command(cli.log_format, &args.lookup, |client, json| async move {
+                get_devices(&client, &options, json).await
+            })
+        }
+        Command::Get(GetCommand::Metrics { namespace, lookup }) => {
+            lookup_command(cli.log_format, &lookup, |client, json| async move {
+                get_metrics(&client, &namespace, json).await
+            })
+        }
+        Command::CheckMetric(args) => {
+            lookup_command(cli.log_format, &args.lookup, |client, json| async move {
+                check_metric(&client, &args.namespace, &args.name, json).await
+            })
+        }
+        Command::Info(lookup) => {
+            lookup_command(cli.log_format, &lookup, |client, json| async move {
+                info(&client, json).await
+            })
+        }
+        Command::Produce(args) => produce(cli.log_format, &args),
     }
+}
+
+/// Loads the settings, connects, runs `body` and turns its outcome into an exit code:
+/// `Ok(true)` 0, `Ok(false)` 1 (the answer is no), a client error 3.
+fn lookup_command<F, Fut>(log_format: Option<LogFormat>, args: &LookupArgs, body: F) -> ExitCode
+where
+    F: FnOnce(CacheClient, bool) -> Fut,
+    Fut: std::future::Future<Output = Result<bool, ClientError>>,
+{
+    let settings = match load(&args.config) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    init_logging(log_format, &settings.log.format, "warn");
+    let json = args.json;
+    block_on(async move {
+        let client = match CacheClient::from_settings(&settings.redis).await {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {} ({})", e, settings.redis.redacted_url());
+                return ExitCode::from(exit::UNAVAILABLE);
+            }
+        };
+        match body(client, json).await {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(exit::NO),
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(exit::UNAVAILABLE)
+            }
+        }
+    })
+}
+
+/// A current-thread runtime without signal handlers: Ctrl-C ends a look-up at once.
+fn block_on<Fut: std::future::Future<Output = ExitCode>>(future: Fut) -> ExitCode {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(future),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn get_device(client: &CacheClient, id: &str, json: bool) -> Result<bool, ClientError> {
+    let device = client.get_device(id).await?;
+    match (&device, json) {
+        (Some(device), true) => println!("{}", device.to_normalized_json()),
+        (Some(device), false) => print!("{}", device_text(device)),
+        (None, true) => println!("null"),
+        (None, false) => {}
+    }
+    if device.is_none() {
+        eprintln!("device {id:?} is not in the cache");
+    }
+    Ok(device.is_some())
+}
+
+/// A device as aligned `field  value` lines; unknown fields as JSON unless plain strings.
+fn device_text(device: &DeviceMetadata) -> String {
+    let mut rows: Vec<(String, String)> = vec![
+        ("device_id".into(), device.device_id.clone()),
+        ("datatype_id".into(), device.datatype_id.clone()),
+        ("datatype_name".into(), device.datatype_name.clone()),
+        (
+            "datatype_unit".into(),
+            device
+                .datatype_unit
+                .clone()
+                .unwrap_or_else(|| "(none)".into()),
+        ),
+        ("persist".into(), device.persist.to_string()),
+        ("last_updated".into(), device.last_updated_rfc3339()),
+    ];
+    for (name, value) in &device.additional_properties {
+        let shown = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        rows.push((name.clone(), shown));
+    }
+    let width = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    rows.iter()
+        .map(|(k, v)| format!("{k:width$}  {v}\n"))
+        .collect()
+}
+
+fn entry_json(entry: &DeviceEntry) -> serde_json::Value {
+    json!({
+        "device_id": entry.id,
+        "last_updated": entry.last_updated(),
+        "last_updated_ms": entry.last_updated_ms,
+    })
+}
+
+async fn get_devices(
+    client: &CacheClient,
+    options: &ListOptions,
+    json: bool,
+) -> Result<bool, ClientError> {
+    let page = client.list_devices(options).await?;
+    if json {
+        let entries: Vec<_> = page.iter().map(entry_json).collect();
+        println!("{}", serde_json::Value::Array(entries));
+    } else {
+        let width = page.iter().map(|e| e.id.chars().count()).max().unwrap_or(0);
+        for entry in &page {
+            println!("{:width$}  {}", entry.id, entry.last_updated());
+        }
+        if page.is_empty() {
+            eprintln!("no devices on this page");
+        }
+    }
+    Ok(true)
+}
+
+async fn get_metrics(
+    client: &CacheClient,
+    namespace: &str,
+    json: bool,
+) -> Result<bool, ClientError> {
+    let names = client.metric_names(namespace).await?;
+    if json {
+        println!("{}", json!(names));
+    } else {
+        for name in &names {
+            println!("{name}");
+        }
+        if names.is_empty() {
+            eprintln!("namespace {namespace:?} has no metric names");
+        }
+    }
+    Ok(true)
+}
+
+async fn check_metric(
+    client: &CacheClient,
+    namespace: &str,
+    name: &str,
+    json: bool,
+) -> Result<bool, ClientError> {
+    let valid = client.is_valid_metric_name(namespace, name).await?;
+    let shown_namespace = if namespace.is_empty() {
+        metacache::model::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    if json {
+        println!(
+            "{}",
+            json!({"namespace": shown_namespace, "name": name, "valid": valid})
+        );
+    } else if valid {
+        println!("valid: {name:?} is a metric name in namespace {shown_namespace:?}");
+    } else {
+        println!("not valid: {name:?} is not a metric name in namespace {shown_namespace:?}");
+    }
+    Ok(valid)
+}
+
+async fn info(client: &CacheClient, json: bool) -> Result<bool, ClientError> {
+    let redis = client.redacted_url();
+    let health = client.health().await;
+    let cache = client.cache_info().await;
+    if json {
+        let mut out = json!({ "redis": redis, "health": health_json(&health) });
+        if let Ok(cache) = &cache {
+            let entry = |e: &Option<DeviceEntry>| e.as_ref().map(entry_json);
+            out["total_devices"] = json!(cache.total_devices);
+            out["oldest_entry"] = json!(entry(&cache.oldest_entry));
+            out["newest_entry"] = json!(entry(&cache.newest_entry));
+            out["metric_namespaces"] = json!(cache.metric_namespaces);
+            out["memory_usage_bytes"] = json!(cache.memory_usage_bytes);
+        }
+        println!("{out}");
+    } else {
+        println!("redis              {redis}");
+        println!("health             {}: {}", health.status, health.message);
+        if let Ok(cache) = &cache {
+            print!("{}", cache_text(cache));
+        }
+    }
+    cache.map(|_| true)
+}
+
+fn health_json(health: &HealthStatus) -> serde_json::Value {
+    let timestamp = time::OffsetDateTime::from(health.timestamp)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    json!({
+        "status": health.status.as_str(),
+        "message": health.message,
+        "timestamp": timestamp,
+        "latency_ms": health.latency.map(|l| l.as_secs_f64() * 1000.0),
+        "maxmemory_policy": health.maxmemory_policy,
+    })
+}
+
+fn cache_text(cache: &CacheInfo) -> String {
+    let entry = |e: &Option<DeviceEntry>| match e {
+        Some(e) => format!("{}  {}", e.id, e.last_updated()),
+        None => "-".into(),
+    };
+    let memory = match cache.memory_usage_bytes {
+        Some(bytes) => format!(
+            "{:.1} MiB ({bytes} bytes, the whole Redis server)",
+            bytes as f64 / (1024.0 * 1024.0)
+        ),
+        None => "unknown (INFO not allowed)".into(),
+    };
+    format!(
+        "devices            {}\n  oldest           {}\n  newest           {}\n\
+         metric namespaces  {}\nmemory used        {memory}\n",
+        cache.total_devices,
+        entry(&cache.oldest_entry),
+        entry(&cache.newest_entry),
+        cache.metric_namespaces,
+    )
+}
+
+fn produce(log_format: Option<LogFormat>, args: &ProduceArgs) -> ExitCode {
+    let settings = match load(&args.config) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    init_logging(log_format, &settings.log.format, "warn");
+    let (input, source) = match args.file.as_deref() {
+        None => (read_stdin(), "stdin".to_owned()),
+        Some(path) if path.as_os_str() == "-" => (read_stdin(), "stdin".to_owned()),
+        Some(path) => (std::fs::read(path), path.display().to_string()),
+    };
+    let input = match input {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            eprintln!("cannot read {source}: {e}");
+            return ExitCode::from(exit::CONFIG);
+        }
+    };
+    let kind = match args.topic {
+        ProduceTopic::Devices => TopicKind::Device,
+        ProduceTopic::Metrics => TopicKind::Metric,
+    };
+    let parsed = publish::parse_lines(kind, &input, &settings.limits);
+    for error in &parsed.errors {
+        eprintln!("{source}: {error}");
+    }
+    if !parsed.errors.is_empty() && !args.skip_invalid {
+        eprintln!(
+            "{} invalid line(s); nothing sent (--skip-invalid sends the {} valid one(s))",
+            parsed.errors.len(),
+            parsed.records.len()
+        );
+        return ExitCode::from(exit::NO);
+    }
+    let records: Vec<Outgoing> = parsed.records.into_iter().map(|(_, r)| r).collect();
+    let skipped = parsed.errors.len();
+    block_on(async move {
+        let publisher = match Publisher::new(&settings) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(exit::UNAVAILABLE);
+            }
+        };
+        let topic = publisher.topic(kind).to_owned();
+        match publisher.send_all(&records).await {
+            Ok(sent) => {
+                print!("sent {sent} event(s) to {topic}");
+                if skipped > 0 {
+                    print!(", skipped {skipped} invalid line(s)");
+                }
+                println!();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(exit::UNAVAILABLE)
+            }
+        }
+    })
+}
+
+fn read_stdin() -> std::io::Result<Vec<u8>> {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input)?;
+    Ok(input)
 }
 
 /// Settings from file and environment, then the command-line overrides, validated again.

@@ -36,6 +36,15 @@ pub fn effective_url(settings: &RedisSettings) -> Result<String, String> {
 
 /// Opens a multiplexed, self-repairing connection and loads the scripts.
 pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
+    let mut conn = open(settings).await?;
+    load_scripts(&mut conn).await?;
+    Ok(conn)
+}
+
+/// Opens a multiplexed, self-repairing connection with the settings' URL, overrides and
+/// timeouts, without loading the scripts (the read side needs none, and a read-only user
+/// may not be allowed `SCRIPT LOAD`).
+pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
     install_crypto_provider();
     let url = effective_url(settings).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
@@ -52,9 +61,7 @@ pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager>
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
-    let mut conn = ConnectionManager::new_with_config(client, config).await?;
-    load_scripts(&mut conn).await?;
-    Ok(conn)
+    ConnectionManager::new_with_config(client, config).await
 }
 
 /// `SCRIPT LOAD` for every script, so `EVALSHA` finds them.
