@@ -106,13 +106,20 @@ pub async fn run(
         DeadLetterStage::new(producer, topics, Arc::clone(&stats), acks_tx.clone(), retry);
     let dead_letter_task = tokio::spawn(dead_letters.run(dead_rx));
 
+    // `metacache bench` measures what the stale guard and the index cost by running the
+    // daemon once without them; nothing else sets this.
+    let plain_devices = std::env::var_os("METACACHE_BENCH_PLAIN_DEVICES").is_some();
+    if plain_devices {
+        tracing::warn!("METACACHE_BENCH_PLAIN_DEVICES is set: no stale guard, no devices index (benchmark only)");
+    }
     let planner = Planner::new(
         KeyLayout::new(&settings.redis.key_prefix),
         Ttls {
             device_secs: settings.devices.ttl_secs,
             metric_secs: settings.metrics.ttl_secs,
         },
-    );
+    )
+    .with_plain_devices(plain_devices);
     let writer = Writer::new(
         conn,
         planner,

@@ -109,6 +109,8 @@ pub struct BenchReport {
     pub latency: Latency,
     pub ratio_to_consume_ceiling: f64,
     pub ratio_to_naive: f64,
+    /// Throughput lost to the stale guard and the index: 1 - full ÷ plain.
+    pub guard_and_index_cost: f64,
 }
 
 struct Broker {
@@ -394,6 +396,7 @@ impl Daemon {
         group: &str,
         topics: (&str, &str),
         opts: &BenchOptions,
+        plain_devices: bool,
     ) -> Result<Daemon, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let port = free_port()?;
@@ -403,6 +406,9 @@ impl Daemon {
             if k.starts_with("METACACHE") {
                 cmd.env_remove(k);
             }
+        }
+        if plain_devices {
+            cmd.env("METACACHE_BENCH_PLAIN_DEVICES", "1");
         }
         let child = cmd
             .arg("run")
@@ -483,15 +489,21 @@ fn figures(events: u64, secs: f64, cpu: f64, pid: u32) -> DaemonFigures {
     }
 }
 
-fn drain(bootstrap: &str, url: &str, n: u64, opts: &BenchOptions) -> Result<DaemonFigures, String> {
+fn drain(
+    bootstrap: &str,
+    url: &str,
+    n: u64,
+    opts: &BenchOptions,
+    plain_devices: bool,
+) -> Result<DaemonFigures, String> {
     flushall(url)?;
-    let d = Daemon::start(
-        bootstrap,
-        url,
-        "bench-drain",
-        (DEVICE_TOPIC, METRIC_TOPIC),
-        opts,
-    )?;
+    let group = if plain_devices {
+        "bench-drain-plain"
+    } else {
+        "bench-drain"
+    };
+    let topics = (DEVICE_TOPIC, METRIC_TOPIC);
+    let d = Daemon::start(bootstrap, url, group, topics, opts, plain_devices)?;
     let pid = d.child.id();
     d.wait(Duration::from_secs(30), "the first record", |s| {
         probes::consumed(s) > 0
@@ -521,6 +533,7 @@ fn steady_and_latency(
         "bench-steady",
         (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
         opts,
+        false,
     )?;
     let pid = d.child.id();
     let n = records.len() as u64;
@@ -682,12 +695,20 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     eprintln!("  naive baseline …");
     rows.push(naive(&broker.bootstrap, &url, opts.naive_events.min(n))?);
     eprintln!("  metacache, draining the backlog …");
-    let drain = drain(&broker.bootstrap, &url, n, &opts)?;
+    let drain = drain(&broker.bootstrap, &url, n, &opts, false)?;
     rows.push(row(
         "metacache, backlog drain",
         n,
         n as f64 / drain.events_per_sec,
         "the real daemon, child process",
+    ));
+    eprintln!("  metacache without stale guard and index, draining …");
+    let plain = self::drain(&broker.bootstrap, &url, n, &opts, true)?;
+    rows.push(row(
+        "metacache, plain SETs (no stale guard, no index)",
+        n,
+        n as f64 / plain.events_per_sec,
+        "what the guard and the index cost",
     ));
     eprintln!("  metacache, steady state and latency …");
     let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
@@ -707,6 +728,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         options: opts.clone(),
         ratio_to_consume_ceiling: drain.events_per_sec / ceiling,
         ratio_to_naive: drain.events_per_sec / naive_rate,
+        guard_and_index_cost: 1.0 - drain.events_per_sec / plain.events_per_sec,
         rows,
         drain,
         steady,
@@ -746,7 +768,9 @@ fn print_report(r: &BenchReport) {
         r.latency.rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms, r.latency.samples
     );
     println!(
-        "metacache ÷ consume ceiling: {:.2}   metacache ÷ naive: {:.0}×",
-        r.ratio_to_consume_ceiling, r.ratio_to_naive
+        "metacache ÷ consume ceiling: {:.2}   metacache ÷ naive: {:.0}×   stale guard + index cost: {:.0}% of plain-SET throughput",
+        r.ratio_to_consume_ceiling,
+        r.ratio_to_naive,
+        r.guard_and_index_cost * 100.0
     );
 }

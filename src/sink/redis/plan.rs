@@ -29,11 +29,24 @@ pub struct Planned {
 pub struct Planner {
     keys: KeyLayout,
     ttls: Ttls,
+    /// Benchmark only: devices as plain `SET`s, without the stale guard and the index, to
+    /// measure what those two cost. Never in production: out-of-order updates would win.
+    plain_devices: bool,
 }
 
 impl Planner {
     pub fn new(keys: KeyLayout, ttls: Ttls) -> Self {
-        Planner { keys, ttls }
+        Planner {
+            keys,
+            ttls,
+            plain_devices: false,
+        }
+    }
+
+    /// See [`Planner::plain_devices`]; used by `metacache bench`.
+    pub fn with_plain_devices(mut self, plain: bool) -> Self {
+        self.plain_devices = plain;
+        self
     }
 
     pub fn keys(&self) -> &KeyLayout {
@@ -59,6 +72,19 @@ impl Planner {
     /// The stale guard runs on the device key alone; `ZADD GT` keeps the index score at the
     /// newest `last_updated` by itself, so an out-of-order update moves neither.
     fn upsert_device(&self, device: &DeviceMetadata, pipe: &mut Pipeline) -> Planned {
+        if self.plain_devices {
+            let cmd = pipe
+                .cmd("SET")
+                .arg(self.keys.device(&device.device_id))
+                .arg(device.to_normalized_json());
+            if self.ttls.device_secs > 0 {
+                cmd.arg("EX").arg(self.ttls.device_secs);
+            }
+            return Planned {
+                commands: 1,
+                guarded: false,
+            };
+        }
         pipe.cmd("EVALSHA")
             .arg(scripts::UPSERT_DEVICE.get_hash())
             .arg(1)
@@ -192,6 +218,23 @@ mod tests {
             )
         );
         assert_eq!(cmds[1], "ZADD p:devices GT 1795348800000 dev-42");
+    }
+
+    #[test]
+    fn the_benchmarks_plain_mode_is_one_set_without_guard_or_index() {
+        let (planner, device) = device(0);
+        let planner = planner.with_plain_devices(true);
+        let mut pipe = redis::pipe();
+        let planned = planner.plan(&Event::DeviceUpsert(device.clone()), &mut pipe);
+        assert_eq!(planned.commands, 1);
+        assert!(!planned.guarded);
+        assert_eq!(
+            render(&pipe),
+            vec![format!(
+                "SET p:device:dev-42 {}",
+                device.to_normalized_json()
+            )]
+        );
     }
 
     #[test]
