@@ -35,6 +35,7 @@ pub struct Settings {
     pub writer: WriterSettings,
     pub limits: Limits,
     pub shutdown: ShutdownSettings,
+    pub janitor: JanitorSettings,
     pub http: HttpSettings,
     pub log: LogSettings,
 }
@@ -161,6 +162,24 @@ impl Default for WriterSettings {
             max_in_flight: 4,
             retry_initial_ms: 100,
             retry_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JanitorSettings {
+    /// Pause between two passes over the indexes; the janitor only runs when a TTL is set.
+    pub interval_secs: u64,
+    /// Index entries checked per step; steps are 50 ms apart so writes always come first.
+    pub batch: usize,
+}
+
+impl Default for JanitorSettings {
+    fn default() -> Self {
+        JanitorSettings {
+            interval_secs: 60,
+            batch: 200,
         }
     }
 }
@@ -324,6 +343,13 @@ impl Settings {
         self.redis.check(&mut check);
         check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
         check.at_most("metrics.ttl_secs", self.metrics.ttl_secs, MAX_TTL_SECS);
+        check.between(
+            "janitor.interval_secs",
+            self.janitor.interval_secs,
+            1,
+            86_400,
+        );
+        check.between("janitor.batch", self.janitor.batch, 1, 10_000);
         self.writer.check(&mut check);
         check_limits(&self.limits, &mut check);
         check.between("shutdown.timeout_secs", self.shutdown.timeout_secs, 1, 3600);
@@ -605,6 +631,7 @@ fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Setti
         writer: section("writer", take("writer"), problems),
         limits: section("limits", take("limits"), problems),
         shutdown: section("shutdown", take("shutdown"), problems),
+        janitor: section("janitor", take("janitor"), problems),
         http: section("http", take("http"), problems),
         log: section("log", take("log"), problems),
     }

@@ -120,6 +120,11 @@ pub async fn run(
         },
     )
     .with_plain_devices(plain_devices);
+    tokio::spawn(crate::janitor::run(
+        conn.clone(),
+        settings.clone(),
+        shutdown.clone(),
+    ));
     let writer = Writer::new(
         conn,
         planner,

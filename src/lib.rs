@@ -12,6 +12,7 @@
 //! - [`record`] — what travels between the stages: decoded records and acknowledgements.
 //! - [`sink`] — Redis: the key layout (the public contract), pure command planning, the
 //!   server-side scripts, and the pipelined writer with its retry policy.
+//! - [`janitor`] — with TTLs set, removes index entries whose keys expired.
 //! - [`dead_letter`] — rejected events to their dead-letter topic, with the reason in
 //!   headers; acknowledged only once the broker has them.
 //! - [`daemon`] — wires the stages into one run loop.
@@ -38,6 +39,7 @@ pub mod demo;
 pub mod embedded;
 pub mod health;
 pub mod http;
+pub mod janitor;
 pub mod metrics;
 pub mod model;
 pub mod monitor;

@@ -1,0 +1,165 @@
+//! Removes index entries whose keys have expired. Only runs when a TTL is set: then a
+//! `device:{id}` key can expire while its `devices` entry stays, and a metric set while
+//! its namespace stays in `metric_namespaces`.
+//!
+//! It walks the indexes incrementally (ZSCAN/SSCAN), a small batch every 50 ms, so it never
+//! competes with the writer. Each removal touches one key, so it works on Redis Cluster.
+//! A device entry is removed only if its score is still the one seen with the expired key
+//! (a script on the index key), so an upsert that lands meanwhile keeps its entry.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::Script;
+
+use crate::config::Settings;
+use crate::shutdown::Shutdown;
+use crate::sink::redis::KeyLayout;
+
+const STEP: Duration = Duration::from_millis(50);
+
+/// `KEYS[1]` = `devices`, `ARGV[1]` = id, `ARGV[2]` = the score seen: remove only if unchanged.
+static REMOVE_IF_UNCHANGED: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score and tonumber(score) == tonumber(ARGV[2]) then
+  return redis.call('ZREM', KEYS[1], ARGV[1])
+end
+return 0
+"#,
+    )
+});
+
+/// What one pass removed.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub devices: u64,
+    pub namespaces: u64,
+}
+
+/// Runs passes until shutdown; does nothing when no TTL is set.
+pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
+    conn: C,
+    settings: Settings,
+    shutdown: Shutdown,
+) {
+    let devices = settings.devices.ttl_secs > 0;
+    let metrics = settings.metrics.ttl_secs > 0;
+    if !devices && !metrics {
+        return;
+    }
+    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let interval = Duration::from_secs(settings.janitor.interval_secs);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(interval) => {}
+        }
+        let mut conn = conn.clone();
+        let pass = sweep(
+            &mut conn,
+            &keys,
+            devices,
+            metrics,
+            settings.janitor.batch,
+            &shutdown,
+        );
+        match pass.await {
+            Ok(swept) if swept != Swept::default() => tracing::info!(
+                devices = swept.devices,
+                namespaces = swept.namespaces,
+                "janitor removed index entries of expired keys"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "janitor pass failed; retrying next interval"),
+        }
+    }
+}
+
+/// One pass over the indexes.
+pub async fn sweep<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &KeyLayout,
+    devices: bool,
+    metrics: bool,
+    batch: usize,
+    shutdown: &Shutdown,
+) -> redis::RedisResult<Swept> {
+    let mut swept = Swept::default();
+    if devices {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+                .arg(keys.devices())
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(conn)
+                .await?;
+            let mut pipe = redis::pipe();
+            for (id, _) in &page {
+                pipe.cmd("EXISTS").arg(keys.device(id));
+            }
+            let exists: Vec<bool> = if page.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(conn).await?
+            };
+            for ((id, score), exists) in page.iter().zip(exists) {
+                if !exists {
+                    let removed: i64 = REMOVE_IF_UNCHANGED
+                        .key(keys.devices())
+                        .arg(id)
+                        .arg(*score as i64)
+                        .invoke_async(conn)
+                        .await?;
+                    swept.devices += removed as u64;
+                }
+            }
+            cursor = next;
+            if cursor == 0 || shutdown.is_triggered() {
+                break;
+            }
+            tokio::time::sleep(STEP).await;
+        }
+    }
+    if metrics {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, page): (u64, Vec<String>) = redis::cmd("SSCAN")
+                .arg(keys.metric_namespaces())
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(batch)
+                .query_async(conn)
+                .await?;
+            let mut pipe = redis::pipe();
+            for ns in &page {
+                pipe.cmd("EXISTS").arg(keys.metric_names(ns));
+            }
+            let exists: Vec<bool> = if page.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(conn).await?
+            };
+            for (ns, exists) in page.iter().zip(exists) {
+                if !exists {
+                    let removed: i64 = redis::cmd("SREM")
+                        .arg(keys.metric_namespaces())
+                        .arg(ns)
+                        .query_async(conn)
+                        .await?;
+                    swept.namespaces += removed as u64;
+                }
+            }
+            cursor = next;
+            if cursor == 0 || shutdown.is_triggered() {
+                break;
+            }
+            tokio::time::sleep(STEP).await;
+        }
+    }
+    Ok(swept)
+}
