@@ -99,6 +99,7 @@ pub fn inputs(stats: &Stats, observed: &Observed) -> Inputs {
         redis_down_for: o.redis_down_since.map(|t| t.elapsed()),
         redis_error: o.redis_error,
         recent_redis_errors: o.recent_redis_errors,
+        last_redis_error: stats.last_redis_error(),
         recent_dead_letters: o.recent_dead_letters,
         max_lag,
         eviction_warning: o.eviction_warning,
@@ -159,6 +160,8 @@ pub struct KafkaReport {
     pub brokers_up: u64,
     pub paused: bool,
     pub commits: u64,
+    /// Partition assignments received (the first join counts as one).
+    pub rebalances: u64,
     pub partitions: Vec<PartitionReport>,
 }
 
@@ -222,6 +225,7 @@ pub fn report(stats: &Stats, observed: &Observed, topics: &[String; 2]) -> Stats
             brokers_up: s.kafka_brokers_up,
             paused: s.paused,
             commits: s.commits,
+            rebalances: s.rebalances,
             partitions,
         },
         redis: RedisReport {

@@ -21,6 +21,8 @@
 //! - [`health`] — liveness and readiness verdicts, pure functions of what is known.
 //! - [`metrics`] and [`http`] — Prometheus exposition and the side server with
 //!   `/healthz`, `/readyz`, `/stats` and `/metrics`.
+//! - [`resync`] — `metacache resync`: rewinds the consumer group to the earliest offsets
+//!   after Redis lost its data.
 //! - [`rate_limit`] — keeps repeating warnings from drowning the log.
 //! - [`embedded`] and [`demo`] — the mock Kafka cluster and `redis-server` child that let
 //!   `metacache demo` and the tests run with nothing set up by hand.
@@ -37,6 +39,7 @@ pub mod model;
 pub mod monitor;
 pub mod rate_limit;
 pub mod record;
+pub mod resync;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -1,4 +1,4 @@
-//! The `metacache` command line: `run` (the daemon), `check-config`, `demo`.
+//! The `metacache` command line: `run` (the daemon), `check-config`, `demo`, `resync`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +39,22 @@ enum Command {
     CheckConfig(ConfigArgs),
     /// Run the whole job on an embedded Kafka mock cluster and a redis-server child.
     Demo(DemoArgs),
+    /// Rewind the consumer group to the earliest offsets of both topics, so the next start
+    /// replays everything Kafka holds into Redis (after Redis lost its data). The group
+    /// must have no running members.
+    Resync(ResyncArgs),
+}
+
+#[derive(Debug, Args)]
+struct ResyncArgs {
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// Consumer group to rewind (overrides `kafka.group_id`).
+    #[arg(long)]
+    group: Option<String>,
+    /// Do not ask for confirmation (required when standard input is not a terminal).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +123,7 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Resync(args) => resync(args, cli.log_format),
         Command::Demo(args) => {
             init_logging(cli.log_format, "text", "warn");
             let options = DemoOptions {
@@ -124,6 +141,53 @@ fn main() -> ExitCode {
                     }
                 }
             })
+        }
+    }
+}
+
+/// `metacache resync`: exit 0 when the group was rewound, 1 when refused or failed, 2 for
+/// configuration problems or a missing `--yes` without a terminal.
+fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let mut settings = match load(&args.config) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(group) = args.group {
+        if group.trim().is_empty() {
+            eprintln!("--group must not be empty");
+            return ExitCode::from(2);
+        }
+        settings.kafka.group_id = group;
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if !args.yes && !interactive {
+        eprintln!("standard input is not a terminal: pass --yes to rewind without asking");
+        return ExitCode::from(2);
+    }
+    init_logging(log_format, &settings.log.format, "warn");
+    let confirm = |plan: &metacache::resync::Plan| {
+        if args.yes {
+            return true;
+        }
+        print!(
+            "Rewind group {:?} and replay {} records on the next start? [y/N] ",
+            plan.group,
+            plan.replays()
+        );
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    };
+    match metacache::resync::run(&settings.kafka, confirm, &mut std::io::stdout()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("resync: {e}");
+            ExitCode::FAILURE
         }
     }
 }
