@@ -47,8 +47,12 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct ResyncArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
     /// Consumer group to rewind (overrides `kafka.group_id`).
     #[arg(long)]
     group: Option<String>,
@@ -149,7 +153,12 @@ fn main() -> ExitCode {
 /// configuration problems or a missing `--yes` without a terminal.
 fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
     use std::io::{IsTerminal, Write};
-    let mut settings = match load(&args.config) {
+    let config = ConfigArgs {
+        config: args.config,
+        brokers: args.brokers,
+        redis_url: None,
+    };
+    let mut settings = match load(&config) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("{message}");

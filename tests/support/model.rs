@@ -506,12 +506,23 @@ pub struct Comparison {
 impl Comparison {
     /// Prints the scenario's figures on one line and fails the test on any wrong key.
     pub fn report(&self, scenario: &str, events: usize, faults: usize, took: std::time::Duration) {
-        println!(
+        let line = format!(
             "faults: {scenario}: events sent {events}, faults injected {faults}, keys checked {}, keys wrong {}, duration {:.1} s",
             self.keys_checked,
             self.wrong.len(),
             took.as_secs_f64()
         );
+        // Straight to stdout, past the test harness's capture, so every run (CI included)
+        // shows the figures; and into target/tmp/faults-figures.txt for the docs' table.
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), "{line}");
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-figures.txt"))
+        {
+            let _ = writeln!(f, "{line}");
+        }
         assert!(
             self.wrong.is_empty(),
             "{scenario}: {} keys wrong, e.g.:\n{}",
