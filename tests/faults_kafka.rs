@@ -75,10 +75,10 @@ async fn the_broker_unreachable_and_back_the_daemon_recovers_without_a_restart()
     let snap = daemon.stats.snapshot();
     assert!(snap.devices.written + snap.metrics.written > written_at_down);
     daemon.stop().await.expect("clean stop, never restarted");
-    println!(
+    support::model::figure(&format!(
         "faults: broker: down {:.1} s; rebalances before/after the outage {rebalances}/{}",
         6.0, snap.rebalances
-    );
+    ));
     Model::of(records.iter()).compare(&mut h.redis()).report(
         "kafka-broker-unreachable-and-back",
         n,

@@ -85,11 +85,11 @@ async fn sigkill_mid_batch_then_restart_replays_from_the_committed_offsets() {
     let last = consumed(&daemon).await;
     daemon.signal("TERM");
     assert_eq!(daemon.wait_exit(Duration::from_secs(25)), Some(0));
-    println!(
+    support::model::figure(&format!(
         "faults: sigkill: {} records consumed in all for {n} events: {} read again after the kills (consumed but not yet committed when killed)",
         consumed_by_killed + last,
         (consumed_by_killed + last).saturating_sub(n as u64)
-    );
+    ));
     Model::of(records.iter()).compare(&mut h.redis()).report(
         "sigkill-mid-batch-and-restart",
         n,
@@ -159,10 +159,10 @@ async fn two_processes_in_one_group_one_stopped_one_killed_and_replaced() {
     assert_eq!(c.stat("/kafka/assigned_partitions").await, 8);
     c.signal("TERM");
     assert_eq!(c.wait_exit(Duration::from_secs(25)), Some(0), "c's exit");
-    println!(
+    support::model::figure(&format!(
         "faults: group: SIGTERM exit took {:.1} s; every partition committed to its end",
         term_took.as_secs_f64()
-    );
+    ));
     Model::of(records.iter()).compare(&mut h.redis()).report(
         "two-processes-sigterm-one-sigkill-other-start-fresh",
         n,
@@ -229,11 +229,11 @@ async fn sigterm_under_full_load_exits_zero_with_exactly_the_acknowledged_offset
         (n as i64 - done) as u64,
         "the fresh daemon read exactly what was not committed"
     );
-    println!(
+    support::model::figure(&format!(
         "faults: sigterm: exit 0 after {:.2} s with {done} of {n} committed; Redis held exactly that prefix ({} keys); the fresh daemon read the other {reread}",
         took.as_secs_f64(),
         at_exit.keys_checked
-    );
+    ));
     Model::of(records.iter()).compare(&mut h.redis()).report(
         "sigterm-under-full-load",
         n,

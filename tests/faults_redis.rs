@@ -99,11 +99,11 @@ async fn redis_down_longer_than_max_poll_interval_then_back_empty_and_resynced()
         !lost.wrong.is_empty(),
         "an empty Redis should have lost the early events"
     );
-    println!(
+    support::model::figure(&format!(
         "faults: redis-outage: before resync {} of {} keys differ (lost with Redis's data)",
         lost.wrong.len(),
         lost.keys_checked
-    );
+    ));
 
     // The runbook: stop the group, rewind it, start again.
     daemon.stop().await.expect("clean stop");
@@ -234,10 +234,10 @@ async fn redis_errors_oom_readonly_busy_loading_hold_offsets_and_converge() {
         .await;
     let snap = daemon.stats.snapshot();
     daemon.stop().await.expect("clean stop");
-    println!(
+    support::model::figure(&format!(
         "faults: redis-errors: {} writer retries over {injected} faults",
         snap.retries
-    );
+    ));
     Model::of(records.iter()).compare(&mut h.redis()).report(
         "redis-errors-oom-readonly-busy-loading",
         n,

@@ -496,6 +496,20 @@ fn describe_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> S
     )
 }
 
+/// Prints a figure straight to stdout, past the test harness's capture, so every run (CI
+/// included) shows it, and appends it to `target/tmp/faults-figures.txt` for the docs.
+pub fn figure(line: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stdout(), "{line}");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-figures.txt"))
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// The outcome of [`Model::compare`].
 #[derive(Debug)]
 pub struct Comparison {
@@ -512,17 +526,7 @@ impl Comparison {
             self.wrong.len(),
             took.as_secs_f64()
         );
-        // Straight to stdout, past the test harness's capture, so every run (CI included)
-        // shows the figures; and into target/tmp/faults-figures.txt for the docs' table.
-        use std::io::Write;
-        let _ = writeln!(std::io::stdout(), "{line}");
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("faults-figures.txt"))
-        {
-            let _ = writeln!(f, "{line}");
-        }
+        figure(&line);
         assert!(
             self.wrong.is_empty(),
             "{scenario}: {} keys wrong, e.g.:\n{}",
