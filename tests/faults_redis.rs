@@ -89,8 +89,11 @@ async fn redis_down_longer_than_max_poll_interval_then_back_empty_and_resynced()
     assert_eq!(after.rebalances, before.rebalances, "no rebalance at all");
     assert!(after.retries > 0);
     assert!(finished_during < n as u64);
-    let (status, _) = readyz(addr).await;
-    assert_eq!(status, 200, "ready again");
+    // The monitor looks at Redis once a second.
+    wait_for(Duration::from_secs(10), "/readyz ready again", || async {
+        readyz(addr).await.0 == 200
+    })
+    .await;
 
     // Every event after the restart landed, but the ones acknowledged before it went with
     // Redis's data: the cache is not the stream's state yet.
