@@ -37,10 +37,12 @@ async fn sigkill_mid_batch_then_restart_replays_from_the_committed_offsets() {
     let group = group("sigkill");
     let records = Arc::new(generate(StreamSpec::new(3, 30_000)));
     let n = records.len();
+    // ~16 s of traffic: each restart waits out the killed member's session (3 s) and a
+    // rebalance, and the third kill must still find records in flight.
     let feed = Feed::start(
         h.kafka.bootstrap(),
         Arc::clone(&records),
-        250,
+        200,
         Duration::from_millis(100),
     );
     let mut daemon = h.spawn_daemon("first", &group, &[]);

@@ -333,14 +333,15 @@ fn inject(h: &Harness, code: &str) -> Ending {
         }
         "LOADING" => {
             // Redis answers LOADING while it loads a dataset. DEBUG RELOAD saves and loads
-            // it again; a filler database and a per-key delay make the load last a few seconds.
+            // it again; a filler database and a per-key delay of 1 ms make the load last up
+            // to 20 s, and setting the delay back to 0 (CONFIG works while loading) ends it.
             let _: () = redis::cmd("SELECT").arg(1).query(&mut c).unwrap();
             let _: () = redis::cmd("DEBUG")
-                .arg(&["POPULATE", "30000", "filler", "16"][..])
+                .arg(&["POPULATE", "20000", "filler", "16"][..])
                 .query(&mut c)
                 .unwrap();
             let _: () = redis::cmd("CONFIG")
-                .arg(&["SET", "key-load-delay", "150"][..])
+                .arg(&["SET", "key-load-delay", "1000"][..])
                 .query(&mut c)
                 .unwrap();
             let _: () = redis::cmd("CONFIG")
@@ -366,7 +367,10 @@ fn inject(h: &Harness, code: &str) -> Ending {
                     _ => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
-            Ending::Thread(thread, None)
+            Ending::Thread(
+                thread,
+                Some(strings(&["CONFIG", "SET", "key-load-delay", "0"])),
+            )
         }
         other => panic!("unknown fault {other}"),
     }
