@@ -35,37 +35,41 @@ async fn sigkill_mid_batch_then_restart_replays_from_the_committed_offsets() {
     let started = Instant::now();
     let h = Harness::start(4);
     let group = group("sigkill");
-    let records = Arc::new(generate(StreamSpec::new(3, 30_000)));
+    let records = generate(StreamSpec::new(3, 30_000));
     let n = records.len();
-    // ~16 s of traffic: each restart waits out the killed member's session (3 s) and a
-    // rebalance, and the third kill must still find records in flight.
-    let feed = Feed::start(
-        h.kafka.bootstrap(),
-        Arc::clone(&records),
-        200,
-        Duration::from_millis(100),
-    );
+    // One segment of the stream per round, published while that round's process runs (and
+    // finished while it is dead), then the last one after the last restart.
+    let segments: Vec<Arc<Vec<support::model::Rec>>> = records
+        .chunks(n.div_ceil(4))
+        .map(|c| Arc::new(c.to_vec()))
+        .collect();
     let mut daemon = h.spawn_daemon("first", &group, &[]);
     let mut kills = 0;
     let mut consumed_by_killed = 0;
-    for round in 0..3 {
+    for (round, segment) in segments[..3].iter().enumerate() {
+        wait_for(
+            Duration::from_secs(40),
+            &format!("round {round}: the process to join the group"),
+            || async { daemon.stat("/kafka/assigned_partitions").await > 0 },
+        )
+        .await;
+        let feed = Feed::start(
+            h.kafka.bootstrap(),
+            Arc::clone(segment),
+            250,
+            Duration::from_millis(50),
+        );
         // Mid-batch: this process has written, and has records in flight right now.
         let mut last_consumed;
         let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Some(s) = daemon.stats().await {
-                last_consumed = s["topics"]["device-metadata"]["consumed"]
-                    .as_u64()
-                    .unwrap_or(0)
-                    + s["topics"]["metric-catalog"]["consumed"]
-                        .as_u64()
-                        .unwrap_or(0);
-                let written = s["topics"]["device-metadata"]["written"]
-                    .as_u64()
-                    .unwrap_or(0);
+                let topic = |t: &str, f: &str| s["topics"][t][f].as_u64().unwrap_or(0);
+                last_consumed =
+                    topic("device-metadata", "consumed") + topic("metric-catalog", "consumed");
                 let busy = s["writer"]["in_flight_pipelines"].as_u64().unwrap_or(0) > 0
                     || s["writer"]["pending_records"].as_u64().unwrap_or(0) > 0;
-                if written >= 500 && busy {
+                if topic("device-metadata", "written") >= 300 && busy {
                     break;
                 }
             }
@@ -79,10 +83,17 @@ async fn sigkill_mid_batch_then_restart_replays_from_the_committed_offsets() {
         daemon.kill();
         kills += 1;
         consumed_by_killed += last_consumed;
+        // The rest of the segment lands in Kafka while nobody consumes.
+        assert_eq!(feed.finish().await.len(), segment.len());
         daemon = h.spawn_daemon(&format!("restart-{round}"), &group, &[]);
     }
-    let landed = feed.finish().await;
-    assert_eq!(landed.len(), n);
+    wait_for(
+        Duration::from_secs(40),
+        "the last process to join the group",
+        || async { daemon.stat("/kafka/assigned_partitions").await > 0 },
+    )
+    .await;
+    publish(&ordered_producer(h.kafka.bootstrap()), &segments[3]).await;
     h.wait_all_committed(&group, Duration::from_secs(60)).await;
     let last = consumed(&daemon).await;
     daemon.signal("TERM");

@@ -16,9 +16,15 @@ pub fn binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let built = PathBuf::from(env!("CARGO_BIN_EXE_metacache"));
+        // One link per test file (`faults_process-<hash>` -> `faults_process`), replaced on
+        // each run, so old builds do not pile up.
         let test_name = std::env::current_exe()
             .ok()
-            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .and_then(|p| p.file_stem().map(|n| n.to_string_lossy().into_owned()))
+            .map(|n| {
+                n.rsplit_once('-')
+                    .map_or(n.clone(), |(stem, _)| stem.to_owned())
+            })
             .unwrap_or_else(|| "tests".into());
         let dir = std::env::temp_dir().join("metacache-test-bin");
         let _ = std::fs::create_dir_all(&dir);
@@ -186,6 +192,12 @@ impl Drop for Daemon {
                 self.name,
                 self.log_tail(60)
             );
+        }
+        // METACACHE_TEST_LOGS=DIR keeps every child's log for a look afterwards.
+        if let Some(dir) = std::env::var_os("METACACHE_TEST_LOGS") {
+            let _ = std::fs::create_dir_all(&dir);
+            let name = format!("{}-{}.log", self.name, self.child.id());
+            let _ = std::fs::copy(&self.log, std::path::Path::new(&dir).join(name));
         }
     }
 }
