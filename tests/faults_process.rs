@@ -158,7 +158,7 @@ async fn two_processes_in_one_group_one_stopped_one_killed_and_replaced() {
     wait_for(
         Duration::from_secs(30),
         "b to make progress alone",
-        || async { b.finished().await > b_before + 1_000 },
+        || async { b.finished().await > b_before + 1_000 || feed.delivered() == n },
     )
     .await;
 
