@@ -62,6 +62,8 @@ pub struct Inputs {
     pub redis_down_for: Option<Duration>,
     pub redis_error: Option<String>,
     pub recent_redis_errors: u64,
+    /// The writer's last transient Redis error (what it is retrying).
+    pub last_redis_error: Option<String>,
     pub recent_dead_letters: u64,
     /// The most lagging partition: (topic, partition, lag).
     pub max_lag: Option<(String, i32, i64)>,
@@ -118,10 +120,16 @@ pub fn readiness(i: &Inputs, t: &Thresholds) -> Readiness {
         }
         (Some(true), _) if i.recent_redis_errors > 0 => Check::new(
             Status::Degraded,
-            format!(
-                "{} Redis write errors in the last {window} s (retrying)",
-                i.recent_redis_errors
-            ),
+            match &i.last_redis_error {
+                Some(last) => format!(
+                    "{} Redis write errors in the last {window} s (retrying); last: {last}",
+                    i.recent_redis_errors
+                ),
+                None => format!(
+                    "{} Redis write errors in the last {window} s (retrying)",
+                    i.recent_redis_errors
+                ),
+            },
         ),
         (Some(true), _) => Check::new(Status::Healthy, "Redis answering"),
     };
@@ -288,6 +296,10 @@ mod tests {
         for change in [
             |i: &mut Inputs| i.max_lag = Some(("t".into(), 1, 5000)),
             |i: &mut Inputs| i.recent_redis_errors = 3,
+            |i: &mut Inputs| {
+                i.recent_redis_errors = 3;
+                i.last_redis_error = Some("OOM command not allowed".into());
+            },
             |i: &mut Inputs| i.recent_dead_letters = 1,
             |i: &mut Inputs| i.paused = true,
             |i: &mut Inputs| i.eviction_warning = Some("allkeys-lru".into()),
@@ -298,6 +310,19 @@ mod tests {
             assert_eq!(r.status, Status::Degraded, "{i:?}");
             assert_ne!(r.message, "all checks pass");
         }
+    }
+
+    #[test]
+    fn write_errors_name_the_last_one() {
+        let mut i = healthy();
+        i.recent_redis_errors = 4;
+        i.last_redis_error = Some("READONLY: You can't write against a read only replica.".into());
+        let r = readiness(&i, &thresholds());
+        assert_eq!(r.checks["redis"].status, Status::Degraded);
+        assert_eq!(
+            r.checks["redis"].message,
+            "4 Redis write errors in the last 30 s (retrying); last: READONLY: You can't write against a read only replica."
+        );
     }
 
     #[test]

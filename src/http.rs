@@ -2,6 +2,12 @@
 //! `/metrics`. Every handler reads atomics and the monitor's last snapshot; none touches
 //! Redis or Kafka, so a slow dependency never makes a probe slow, and scraping never slows
 //! the pipeline. It serves GET only: nothing here can change the daemon.
+//!
+//! It faces whatever can reach the port, so it defends itself: a client must send its
+//! request head within [`HEADER_READ_TIMEOUT`] (idle keep-alive connections are closed after
+//! the same time), a head larger than [`MAX_HEAD_BYTES`] is refused with 431, request
+//! bodies are never read, and at most [`MAX_CONNECTIONS`] connections are served at once
+//! (more are closed at once), so slow or hostile clients cannot pile up sockets or memory.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -13,6 +19,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use prometheus_client::registry::Registry;
 use serde::Serialize;
 
@@ -21,6 +29,14 @@ use crate::health::{self, Inputs, Status, Thresholds};
 use crate::monitor::{CacheFigures, Observed};
 use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats, StatsSnapshot};
+
+/// How long a client may take to send a request head (and how long an idle keep-alive
+/// connection stays open).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// The largest request head accepted (request line and headers); larger ones get 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+/// Connections served at once; more are closed as soon as they are accepted.
+pub const MAX_CONNECTIONS: usize = 256;
 
 struct AppState {
     stats: Arc<Stats>,
@@ -62,16 +78,55 @@ pub async fn start(
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .with_state(state);
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.wait().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "http server stopped");
-        }
-    });
+    tokio::spawn(serve(listener, app, shutdown));
     tracing::info!(%addr, "serving /healthz /readyz /stats /metrics");
     Ok(addr)
+}
+
+/// The accept loop: one task per connection, each bounded in time and size.
+async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: Shutdown) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(64);
+    let builder = Arc::new(builder);
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.wait() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors, most likely: back off instead of spinning.
+                tracing::warn!(error = %e, "http accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            tracing::debug!("http: too many connections; closing a new one");
+            continue;
+        };
+        let service = TowerToHyperService::new(app.clone());
+        let builder = Arc::clone(&builder);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = shutdown.wait() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
+                }
+            }
+        });
+    }
 }
 
 pub fn thresholds(settings: &Settings) -> Thresholds {
@@ -99,6 +154,7 @@ pub fn inputs(stats: &Stats, observed: &Observed) -> Inputs {
         redis_down_for: o.redis_down_since.map(|t| t.elapsed()),
         redis_error: o.redis_error,
         recent_redis_errors: o.recent_redis_errors,
+        last_redis_error: stats.last_redis_error(),
         recent_dead_letters: o.recent_dead_letters,
         max_lag,
         eviction_warning: o.eviction_warning,
@@ -159,6 +215,8 @@ pub struct KafkaReport {
     pub brokers_up: u64,
     pub paused: bool,
     pub commits: u64,
+    /// Partition assignments received (the first join counts as one).
+    pub rebalances: u64,
     pub partitions: Vec<PartitionReport>,
 }
 
@@ -222,6 +280,7 @@ pub fn report(stats: &Stats, observed: &Observed, topics: &[String; 2]) -> Stats
             brokers_up: s.kafka_brokers_up,
             paused: s.paused,
             commits: s.commits,
+            rebalances: s.rebalances,
             partitions,
         },
         redis: RedisReport {

@@ -22,6 +22,8 @@
 //! - [`health`] — liveness and readiness verdicts, pure functions of what is known.
 //! - [`metrics`] and [`http`] — Prometheus exposition and the side server with
 //!   `/healthz`, `/readyz`, `/stats` and `/metrics`.
+//! - [`resync`] — `metacache resync`: rewinds the consumer group to the earliest offsets
+//!   after Redis lost its data.
 //! - [`rate_limit`] — keeps repeating warnings from drowning the log.
 //! - [`client`] — the read side: a typed async client (and a blocking twin) that reads
 //!   the cache through the same key layout and models the writer uses.
@@ -46,6 +48,7 @@ pub mod monitor;
 pub mod publish;
 pub mod rate_limit;
 pub mod record;
+pub mod resync;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

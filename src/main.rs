@@ -1,5 +1,5 @@
 //! The `metacache` command line: `run` (the daemon), `check-config`, `demo`, the cache
-//! look-ups (`get`, `check-metric`, `info`) and `produce`.
+//! look-ups (`get`, `check-metric`, `info`), `produce`, `resync` and `bench`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -63,6 +63,26 @@ enum Command {
     Info(LookupArgs),
     /// Validate JSON Lines events with the daemon's decoder and produce them to Kafka.
     Produce(ProduceArgs),
+    /// Rewind the consumer group to the earliest offsets of both topics, so the next start
+    /// replays everything Kafka holds into Redis (after Redis lost its data). The group
+    /// must have no running members.
+    Resync(ResyncArgs),
+}
+
+#[derive(Debug, Args)]
+struct ResyncArgs {
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Consumer group to rewind (overrides `kafka.group_id`).
+    #[arg(long)]
+    group: Option<String>,
+    /// Do not ask for confirmation (required when standard input is not a terminal).
+    #[arg(long)]
+    yes: bool,
 }
 
 #[derive(Debug, Args)]
@@ -326,6 +346,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Resync(args) => resync(args, cli.log_format),
         Command::Demo(args) => {
             init_logging(cli.log_format, "text", "warn");
             let options = DemoOptions {
@@ -681,6 +702,58 @@ fn read_stdin() -> std::io::Result<Vec<u8>> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input)?;
     Ok(input)
+}
+
+/// `metacache resync`: exit 0 when the group was rewound, 1 when refused or failed, 2 for
+/// configuration problems or a missing `--yes` without a terminal.
+fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
+    use std::io::{IsTerminal, Write};
+    let config = ConfigArgs {
+        config: args.config,
+        brokers: args.brokers,
+        redis_url: None,
+    };
+    let mut settings = match load(&config) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(group) = args.group {
+        if group.trim().is_empty() {
+            eprintln!("--group must not be empty");
+            return ExitCode::from(2);
+        }
+        settings.kafka.group_id = group;
+    }
+    let interactive = std::io::stdin().is_terminal();
+    if !args.yes && !interactive {
+        eprintln!("standard input is not a terminal: pass --yes to rewind without asking");
+        return ExitCode::from(2);
+    }
+    init_logging(log_format, &settings.log.format, "warn");
+    let confirm = |plan: &metacache::resync::Plan| {
+        if args.yes {
+            return true;
+        }
+        print!(
+            "Rewind group {:?} and replay {} records on the next start? [y/N] ",
+            plan.group,
+            plan.replays()
+        );
+        let _ = std::io::stdout().flush();
+        let mut answer = String::new();
+        let _ = std::io::stdin().read_line(&mut answer);
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    };
+    match metacache::resync::run(&settings.kafka, confirm, &mut std::io::stdout()) {
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("resync: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Settings from file and environment, then the command-line overrides, validated again.

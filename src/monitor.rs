@@ -138,7 +138,7 @@ pub async fn run(
             continue;
         };
         if let Err(e) = redis::cmd("PING").query_async::<String>(c).await {
-            mark_down(&observed, e.to_string());
+            mark_down(&observed, crate::sink::redis::describe_error(&e));
             continue;
         }
         let figures = refresh(c, &keys).await;

@@ -63,6 +63,10 @@ pub struct Stats {
     pub kafka_assigned: AtomicU64,
     pub paused: AtomicBool,
     pub commits: AtomicU64,
+    /// Partition assignments received from the group (the first join counts as one).
+    pub rebalances: AtomicU64,
+    /// The last transient Redis write error, for `/readyz` to say why writes are retried.
+    pub last_redis_error: Mutex<Option<String>>,
     /// Milliseconds since `started` of the last acknowledgement (Redis or dead letter).
     pub last_ack_ms: AtomicU64,
     /// Records handed to the pipeline and not yet acknowledged (refreshed by the source).
@@ -97,6 +101,8 @@ impl Default for Stats {
             kafka_assigned: AtomicU64::new(0),
             paused: AtomicBool::new(false),
             commits: AtomicU64::new(0),
+            rebalances: AtomicU64::new(0),
+            last_redis_error: Mutex::new(None),
             last_ack_ms: AtomicU64::new(0),
             pending_records: AtomicU64::new(0),
             kafka_brokers_up: AtomicU64::new(0),
@@ -131,6 +137,19 @@ impl Stats {
             }
             recent.push_back(micros.min(u32::MAX as u64) as u32);
         }
+    }
+
+    /// Remembers the last transient Redis error (the writer retries it).
+    pub fn redis_error(&self, reason: &str) {
+        if let Ok(mut last) = self.last_redis_error.lock() {
+            if last.as_deref() != Some(reason) {
+                *last = Some(reason.to_owned());
+            }
+        }
+    }
+
+    pub fn last_redis_error(&self) -> Option<String> {
+        self.last_redis_error.lock().ok().and_then(|l| l.clone())
     }
 
     /// Something was acknowledged just now.
@@ -184,6 +203,7 @@ impl Stats {
             kafka_assigned_partitions: self.kafka_assigned.load(Relaxed),
             paused: self.paused.load(Relaxed),
             commits: self.commits.load(Relaxed),
+            rebalances: self.rebalances.load(Relaxed),
         }
     }
 }
@@ -238,4 +258,5 @@ pub struct StatsSnapshot {
     pub kafka_assigned_partitions: u64,
     pub paused: bool,
     pub commits: u64,
+    pub rebalances: u64,
 }

@@ -368,3 +368,152 @@ async fn scrape_cost() {
         (mean(true) / mean(false) - 1.0) * 100.0
     );
 }
+
+/// Sends raw bytes and reads until the server closes (or `wait` passes): what came back.
+async fn raw(addr: std::net::SocketAddr, request: &[u8], wait: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    // A server that refuses early may reset the connection while we still write.
+    let _ = stream.write_all(request).await;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(wait, stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn status_of(response: &str) -> Option<u16> {
+    response
+        .strip_prefix("HTTP/1.1 ")
+        .and_then(|r| r.get(..3))
+        .and_then(|s| s.parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_side_server_survives_slow_clients_and_junk_and_exposes_nothing_writable() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = Harness::start(1);
+    let daemon = h.start_daemon(h.settings());
+    let addr = daemon.http().await;
+    wait_for(Duration::from_secs(30), "partitions assigned", || async {
+        daemon.stats.snapshot().kafka_assigned_partitions > 0
+    })
+    .await;
+    let (_, before) = json(addr, "/stats").await;
+
+    // Fifty clients send half a request and stall.
+    let mut stalled = Vec::new();
+    for _ in 0..50 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /stats HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    let stalled_at = Instant::now();
+    // Others are served at once.
+    for path in ["/healthz", "/readyz", "/stats", "/metrics"] {
+        let t = Instant::now();
+        let (status, _) = tokio::time::timeout(Duration::from_secs(2), http_get(addr, path))
+            .await
+            .expect("answered while slow clients stall");
+        assert!(status == 200 || status == 503, "{path}: {status}");
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{path} took {:?}",
+            t.elapsed()
+        );
+    }
+
+    // Junk gets 400.
+    for junk in [
+        &b"HELLO THERE\r\n\r\n"[..],
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+        &b"GET / HTTP/9.9\r\n\r\n"[..],
+        &b"GET /stats HTTP/1.1\r\nHost x\r\n\r\n"[..],
+    ] {
+        let response = raw(addr, junk, Duration::from_secs(3)).await;
+        assert_eq!(status_of(&response), Some(400), "{junk:?} -> {response}");
+    }
+
+    // Writing methods: 405 on the four endpoints, 404 elsewhere; nothing changes.
+    for method in ["POST", "PUT", "DELETE", "PATCH"] {
+        for (path, expected) in [
+            ("/healthz", 405),
+            ("/readyz", 405),
+            ("/stats", 405),
+            ("/metrics", 405),
+            ("/", 404),
+            ("/admin", 404),
+            ("/stats/reset", 404),
+            ("/shutdown", 404),
+        ] {
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n{{\"a\":true}}"
+            );
+            let response = raw(addr, request.as_bytes(), Duration::from_secs(3)).await;
+            assert_eq!(
+                status_of(&response),
+                Some(expected),
+                "{method} {path} -> {response}"
+            );
+        }
+    }
+    // A body announced as huge is never read: the refusal comes at once.
+    let t = Instant::now();
+    let response = raw(
+        addr,
+        b"POST /stats HTTP/1.1\r\nHost: x\r\nContent-Length: 10000000000\r\n\r\nabc",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_eq!(status_of(&response), Some(405), "{response}");
+    assert!(t.elapsed() < Duration::from_secs(3));
+
+    // A huge header is refused (431), never served.
+    let big = format!(
+        "GET /stats HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let response = raw(addr, big.as_bytes(), Duration::from_secs(3)).await;
+    assert!(
+        status_of(&response) == Some(431) || response.is_empty(),
+        "huge header -> {}",
+        &response[..response.len().min(200)]
+    );
+    let many: String = (0..200).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let response = raw(
+        addr,
+        format!("GET /stats HTTP/1.1\r\nHost: x\r\n{many}\r\n").as_bytes(),
+        Duration::from_secs(3),
+    )
+    .await;
+    assert_ne!(status_of(&response), Some(200), "200 headers were served");
+
+    // The stalled clients are cut off after the header read timeout.
+    let limit = metacache::http::HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    for mut s in stalled {
+        let mut buf = Vec::new();
+        let left = limit.saturating_sub(stalled_at.elapsed());
+        let read = tokio::time::timeout(left, s.read_to_end(&mut buf)).await;
+        assert!(
+            read.is_ok(),
+            "a stalled client was still connected after {limit:?}"
+        );
+    }
+
+    // Nothing changed, and the daemon works on.
+    let (_, after) = json(addr, "/stats").await;
+    assert_eq!(before["topics"], after["topics"]);
+    assert_eq!(before["kafka"]["commits"], after["kafka"]["commits"]);
+    let (status, _) = http_get(addr, "/healthz").await;
+    assert_eq!(status, 200);
+    h.produce(
+        DEVICES,
+        &[(
+            Some("d"),
+            Some(&device_json("d", "t", "2026-11-22T10:00:00Z")),
+        )],
+    )
+    .await;
+    daemon.wait_finished(1, Duration::from_secs(30)).await;
+    daemon.stop().await.expect("clean stop");
+}

@@ -340,3 +340,133 @@ async fn a_foreign_value_under_a_device_key_dead_letters_that_event_only() {
         .contains("WRONGTYPE"));
     daemon.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_hostile_input_reach_the_dead_letter_topic_like_any_rejection() {
+    let h = Harness::start(1);
+    let mut settings = h.settings();
+    settings.limits.max_message_bytes = 4096;
+    settings.limits.max_id_bytes = 16;
+    settings.limits.max_metric_names = 3;
+    let daemon = h.start_daemon(settings);
+
+    let device = |id: &str| device_json(id, "t", "2026-11-22T10:00:00Z");
+    let oversized = format!(
+        r#"{{"device_id":"big","datatype_id":"t","datatype_name":"{}","persist":true,"last_updated":"2026-11-22T10:00:00Z"}}"#,
+        "n".repeat(5000)
+    );
+    let long_id = "i".repeat(17);
+    let deep = format!(
+        r#"{{"device_id":"deep","extra":{}1{}}}"#,
+        "[".repeat(1_000),
+        "]".repeat(1_000)
+    );
+    let long_key = "k".repeat(100);
+    // (key, value, expected reason, expected field)
+    type Bad = (
+        Option<String>,
+        Option<String>,
+        &'static str,
+        Option<&'static str>,
+    );
+    let bad_devices: Vec<Bad> = vec![
+        (Some("big".into()), Some(oversized), "too_large", None),
+        (
+            Some(long_id.clone()),
+            Some(device(&long_id)),
+            "invalid_value",
+            Some("device_id"),
+        ),
+        (Some("deep".into()), Some(deep), "invalid_json", None),
+        (Some("empty".into()), Some(String::new()), "invalid_json", None),
+        (Some(long_key.clone()), None, "invalid_value", Some("key")),
+        (
+            Some("num".into()),
+            Some(r#"{"device_id":42,"datatype_id":"t","datatype_name":"n","persist":true,"last_updated":"2026-11-22T10:00:00Z"}"#.into()),
+            "wrong_type",
+            Some("device_id"),
+        ),
+        (
+            Some("old".into()),
+            Some(device("old").replace("2026-11-22T10:00:00Z", "1969-12-31T23:59:59Z")),
+            "invalid_timestamp",
+            Some("last_updated"),
+        ),
+    ];
+    let bad_metrics: Vec<Bad> = vec![
+        (
+            Some("ns".into()),
+            Some(r#"{"op":"add","namespace":"ns","metric_names":["a","b","c","d"]}"#.into()),
+            "invalid_value",
+            Some("metric_names"),
+        ),
+        (
+            Some("ns".into()),
+            Some(format!(
+                r#"{{"op":"add","namespace":"ns","metric_names":["a","{}"]}}"#,
+                "m".repeat(17)
+            )),
+            "invalid_value",
+            Some("metric_names[1]"),
+        ),
+        (
+            Some("ns".into()),
+            Some(r#"{"op":"add","op":"remove","namespace":"ns","metric_names":[]}"#.into()),
+            "duplicate_field",
+            Some("op"),
+        ),
+    ];
+    for (topic, bad) in [(DEVICES, &bad_devices), (METRICS, &bad_metrics)] {
+        let records: Vec<(Option<&str>, Option<&str>)> = bad
+            .iter()
+            .map(|(k, v, _, _)| (k.as_deref(), v.as_deref()))
+            .collect();
+        h.produce(topic, &records).await;
+    }
+    let ok = device("ok-after");
+    h.produce(DEVICES, &[(Some("ok-after"), Some(&ok))]).await;
+    h.produce(
+        METRICS,
+        &[(
+            Some("ns"),
+            Some(r#"{"op":"add","namespace":"ns","metric_names":["a","b","c"]}"#),
+        )],
+    )
+    .await;
+    let total = (bad_devices.len() + bad_metrics.len() + 2) as u64;
+    daemon.wait_finished(total, Duration::from_secs(30)).await;
+    let mut r = h.redis();
+    assert!(r.exists::<_, bool>("device:ok-after").unwrap());
+    assert_eq!(r.scard::<_, usize>("ns#metric_names").unwrap(), 3);
+
+    for (topic, bad) in [
+        ("device-metadata.dlq", &bad_devices),
+        ("metric-catalog.dlq", &bad_metrics),
+    ] {
+        let dead = h.read_topic(topic, bad.len(), Duration::from_secs(20));
+        assert_eq!(dead.len(), bad.len(), "{topic}");
+        for (i, (key, value, reason, field)) in bad.iter().enumerate() {
+            let m = &dead[i];
+            assert_eq!(
+                header(m, "metacache.reason").as_deref(),
+                Some(*reason),
+                "{topic} record {i}"
+            );
+            assert_eq!(
+                header(m, "metacache.field").as_deref(),
+                *field,
+                "{topic} {i}"
+            );
+            assert_eq!(header(m, "metacache.source.offset"), Some(i.to_string()));
+            assert_eq!(m.key(), key.as_deref().map(str::as_bytes), "{topic} {i}");
+            assert_eq!(
+                m.payload(),
+                value.as_deref().map(str::as_bytes),
+                "{topic} {i}"
+            );
+            // Headers stay small whatever the input was.
+            assert!(header(m, "metacache.error").unwrap().len() < 1024);
+        }
+    }
+    daemon.stop().await.expect("clean stop");
+}

@@ -344,6 +344,7 @@ impl ConsumerContext for SourceContext {
                     }
                     let assigned = state.offsets.iter().count();
                     self.stats.kafka_assigned.store(assigned as u64, Relaxed);
+                    self.stats.rebalances.fetch_add(1, Relaxed);
                     state.paused
                 };
                 if paused {

@@ -3,6 +3,10 @@
 //! committed offsets, wait for a condition).
 #![allow(dead_code)]
 
+pub mod feed;
+pub mod model;
+pub mod process;
+
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -160,6 +164,66 @@ impl Harness {
             .collect()
     }
 
+    /// The high watermark (next offset) of every partition of `topic`.
+    pub fn high_watermarks(&self, topic: &str) -> Vec<i64> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", self.kafka.bootstrap())
+            .create()
+            .expect("consumer");
+        (0..self.partitions)
+            .map(|p| {
+                consumer
+                    .fetch_watermarks(topic, p, Duration::from_secs(10))
+                    .expect("watermarks")
+                    .1
+            })
+            .collect()
+    }
+
+    /// The group's committed offsets of both topics, by (topic, partition).
+    pub fn committed_map(
+        &self,
+        group: &str,
+    ) -> std::collections::HashMap<(&'static str, i32), i64> {
+        let mut map = std::collections::HashMap::new();
+        for topic in [DEVICES, METRICS] {
+            for (p, c) in self.committed(group, topic).into_iter().enumerate() {
+                map.insert((topic, p as i32), c);
+            }
+        }
+        map
+    }
+
+    /// Partitions of either topic whose committed offset is behind the end, as
+    /// `topic[p] committed/end`; empty once the group has consumed everything.
+    pub fn unconsumed(&self, group: &str) -> Vec<String> {
+        let mut behind = Vec::new();
+        for topic in [DEVICES, METRICS] {
+            let committed = self.committed(group, topic);
+            for (p, end) in self.high_watermarks(topic).into_iter().enumerate() {
+                if committed[p] != end {
+                    behind.push(format!("{topic}[{p}] {}/{end}", committed[p]));
+                }
+            }
+        }
+        behind
+    }
+
+    /// Waits until the group committed the end of every partition of both topics.
+    pub async fn wait_all_committed(&self, group: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let behind = self.unconsumed(group);
+            if behind.is_empty() {
+                return;
+            }
+            if Instant::now() >= deadline {
+                panic!("after {timeout:?}, partitions left unconsumed: {behind:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Reads `n` records of `topic` from the beginning (fewer if `timeout` passes).
     pub fn read_topic(&self, topic: &str, n: usize, timeout: Duration) -> Vec<OwnedMessage> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -310,4 +374,36 @@ impl Running {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
+}
+
+/// `/readyz`: the status code and the JSON body.
+pub async fn readyz(addr: std::net::SocketAddr) -> (u16, serde_json::Value) {
+    let (status, body) = http_get(addr, "/readyz").await;
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Runs `metacache resync` against these servers: (exit code, stdout, stderr).
+pub fn resync(h: &Harness, group: &str, extra: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = std::process::Command::new(process::binary());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("METACACHE") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd
+        .args(["resync", "--brokers", h.kafka.bootstrap(), "--group", group])
+        .args(extra)
+        .env("METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "3000")
+        .env("METACACHE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("metacache resync runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

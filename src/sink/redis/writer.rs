@@ -319,6 +319,7 @@ where
             }
             if !reason.is_empty() {
                 self.stats.retries.fetch_add(1, Relaxed);
+                self.stats.redis_error(&reason);
                 let delay = delays.next().unwrap_or(self.config.retry.max);
                 if !logged_down {
                     tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64,
@@ -360,7 +361,7 @@ fn is_permanent(e: &RedisError) -> bool {
 }
 
 fn describe(e: &RedisError) -> String {
-    e.to_string()
+    super::describe_error(e)
 }
 
 /// The key a refused write was aimed at, named for the dead-letter header.

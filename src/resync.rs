@@ -1,0 +1,273 @@
+//! `metacache resync`: rewinds the consumer group to the earliest retained offset of both
+//! source topics, so the next start replays every event Kafka still holds into Redis.
+//!
+//! It exists for one situation: Redis lost its data (restarted without persistence,
+//! flushed, failed over to an empty replica) while the group's committed offsets say
+//! everything was written. Replaying is harmless — the stale guard and set semantics make
+//! the stream idempotent — so rewinding is the whole repair. It is the same as
+//! `kafka-consumer-groups --reset-offsets --to-earliest --execute` on both topics.
+//!
+//! Rewinding under a running daemon would be undone by that daemon's next commit, so the
+//! group must have no active members. Two checks, because brokers differ:
+//!
+//! 1. ListGroups/DescribeGroups (real brokers): a group with members is refused at once,
+//!    naming them, without disturbing it.
+//! 2. Then resync joins the group itself, waits for its assignment and commits as a
+//!    member (some brokers, librdkafka's mock cluster among them, refuse offset commits
+//!    from outside a group that ever existed). If anyone else is in the group, resync is
+//!    handed only part of the partitions: it refuses, commits nothing and leaves.
+
+use std::fmt;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::KafkaSettings;
+use crate::source::kafka::consumer_config;
+
+/// How long each broker round trip may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long joining the group may take (a broker delays a first join by
+/// `group.initial.rebalance.delay.ms`, 3 s by default).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One partition's offsets before and after.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionPlan {
+    pub topic: String,
+    pub partition: i32,
+    /// The committed offset now; `None` when the group never committed one.
+    pub committed: Option<i64>,
+    /// The earliest offset Kafka still holds: what resync commits.
+    pub earliest: i64,
+    /// The end of the partition (the next offset to be written).
+    pub latest: i64,
+}
+
+impl PartitionPlan {
+    /// Records the next start reads again (or for the first time).
+    pub fn replays(&self) -> i64 {
+        self.latest - self.earliest
+    }
+}
+
+/// What resync is about to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Plan {
+    pub group: String,
+    pub partitions: Vec<PartitionPlan>,
+}
+
+impl Plan {
+    pub fn replays(&self) -> i64 {
+        self.partitions.iter().map(PartitionPlan::replays).sum()
+    }
+}
+
+impl fmt::Display for Plan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "consumer group {:?}: committed offsets -> earliest retained offsets",
+            self.group
+        )?;
+        for p in &self.partitions {
+            let committed = p
+                .committed
+                .map_or_else(|| "none".to_owned(), |c| c.to_string());
+            writeln!(
+                f,
+                "  {}[{}]  {committed} -> {}  (end {}, {} records to replay)",
+                p.topic,
+                p.partition,
+                p.earliest,
+                p.latest,
+                p.replays()
+            )?;
+        }
+        write!(
+            f,
+            "{} records in {} partitions will be read again on the next start",
+            self.replays(),
+            self.partitions.len()
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResyncError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {0:?} not found (or it has no partitions)")]
+    NoTopic(String),
+    #[error("the group {group:?} has {} active member(s): {}; stop every metacache of this group first (scale it to 0), then run resync again", .members.len(), .members.join(", "))]
+    ActiveMembers { group: String, members: Vec<String> },
+    #[error("the group {group:?} has other active members: joining it, resync was given {got} of {want} partitions; stop every metacache of this group first (scale it to 0), then run resync again. Nothing was changed.")]
+    PartialAssignment {
+        group: String,
+        got: usize,
+        want: usize,
+    },
+    #[error("joining the group {0:?} took longer than {1:?}; nothing was changed")]
+    JoinTimeout(String, Duration),
+    #[error("not confirmed; nothing was changed")]
+    NotConfirmed,
+    #[error("after the commit, {0} still shows a different offset; run resync again")]
+    NotApplied(String),
+}
+
+/// The consumer resync uses: the daemon's own settings (brokers, SASL, SSL, group), so it
+/// reaches the cluster exactly as the daemon does.
+fn consumer(kafka: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
+    let mut config = consumer_config(kafka);
+    // Statistics are for the daemon's /stats; resync needs none.
+    config.set("statistics.interval.ms", "0");
+    config.create()
+}
+
+/// Reads the partitions, their earliest and latest offsets, and the group's committed
+/// offsets. Changes nothing.
+pub fn plan(kafka: &KafkaSettings) -> Result<Plan, ResyncError> {
+    let consumer = consumer(kafka)?;
+    let mut partitions = Vec::new();
+    let mut tpl = TopicPartitionList::new();
+    for topic in [&kafka.device_topic, &kafka.metric_topic] {
+        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+        let count = metadata
+            .topics()
+            .iter()
+            .find(|t| t.name() == topic.as_str() && t.error().is_none())
+            .map(|t| t.partitions().len())
+            .unwrap_or(0);
+        if count == 0 {
+            return Err(ResyncError::NoTopic(topic.clone()));
+        }
+        for partition in 0..count as i32 {
+            let (earliest, latest) =
+                consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+            partitions.push(PartitionPlan {
+                topic: topic.clone(),
+                partition,
+                committed: None,
+                earliest,
+                latest,
+            });
+            tpl.add_partition(topic, partition);
+        }
+    }
+    let committed = consumer.committed_offsets(tpl, REQUEST_TIMEOUT)?;
+    for p in &mut partitions {
+        if let Some(Offset::Offset(o)) = committed
+            .find_partition(&p.topic, p.partition)
+            .map(|e| e.offset())
+        {
+            p.committed = Some(o);
+        }
+    }
+    Ok(Plan {
+        group: kafka.group_id.clone(),
+        partitions,
+    })
+}
+
+/// Members of the group as the broker lists them; `None` when the broker cannot list
+/// groups (librdkafka's mock cluster, for one).
+fn listed_members(consumer: &BaseConsumer, group: &str) -> Option<Vec<String>> {
+    let list = consumer
+        .fetch_group_list(Some(group), REQUEST_TIMEOUT)
+        .ok()?;
+    let info = list.groups().iter().find(|g| g.name() == group)?;
+    Some(
+        info.members()
+            .iter()
+            .map(|m| format!("{} ({}{})", m.id(), m.client_id(), m.client_host()))
+            .collect(),
+    )
+}
+
+/// Checks the group is idle, asks `confirm`, then commits the earliest offsets as a member
+/// of the group and verifies them. Progress goes to `out`.
+pub fn run(
+    kafka: &KafkaSettings,
+    confirm: impl FnOnce(&Plan) -> bool,
+    out: &mut impl Write,
+) -> Result<Plan, ResyncError> {
+    let plan = plan(kafka)?;
+    let _ = writeln!(out, "{plan}");
+    let consumer = consumer(kafka)?;
+    if let Some(members) = listed_members(&consumer, &kafka.group_id) {
+        if !members.is_empty() {
+            return Err(ResyncError::ActiveMembers {
+                group: kafka.group_id.clone(),
+                members,
+            });
+        }
+    }
+    if !confirm(&plan) {
+        return Err(ResyncError::NotConfirmed);
+    }
+
+    let _ = writeln!(out, "joining the group to check nobody else is in it ...");
+    consumer.subscribe(&[&kafka.device_topic, &kafka.metric_topic])?;
+    let result = commit_as_member(&consumer, kafka, &plan);
+    consumer.unsubscribe();
+    // Poll once more so the leave is sent before the consumer closes.
+    let _ = consumer.poll(Duration::from_millis(100));
+    result?;
+
+    let check = self::plan(kafka)?;
+    for (before, after) in plan.partitions.iter().zip(&check.partitions) {
+        if after.committed != Some(before.earliest) {
+            return Err(ResyncError::NotApplied(format!(
+                "{}[{}]",
+                before.topic, before.partition
+            )));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "done: group {:?} now starts at the earliest offsets; start metacache to replay {} records",
+        plan.group,
+        plan.replays()
+    );
+    Ok(plan)
+}
+
+fn commit_as_member(
+    consumer: &BaseConsumer,
+    kafka: &KafkaSettings,
+    plan: &Plan,
+) -> Result<(), ResyncError> {
+    let want = plan.partitions.len();
+    let deadline = Instant::now() + JOIN_TIMEOUT;
+    let assigned = loop {
+        // Messages fetched meanwhile are dropped: nothing is stored or committed for them.
+        let _ = consumer.poll(Duration::from_millis(100));
+        let assigned = consumer.assignment()?.count();
+        if assigned > 0 {
+            break assigned;
+        }
+        if Instant::now() >= deadline {
+            return Err(ResyncError::JoinTimeout(
+                kafka.group_id.clone(),
+                JOIN_TIMEOUT,
+            ));
+        }
+    };
+    if assigned != want {
+        return Err(ResyncError::PartialAssignment {
+            group: kafka.group_id.clone(),
+            got: assigned,
+            want,
+        });
+    }
+    let mut tpl = TopicPartitionList::new();
+    for p in &plan.partitions {
+        tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.earliest))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
+}

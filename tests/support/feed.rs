@@ -1,0 +1,119 @@
+//! Publishes a generated stream, all at once or paced over time, and remembers where each
+//! record landed (partition, offset), so a test can compute the state a prefix of every
+//! partition describes.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::ClientConfig;
+use tokio::task::JoinHandle;
+
+use super::model::Rec;
+
+/// Where a record landed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Landed {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+/// A producer that keeps per-key order through broker outages and retries (idempotence).
+pub fn ordered_producer(bootstrap: &str) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("linger.ms", "5")
+        .set("enable.idempotence", "true")
+        .set("message.timeout.ms", "120000")
+        .create()
+        .expect("producer")
+}
+
+/// A stream being published in the background.
+pub struct Feed {
+    /// Records delivered so far (acknowledged by the broker).
+    pub delivered: Arc<AtomicUsize>,
+    handle: JoinHandle<Vec<Landed>>,
+}
+
+impl Feed {
+    /// Publishes `records` in chunks of `chunk`, waiting `pause` between chunks.
+    pub fn start(bootstrap: &str, records: Arc<Vec<Rec>>, chunk: usize, pause: Duration) -> Feed {
+        let producer = ordered_producer(bootstrap);
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&delivered);
+        let handle = tokio::spawn(async move {
+            let mut landed = Vec::with_capacity(records.len());
+            for (i, part) in records.chunks(chunk.max(1)).enumerate() {
+                if i > 0 && !pause.is_zero() {
+                    tokio::time::sleep(pause).await;
+                }
+                landed.extend(publish(&producer, part).await);
+                counter.fetch_add(part.len(), Ordering::Relaxed);
+            }
+            landed
+        });
+        Feed { delivered, handle }
+    }
+
+    pub fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the last delivery; returns where every record landed, in stream order.
+    pub async fn finish(self) -> Vec<Landed> {
+        tokio::time::timeout(Duration::from_secs(180), self.handle)
+            .await
+            .expect("the feed finishes within 180 s")
+            .expect("the feed task did not panic")
+    }
+}
+
+/// Publishes in order and waits for every delivery.
+pub async fn publish(producer: &FutureProducer, records: &[Rec]) -> Vec<Landed> {
+    let sends = records.iter().map(|r| {
+        let mut record: FutureRecord<'_, str, str> = FutureRecord::to(r.topic);
+        if let Some(k) = &r.key {
+            record = record.key(k.as_str());
+        }
+        if let Some(v) = &r.value {
+            record = record.payload(v.as_str());
+        }
+        producer.send(record, Timeout::After(Duration::from_secs(120)))
+    });
+    futures::future::join_all(sends)
+        .await
+        .into_iter()
+        .map(|r| {
+            let d = r
+                .map_err(|(e, _)| e)
+                .expect("delivered to the mock cluster");
+            Landed {
+                partition: d.partition,
+                offset: d.offset,
+            }
+        })
+        .collect()
+}
+
+/// The records at offsets below `committed[(topic, partition)]`, in stream order: what a
+/// group that committed those offsets has finished with.
+pub fn below<'a>(
+    records: &'a [Rec],
+    landed: &[Landed],
+    committed: &HashMap<(&str, i32), i64>,
+) -> Vec<&'a Rec> {
+    records
+        .iter()
+        .zip(landed)
+        .filter(|(r, l)| {
+            committed
+                .get(&(r.topic, l.partition))
+                .is_some_and(|c| l.offset < *c)
+        })
+        .map(|(r, _)| r)
+        .collect()
+}
