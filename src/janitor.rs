@@ -115,7 +115,26 @@ pub async fn sweep<C: ConnectionLike>(
                         .arg(*score as i64)
                         .invoke_async(conn)
                         .await?;
-                    swept.devices += removed as u64;
+                    // The key may have come back between EXISTS and the removal with an
+                    // older or equal `last_updated` (a replay), which leaves the score as it
+                    // was: look again and restore the entry if so.
+                    if removed > 0 {
+                        let back: bool = redis::cmd("EXISTS")
+                            .arg(keys.device(id))
+                            .query_async(conn)
+                            .await?;
+                        if back {
+                            let _: i64 = redis::cmd("ZADD")
+                                .arg(keys.devices())
+                                .arg("GT")
+                                .arg(*score as i64)
+                                .arg(id)
+                                .query_async(conn)
+                                .await?;
+                        } else {
+                            swept.devices += 1;
+                        }
+                    }
                 }
             }
             cursor = next;
@@ -151,7 +170,23 @@ pub async fn sweep<C: ConnectionLike>(
                         .arg(ns)
                         .query_async(conn)
                         .await?;
-                    swept.namespaces += removed as u64;
+                    // A write may have recreated the set meanwhile (its own SADD found the
+                    // namespace still listed): look again and restore it if so.
+                    if removed > 0 {
+                        let back: bool = redis::cmd("EXISTS")
+                            .arg(keys.metric_names(ns))
+                            .query_async(conn)
+                            .await?;
+                        if back {
+                            let _: i64 = redis::cmd("SADD")
+                                .arg(keys.metric_namespaces())
+                                .arg(ns)
+                                .query_async(conn)
+                                .await?;
+                        } else {
+                            swept.namespaces += 1;
+                        }
+                    }
                 }
             }
             cursor = next;

@@ -355,9 +355,39 @@ where
     }
 }
 
-/// Errors that retrying cannot fix: the event is dead-lettered instead.
+/// Error replies that Redis or an operator clears in time (memory, replication, loading, a
+/// busy script, auth or ACL changes, cluster moves): retried, never dead-lettered.
+const TRANSIENT_CODES: &[&str] = &[
+    "NOSCRIPT",
+    "LOADING",
+    "BUSY",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "MOVED",
+    "ASK",
+    "READONLY",
+    "MASTERDOWN",
+    "OOM",
+    "NOREPLICAS",
+    "MISCONF",
+    "NOAUTH",
+    "WRONGPASS",
+    "NOPERM",
+];
+
+/// Errors that retrying cannot fix: the event is dead-lettered instead. Only a server's
+/// error reply about this one command can be; anything else (connection lost, timeout) is
+/// retried. An unknown reply (`WRONGTYPE`, or a script error such as Redis 6's wrapped
+/// `ERR Error running script … WRONGTYPE`) would fail the same way forever, so retrying it
+/// would only stall every partition behind one event.
 fn is_permanent(e: &RedisError) -> bool {
-    e.code() == Some("WRONGTYPE")
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return false;
+    }
+    match e.code() {
+        Some(code) => !TRANSIENT_CODES.contains(&code),
+        None => false,
+    }
 }
 
 fn describe(e: &RedisError) -> String {
@@ -370,5 +400,28 @@ fn refused_field(record: &Record) -> &'static str {
         Ok(Event::DeviceUpsert(_)) | Ok(Event::DeviceDelete { .. }) => "device_id",
         Ok(Event::Metric(_)) => "namespace",
         Err(_) => "value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(code: &str) -> RedisError {
+        redis::make_extension_error(code.to_owned(), Some("detail".to_owned()))
+    }
+
+    #[test]
+    fn transient_replies_are_retried_and_deterministic_ones_dead_letter() {
+        for code in [
+            "OOM", "READONLY", "BUSY", "LOADING", "NOSCRIPT", "NOAUTH", "MISCONF",
+        ] {
+            assert!(!is_permanent(&server(code)), "{code}");
+        }
+        for code in ["WRONGTYPE", "ERR"] {
+            assert!(is_permanent(&server(code)), "{code}");
+        }
+        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(!is_permanent(&io));
     }
 }
