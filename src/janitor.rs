@@ -98,15 +98,7 @@ pub async fn sweep<C: ConnectionLike>(
                 .arg(batch)
                 .query_async(conn)
                 .await?;
-            let mut pipe = redis::pipe();
-            for (id, _) in &page {
-                pipe.cmd("EXISTS").arg(keys.device(id));
-            }
-            let exists: Vec<bool> = if page.is_empty() {
-                Vec::new()
-            } else {
-                pipe.query_async(conn).await?
-            };
+            let exists = exist(conn, page.iter().map(|(id, _)| keys.device(id))).await?;
             for ((id, score), exists) in page.iter().zip(exists) {
                 if !exists {
                     let removed: i64 = REMOVE_IF_UNCHANGED
@@ -119,11 +111,7 @@ pub async fn sweep<C: ConnectionLike>(
                     // older or equal `last_updated` (a replay), which leaves the score as it
                     // was: look again and restore the entry if so.
                     if removed > 0 {
-                        let back: bool = redis::cmd("EXISTS")
-                            .arg(keys.device(id))
-                            .query_async(conn)
-                            .await?;
-                        if back {
+                        if exist(conn, [keys.device(id)]).await? == [true] {
                             let _: i64 = redis::cmd("ZADD")
                                 .arg(keys.devices())
                                 .arg("GT")
@@ -154,15 +142,7 @@ pub async fn sweep<C: ConnectionLike>(
                 .arg(batch)
                 .query_async(conn)
                 .await?;
-            let mut pipe = redis::pipe();
-            for ns in &page {
-                pipe.cmd("EXISTS").arg(keys.metric_names(ns));
-            }
-            let exists: Vec<bool> = if page.is_empty() {
-                Vec::new()
-            } else {
-                pipe.query_async(conn).await?
-            };
+            let exists = exist(conn, page.iter().map(|ns| keys.metric_names(ns))).await?;
             for (ns, exists) in page.iter().zip(exists) {
                 if !exists {
                     let removed: i64 = redis::cmd("SREM")
@@ -173,11 +153,7 @@ pub async fn sweep<C: ConnectionLike>(
                     // A write may have recreated the set meanwhile (its own SADD found the
                     // namespace still listed): look again and restore it if so.
                     if removed > 0 {
-                        let back: bool = redis::cmd("EXISTS")
-                            .arg(keys.metric_names(ns))
-                            .query_async(conn)
-                            .await?;
-                        if back {
+                        if exist(conn, [keys.metric_names(ns)]).await? == [true] {
                             let _: i64 = redis::cmd("SADD")
                                 .arg(keys.metric_namespaces())
                                 .arg(ns)
@@ -197,4 +173,19 @@ pub async fn sweep<C: ConnectionLike>(
         }
     }
     Ok(swept)
+}
+
+/// `EXISTS` for each key, in one round trip.
+async fn exist<C: ConnectionLike>(
+    conn: &mut C,
+    keys: impl IntoIterator<Item = String>,
+) -> redis::RedisResult<Vec<bool>> {
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("EXISTS").arg(key);
+    }
+    if pipe.is_empty() {
+        return Ok(Vec::new());
+    }
+    pipe.query_async(conn).await
 }
