@@ -20,6 +20,11 @@ use metacache::publish::{self, Outgoing, Publisher};
 use metacache::shutdown::{install_signal_handlers, Shutdown};
 use metacache::stats::Stats;
 
+/// Records are allocated on the consumer thread and freed on the writer's: glibc's malloc
+/// spent a third of the daemon's CPU on that hand-over (docs/performance.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Keeps Redis populated from Kafka: device metadata and metric catalogs, validated and
 /// written through a pipelined writer, at least once.
 #[derive(Debug, Parser)]
@@ -116,6 +121,9 @@ struct BenchArgs {
     /// Duration of the latency phase, seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
+    /// Only these stages (comma-separated; all by default). The backlog is always produced.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    stages: Vec<metacache::bench::Stage>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -294,8 +302,14 @@ fn main() -> ExitCode {
         }
         Command::Bench(args) => {
             init_logging(cli.log_format, "text", "warn");
+            let stages = if args.stages.is_empty() {
+                metacache::bench::Stage::ALL.to_vec()
+            } else {
+                args.stages
+            };
             let options = if args.smoke {
                 metacache::bench::BenchOptions {
+                    stages,
                     json: args.json,
                     redis_url: args.redis_url,
                     ..metacache::bench::BenchOptions::smoke()
@@ -312,6 +326,7 @@ fn main() -> ExitCode {
                     naive_events: args.naive_events,
                     latency_rate: args.latency_rate,
                     latency_secs: args.latency_secs,
+                    stages,
                     json: args.json,
                     redis_url: args.redis_url,
                 }

@@ -46,10 +46,44 @@ pub struct BenchOptions {
     /// Publish rate and duration of the latency phase.
     pub latency_rate: u64,
     pub latency_secs: u64,
+    /// Which stages run (all by default); a subset is for iterating on one figure.
+    pub stages: Vec<Stage>,
     #[serde(skip)]
     pub json: Option<PathBuf>,
     #[serde(skip)]
     pub redis_url: Option<String>,
+}
+
+/// The measurements a run can make; the backlog is always produced first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Stage {
+    /// Consume ceiling: an rdkafka consumer that discards.
+    Ceiling,
+    /// Redis ceiling: pipelined plain SETs of the same keys and values.
+    Redis,
+    /// Naive baseline: decode, one awaited SET, a synchronous commit per message.
+    Naive,
+    /// The daemon draining the backlog.
+    Drain,
+    /// The daemon draining the backlog without the stale guard and the index.
+    Plain,
+    /// The daemon consuming while a fresh stream is produced.
+    Steady,
+    /// Publish-to-visible latency at a steady rate.
+    Latency,
+}
+
+impl Stage {
+    pub const ALL: [Stage; 7] = [
+        Stage::Ceiling,
+        Stage::Redis,
+        Stage::Naive,
+        Stage::Drain,
+        Stage::Plain,
+        Stage::Steady,
+        Stage::Latency,
+    ];
 }
 
 impl BenchOptions {
@@ -66,6 +100,7 @@ impl BenchOptions {
             naive_events: 1_000,
             latency_rate: 1_000,
             latency_secs: 2,
+            stages: Stage::ALL.to_vec(),
             json: None,
             redis_url: None,
         }
@@ -81,12 +116,28 @@ pub struct Row {
     pub note: String,
 }
 
+/// One daemon run, with what the other processes on the machine spent meanwhile: the
+/// daemon's CPU target only means something beside Redis's and the broker's.
 #[derive(Debug, Clone, Serialize)]
 pub struct DaemonFigures {
     pub events_per_sec: f64,
     pub cpu_seconds: f64,
     pub cpu_us_per_event: f64,
     pub peak_rss_mib: f64,
+    /// Redis's CPU (`INFO cpu`, main and background threads) per event.
+    pub redis_cpu_us_per_event: f64,
+    /// The mock broker's CPU per event (not counted in the daemon's).
+    pub broker_cpu_us_per_event: f64,
+    /// Redis's own account of the commands it ran (`INFO commandstats`), busiest first.
+    pub redis_commands: Vec<CommandStat>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct CommandStat {
+    pub command: String,
+    pub calls: u64,
+    pub calls_per_event: f64,
+    pub usec_per_call: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -98,24 +149,32 @@ pub struct Latency {
     pub max_ms: f64,
 }
 
+/// Everything a run measured; a stage that did not run leaves its fields empty.
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchReport {
     pub version: &'static str,
     pub cpus: usize,
     pub options: BenchOptions,
     pub rows: Vec<Row>,
-    pub drain: DaemonFigures,
-    pub steady: DaemonFigures,
-    pub latency: Latency,
-    pub ratio_to_consume_ceiling: f64,
-    pub ratio_to_naive: f64,
+    pub drain: Option<DaemonFigures>,
+    pub plain: Option<DaemonFigures>,
+    pub steady: Option<DaemonFigures>,
+    pub latency: Option<Latency>,
+    pub ratio_to_consume_ceiling: Option<f64>,
+    pub ratio_to_naive: Option<f64>,
     /// Throughput lost to the stale guard and the index: 1 - full ÷ plain.
-    pub guard_and_index_cost: f64,
+    pub guard_and_index_cost: Option<f64>,
 }
 
 struct Broker {
     child: Child,
     bootstrap: String,
+}
+
+impl Broker {
+    fn cpu_seconds(&self) -> f64 {
+        probes::cpu_seconds(self.child.id()).unwrap_or(0.0)
+    }
 }
 
 impl Drop for Broker {
@@ -480,17 +539,109 @@ impl Daemon {
     }
 }
 
-fn figures(events: u64, secs: f64, cpu: f64, pid: u32) -> DaemonFigures {
-    DaemonFigures {
-        events_per_sec: events as f64 / secs,
-        cpu_seconds: cpu,
-        cpu_us_per_event: cpu * 1e6 / events as f64,
-        peak_rss_mib: probes::peak_rss_bytes(pid).unwrap_or(0) as f64 / (1024.0 * 1024.0),
+/// Redis's CPU seconds so far (main thread and background threads).
+fn redis_cpu_seconds(url: &str) -> f64 {
+    info(url, "cpu")
+        .map(|text| {
+            info_fields(&text)
+                .filter(|(k, _)| *k == "used_cpu_sys" || *k == "used_cpu_user")
+                .filter_map(|(_, v)| v.parse::<f64>().ok())
+                .sum()
+        })
+        .unwrap_or(0.0)
+}
+
+fn info(url: &str, section: &str) -> Result<String, String> {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| e.to_string())?;
+    redis::cmd("INFO")
+        .arg(section)
+        .query::<String>(&mut c)
+        .map_err(|e| e.to_string())
+}
+
+fn info_fields(text: &str) -> impl Iterator<Item = (&str, &str)> {
+    text.lines().filter_map(|l| l.trim().split_once(':'))
+}
+
+fn reset_redis_stats(url: &str) -> Result<(), String> {
+    let mut c = redis::Client::open(url)
+        .and_then(|c| c.get_connection())
+        .map_err(|e| e.to_string())?;
+    redis::cmd("CONFIG")
+        .arg("RESETSTAT")
+        .query::<()>(&mut c)
+        .map_err(|e| e.to_string())
+}
+
+/// `INFO commandstats` lines (`cmdstat_set:calls=3,usec=10,usec_per_call=3.33,...`),
+/// busiest first, without the benchmark's own probes.
+pub fn parse_commandstats(text: &str, events: u64) -> Vec<CommandStat> {
+    let mut out: Vec<CommandStat> = info_fields(text)
+        .filter_map(|(k, v)| {
+            let command = k.strip_prefix("cmdstat_")?;
+            let mut calls = None;
+            let mut usec_per_call = None;
+            for part in v.split(',') {
+                match part.split_once('=') {
+                    Some(("calls", n)) => calls = n.parse::<u64>().ok(),
+                    Some(("usec_per_call", n)) => usec_per_call = n.parse::<f64>().ok(),
+                    _ => {}
+                }
+            }
+            Some(CommandStat {
+                command: command.to_owned(),
+                calls: calls?,
+                calls_per_event: calls? as f64 / events.max(1) as f64,
+                usec_per_call: usec_per_call?,
+            })
+        })
+        .filter(|c| !matches!(c.command.as_str(), "info" | "config|resetstat" | "flushall"))
+        .collect();
+    out.sort_by(|a, b| {
+        (b.calls as f64 * b.usec_per_call).total_cmp(&(a.calls as f64 * a.usec_per_call))
+    });
+    out
+}
+
+/// CPU of the daemon, Redis and the broker over one measured interval.
+struct CpuMeter {
+    pid: u32,
+    daemon: f64,
+    redis: f64,
+    broker: f64,
+}
+
+impl CpuMeter {
+    fn start(pid: u32, url: &str, broker: &Broker) -> Self {
+        CpuMeter {
+            pid,
+            daemon: probes::cpu_seconds(pid).unwrap_or(0.0),
+            redis: redis_cpu_seconds(url),
+            broker: broker.cpu_seconds(),
+        }
+    }
+
+    fn finish(&self, events: u64, secs: f64, url: &str, broker: &Broker) -> DaemonFigures {
+        let per_event = |s: f64| s * 1e6 / events.max(1) as f64;
+        let cpu = probes::cpu_seconds(self.pid).unwrap_or(0.0) - self.daemon;
+        DaemonFigures {
+            events_per_sec: events as f64 / secs,
+            cpu_seconds: cpu,
+            cpu_us_per_event: per_event(cpu),
+            peak_rss_mib: probes::peak_rss_bytes(self.pid).unwrap_or(0) as f64 / (1024.0 * 1024.0),
+            redis_cpu_us_per_event: per_event(redis_cpu_seconds(url) - self.redis),
+            broker_cpu_us_per_event: per_event(broker.cpu_seconds() - self.broker),
+            redis_commands: info(url, "commandstats")
+                .map(|t| parse_commandstats(&t, events))
+                .unwrap_or_default(),
+        }
     }
 }
 
 fn drain(
-    bootstrap: &str,
+    broker: &Broker,
     url: &str,
     n: u64,
     opts: &BenchOptions,
@@ -503,32 +654,36 @@ fn drain(
         "bench-drain"
     };
     let topics = (DEVICE_TOPIC, METRIC_TOPIC);
-    let d = Daemon::start(bootstrap, url, group, topics, opts, plain_devices)?;
+    let d = Daemon::start(&broker.bootstrap, url, group, topics, opts, plain_devices)?;
     let pid = d.child.id();
     d.wait(Duration::from_secs(30), "the first record", |s| {
         probes::consumed(s) > 0
     })?;
+    reset_redis_stats(url)?;
     let started = Instant::now();
-    let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
+    let meter = CpuMeter::start(pid, url, broker);
     d.wait(Duration::from_secs(600), "the backlog to drain", |s| {
         probes::finished(s) >= n
     })?;
     let secs = started.elapsed().as_secs_f64();
-    let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
-    let f = figures(n, secs, cpu, pid);
+    let f = meter.finish(n, secs, url, broker);
     d.stop();
     Ok(f)
 }
 
+/// A fresh stream produced while the daemon consumes it, then (optionally) the latency
+/// phase on the same daemon.
 fn steady_and_latency(
-    bootstrap: &str,
+    broker: &Broker,
     url: &str,
     records: &[BenchRecord],
     opts: &BenchOptions,
-) -> Result<(DaemonFigures, Latency), String> {
+    steady: bool,
+    latency: bool,
+) -> Result<(Option<DaemonFigures>, Option<Latency>), String> {
     flushall(url)?;
     let d = Daemon::start(
-        bootstrap,
+        &broker.bootstrap,
         url,
         "bench-steady",
         (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
@@ -536,23 +691,30 @@ fn steady_and_latency(
         false,
     )?;
     let pid = d.child.id();
-    let n = records.len() as u64;
-    let cpu0 = probes::cpu_seconds(pid).unwrap_or(0.0);
-    let started = Instant::now();
-    produce(
-        bootstrap,
-        records,
-        (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
-    )?;
-    d.wait(Duration::from_secs(600), "the stream to be written", |s| {
-        probes::finished(s) >= n
-    })?;
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = probes::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
-    let steady = figures(n, secs, cpu, pid);
-    let latency = latency(bootstrap, url, opts);
+    let mut figures = None;
+    if steady {
+        let n = records.len() as u64;
+        reset_redis_stats(url)?;
+        let meter = CpuMeter::start(pid, url, broker);
+        let started = Instant::now();
+        produce(
+            &broker.bootstrap,
+            records,
+            (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
+        )?;
+        d.wait(Duration::from_secs(600), "the stream to be written", |s| {
+            probes::finished(s) >= n
+        })?;
+        let secs = started.elapsed().as_secs_f64();
+        figures = Some(meter.finish(n, secs, url, broker));
+    }
+    let measured = if latency {
+        Some(self::latency(&broker.bootstrap, url, opts))
+    } else {
+        None
+    };
     d.stop();
-    Ok((steady, latency?))
+    Ok((figures, measured.transpose()?))
 }
 
 /// Publishes device events at a steady rate and times each tenth from send to visible in
@@ -656,7 +818,7 @@ fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, S
     })
 }
 
-/// Runs every stage and prints the table; writes JSON when asked.
+/// Runs the chosen stages and prints the table; writes JSON when asked.
 pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -665,6 +827,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         "metacache bench: {} {:?} events over {} devices, {} partitions, batch {}, linger {} ms, {} in flight ({cpus} CPUs)",
         opts.events, opts.workload, opts.devices, opts.partitions, opts.max_batch, opts.linger_ms, opts.max_in_flight
     );
+    let wants = |stage: Stage| opts.stages.contains(&stage);
     let broker = start_broker(opts.partitions)?;
     let redis_child;
     let url = match &opts.redis_url {
@@ -688,49 +851,83 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         produce_secs,
         "filling the backlog",
     )];
-    eprintln!("  consume ceiling …");
-    rows.push(consume_ceiling(&broker.bootstrap, n)?);
-    eprintln!("  Redis ceiling …");
-    rows.push(redis_ceiling(&url, &records, &opts)?);
-    eprintln!("  naive baseline …");
-    rows.push(naive(&broker.bootstrap, &url, opts.naive_events.min(n))?);
-    eprintln!("  metacache, draining the backlog …");
-    let drain = drain(&broker.bootstrap, &url, n, &opts, false)?;
-    rows.push(row(
-        "metacache, backlog drain",
-        n,
-        n as f64 / drain.events_per_sec,
-        "the real daemon, child process",
-    ));
-    eprintln!("  metacache without stale guard and index, draining …");
-    let plain = self::drain(&broker.bootstrap, &url, n, &opts, true)?;
-    rows.push(row(
-        "metacache, plain SETs (no stale guard, no index)",
-        n,
-        n as f64 / plain.events_per_sec,
-        "what the guard and the index cost",
-    ));
-    eprintln!("  metacache, steady state and latency …");
-    let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
-    let (steady, latency) = steady_and_latency(&broker.bootstrap, &url, &steady_records, &opts)?;
-    rows.push(row(
-        "metacache, steady state (producing while consuming)",
-        n,
-        n as f64 / steady.events_per_sec,
-        "publish start to last write",
-    ));
+    let mut ceiling = None;
+    if wants(Stage::Ceiling) {
+        eprintln!("  consume ceiling …");
+        let r = consume_ceiling(&broker.bootstrap, n)?;
+        ceiling = Some(r.events_per_sec);
+        rows.push(r);
+    }
+    if wants(Stage::Redis) {
+        eprintln!("  Redis ceiling …");
+        rows.push(redis_ceiling(&url, &records, &opts)?);
+    }
+    let mut naive_rate = None;
+    if wants(Stage::Naive) {
+        eprintln!("  naive baseline …");
+        let r = naive(&broker.bootstrap, &url, opts.naive_events.min(n))?;
+        naive_rate = Some(r.events_per_sec);
+        rows.push(r);
+    }
+    let mut drained = None;
+    if wants(Stage::Drain) {
+        eprintln!("  metacache, draining the backlog …");
+        let f = drain(&broker, &url, n, &opts, false)?;
+        rows.push(row(
+            "metacache, backlog drain",
+            n,
+            n as f64 / f.events_per_sec,
+            "the real daemon, child process",
+        ));
+        drained = Some(f);
+    }
+    let mut plain = None;
+    if wants(Stage::Plain) {
+        eprintln!("  metacache without stale guard and index, draining …");
+        let f = drain(&broker, &url, n, &opts, true)?;
+        rows.push(row(
+            "metacache, plain SETs (no stale guard, no index)",
+            n,
+            n as f64 / f.events_per_sec,
+            "what the guard and the index cost",
+        ));
+        plain = Some(f);
+    }
+    let (mut steady, mut latency) = (None, None);
+    if wants(Stage::Steady) || wants(Stage::Latency) {
+        eprintln!("  metacache, steady state and latency …");
+        let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
+        (steady, latency) = steady_and_latency(
+            &broker,
+            &url,
+            &steady_records,
+            &opts,
+            wants(Stage::Steady),
+            wants(Stage::Latency),
+        )?;
+        if let Some(f) = &steady {
+            rows.push(row(
+                "metacache, steady state (producing while consuming)",
+                n,
+                n as f64 / f.events_per_sec,
+                "publish start to last write",
+            ));
+        }
+    }
 
-    let ceiling = rows[1].events_per_sec;
-    let naive_rate = rows[3].events_per_sec;
+    let drain_rate = drained.as_ref().map(|d| d.events_per_sec);
     let report = BenchReport {
         version: env!("CARGO_PKG_VERSION"),
         cpus,
         options: opts.clone(),
-        ratio_to_consume_ceiling: drain.events_per_sec / ceiling,
-        ratio_to_naive: drain.events_per_sec / naive_rate,
-        guard_and_index_cost: 1.0 - drain.events_per_sec / plain.events_per_sec,
+        ratio_to_consume_ceiling: drain_rate.zip(ceiling).map(|(d, c)| d / c),
+        ratio_to_naive: drain_rate.zip(naive_rate).map(|(d, n)| d / n),
+        guard_and_index_cost: drain_rate
+            .zip(plain.as_ref())
+            .map(|(d, p)| 1.0 - d / p.events_per_sec),
         rows,
-        drain,
+        drain: drained,
+        plain,
         steady,
         latency,
     };
@@ -753,24 +950,80 @@ fn print_report(r: &BenchReport) {
             row.stage, row.events, row.seconds, row.events_per_sec, row.note
         );
     }
-    println!();
-    println!("| metacache | events/s | CPU µs/event | CPU s per 1M events | peak RSS MiB |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
-    for (name, f) in [("backlog drain", &r.drain), ("steady state", &r.steady)] {
+    let runs = [
+        ("backlog drain", &r.drain),
+        ("plain SETs", &r.plain),
+        ("steady state", &r.steady),
+    ];
+    if runs.iter().any(|(_, f)| f.is_some()) {
+        println!();
+        println!("| metacache | events/s | CPU µs/event | peak RSS MiB | Redis CPU µs/event | broker CPU µs/event |");
+        println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+        for (name, f) in runs {
+            if let Some(f) = f {
+                println!(
+                    "| {name} | {:.0} | {:.2} | {:.1} | {:.2} | {:.2} |",
+                    f.events_per_sec,
+                    f.cpu_us_per_event,
+                    f.peak_rss_mib,
+                    f.redis_cpu_us_per_event,
+                    f.broker_cpu_us_per_event
+                );
+            }
+        }
+    }
+    if let Some(d) = &r.drain {
+        println!();
+        println!("Redis commands during the drain (INFO commandstats):");
+        println!("| command | calls per event | µs per call |");
+        println!("| --- | ---: | ---: |");
+        for c in d.redis_commands.iter().take(6) {
+            println!(
+                "| {} | {:.3} | {:.2} |",
+                c.command, c.calls_per_event, c.usec_per_call
+            );
+        }
+    }
+    if let Some(l) = &r.latency {
+        println!();
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {:.1} |",
-            f.events_per_sec, f.cpu_us_per_event, f.cpu_us_per_event, f.peak_rss_mib
+            "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+            l.rate, l.p50_ms, l.p99_ms, l.max_ms, l.samples
         );
     }
-    println!();
-    println!(
-        "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-        r.latency.rate, r.latency.p50_ms, r.latency.p99_ms, r.latency.max_ms, r.latency.samples
-    );
-    println!(
-        "metacache ÷ consume ceiling: {:.2}   metacache ÷ naive: {:.0}×   stale guard + index cost: {:.0}% of plain-SET throughput",
-        r.ratio_to_consume_ceiling,
-        r.ratio_to_naive,
-        r.guard_and_index_cost * 100.0
-    );
+    let mut ratios = Vec::new();
+    if let Some(x) = r.ratio_to_consume_ceiling {
+        ratios.push(format!("metacache ÷ consume ceiling: {x:.2}"));
+    }
+    if let Some(x) = r.ratio_to_naive {
+        ratios.push(format!("metacache ÷ naive: {x:.0}×"));
+    }
+    if let Some(x) = r.guard_and_index_cost {
+        ratios.push(format!(
+            "stale guard + index cost: {:.0}% of plain-SET throughput",
+            x * 100.0
+        ));
+    }
+    if !ratios.is_empty() {
+        println!("{}", ratios.join("   "));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commandstats_are_read_busiest_first_without_the_probes() {
+        let text = "# Commandstats\r\n\
+            cmdstat_set:calls=900,usec=900,usec_per_call=1.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_evalsha:calls=100,usec=600,usec_per_call=6.00,rejected_calls=0,failed_calls=0\r\n\
+            cmdstat_info:calls=50,usec=5000,usec_per_call=100.00\r\n";
+        let stats = parse_commandstats(text, 1000);
+        let names: Vec<&str> = stats.iter().map(|c| c.command.as_str()).collect();
+        assert_eq!(names, ["set", "evalsha"]);
+        assert_eq!(stats[0].calls, 900);
+        assert!((stats[0].calls_per_event - 0.9).abs() < 1e-9);
+        assert!((stats[1].usec_per_call - 6.0).abs() < 1e-9);
+    }
 }
