@@ -30,7 +30,7 @@ pub const MASK: &str = "***";
 pub struct Settings {
     pub kafka: KafkaSettings,
     pub redis: RedisSettings,
-    pub devices: TtlSettings,
+    pub devices: DeviceSettings,
     pub metrics: TtlSettings,
     pub writer: WriterSettings,
     pub limits: Limits,
@@ -131,6 +131,28 @@ impl Default for RedisSettings {
         }
     }
 }
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Expiry of device keys; 0 = never.
+    pub ttl_secs: u64,
+    /// Devices whose last written `last_updated` the writer remembers, so their updates
+    /// skip the stale-guard script; 0 = every upsert runs the script.
+    pub guard_cache: usize,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            ttl_secs: 0,
+            guard_cache: DEFAULT_GUARD_CACHE,
+        }
+    }
+}
+
+/// Enough for a few hundred thousand active devices in ~10 MiB (docs/performance.md).
+pub const DEFAULT_GUARD_CACHE: usize = 262_144;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -342,6 +364,7 @@ impl Settings {
         self.kafka.check(&mut check);
         self.redis.check(&mut check);
         check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
+        check.at_most("devices.guard_cache", self.devices.guard_cache, 100_000_000);
         check.at_most("metrics.ttl_secs", self.metrics.ttl_secs, MAX_TTL_SECS);
         check.between(
             "janitor.interval_secs",

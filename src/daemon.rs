@@ -13,10 +13,12 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStage, Topics};
 use crate::monitor::Observed;
+use crate::record::AssignmentEpoch;
 use crate::shutdown::Shutdown;
 use crate::sink::redis::connect::connect;
 use crate::sink::redis::plan::{Planner, Ttls};
 use crate::sink::redis::retry::RetryPolicy;
+use crate::sink::redis::versions::KnownVersions;
 use crate::sink::redis::writer::{Writer, WriterConfig};
 use crate::sink::redis::KeyLayout;
 use crate::source::kafka::{
@@ -125,6 +127,7 @@ pub async fn run(
         settings.clone(),
         shutdown.clone(),
     ));
+    let epoch = Arc::new(AssignmentEpoch::default());
     let writer = Writer::new(
         conn,
         planner,
@@ -134,6 +137,8 @@ pub async fn run(
             max_in_flight: settings.writer.max_in_flight,
             retry,
         },
+        KnownVersions::new(settings.devices.guard_cache, settings.devices.ttl_secs),
+        Arc::clone(&epoch),
         Arc::clone(&stats),
         acks_tx,
         dead_tx,
@@ -147,6 +152,7 @@ pub async fn run(
         shutdown.clone(),
         records_tx,
         acks_rx,
+        epoch,
         shutdown_timeout,
     )?;
     tracing::info!(

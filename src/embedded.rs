@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use rdkafka::mocking::MockCluster;
 
 use crate::model::Event;
-use crate::sink::redis::plan::{Planner, Ttls};
+use crate::sink::redis::plan::{PlanInput, Planner, Ttls};
+use crate::sink::redis::versions::KnownVersions;
 use crate::sink::redis::{scripts, KeyLayout};
 
 /// What the mock-cluster thread can be asked to do.
@@ -228,10 +229,15 @@ impl EmbeddedRedis {
                 .map_err(|e| format!("SCRIPT LOAD: {e}"))?;
         }
         let planner = Planner::new(KeyLayout::new(key_prefix), Ttls::default());
-        let mut pipe = redis::pipe();
-        for event in events {
-            planner.plan(event, &mut pipe);
-        }
+        // Nothing remembered: every device goes through the stale guard.
+        let mut versions = KnownVersions::new(0, 0);
+        let inputs = events.iter().map(|event| PlanInput {
+            event: Some(event),
+            epoch: None,
+        });
+        let pipe = planner
+            .plan_batch(inputs, &mut versions, Instant::now())
+            .pipe;
         if pipe.is_empty() {
             return Ok(());
         }

@@ -48,6 +48,17 @@ impl DeviceMetadata {
         UtcMillis(self.last_updated_ms).to_string()
     }
 
+    /// `last_updated` in the same form, formatted where it is written (no allocation).
+    pub fn last_updated_utc(&self) -> impl fmt::Display {
+        UtcMillis(self.last_updated_ms)
+    }
+
+    /// Writes [`to_normalized_json`](Self::to_normalized_json)'s text into `out`, for
+    /// callers that build Redis commands in place.
+    pub fn write_normalized_json(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        serde_json::to_writer(out, &Normalized(self)).map_err(std::io::Error::other)
+    }
+
     /// The JSON stored under `device:{id}`.
     ///
     /// The named fields come first and `last_updated` precedes every additional property:

@@ -27,7 +27,7 @@ use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
 use crate::model::{self, Limits, TopicKind};
 use crate::rate_limit::RateLimit;
-use crate::record::{Ack, Origin, Record};
+use crate::record::{Ack, AssignmentEpoch, Origin, Record};
 use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats};
 
@@ -140,6 +140,7 @@ pub struct SourceContext {
     /// Set once shutdown gave up waiting: the revoke that closing the consumer triggers
     /// must not wait a second time.
     closing: AtomicBool,
+    epoch: Arc<AssignmentEpoch>,
 }
 
 impl SourceContext {
@@ -302,6 +303,9 @@ impl ConsumerContext for SourceContext {
         let Rebalance::Revoke(tpl) = rebalance else {
             return;
         };
+        // Before anything else: records still queued for the revoked partitions must not be
+        // decided on knowledge from this assignment.
+        self.epoch.bump();
         let revoked = self.ids(tpl);
         self.state()
             .stash
@@ -336,6 +340,7 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
+                self.epoch.bump();
                 let ids = self.ids(tpl);
                 let paused = {
                     let mut state = self.state();
@@ -439,6 +444,7 @@ impl KafkaSource {
         shutdown: Shutdown,
         records: flume::Sender<Record>,
         acks: flume::Receiver<Ack>,
+        epoch: Arc<AssignmentEpoch>,
         shutdown_timeout: Duration,
     ) -> KafkaResult<Self> {
         let topics = TopicNames {
@@ -456,6 +462,7 @@ impl KafkaSource {
             stats,
             drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
             closing: AtomicBool::new(false),
+            epoch,
             error_log: Mutex::new(RateLimit::new(Duration::from_secs(5))),
         };
         let consumer: BaseConsumer<SourceContext> =
@@ -559,6 +566,7 @@ impl KafkaSource {
             key: key.map(<[u8]>::to_vec),
             value: value.map(<[u8]>::to_vec),
             decoded,
+            epoch: ctx.epoch.current(),
         }
     }
 

@@ -41,6 +41,18 @@ impl KeyLayout {
         key
     }
 
+    /// Writes [`device`](Self::device)'s key into `out`, for callers that build commands
+    /// in place.
+    pub fn write_device_key(
+        &self,
+        device_id: &str,
+        out: &mut impl std::io::Write,
+    ) -> std::io::Result<()> {
+        out.write_all(self.prefix.as_bytes())?;
+        out.write_all(b"device:")?;
+        out.write_all(device_id.as_bytes())
+    }
+
     /// `devices`: every cached device id, scored by `last_updated` in epoch ms.
     pub fn devices(&self) -> &str {
         &self.devices
@@ -69,6 +81,9 @@ mod tests {
     fn layout_without_prefix_matches_the_documented_keys() {
         let keys = KeyLayout::new("");
         assert_eq!(keys.device("dev-42"), "device:dev-42");
+        let mut written = Vec::new();
+        keys.write_device_key("dev-42", &mut written).unwrap();
+        assert_eq!(written, b"device:dev-42");
         assert_eq!(keys.devices(), "devices");
         assert_eq!(keys.metric_names("billing"), "billing#metric_names");
         assert_eq!(keys.metric_namespaces(), "metric_namespaces");

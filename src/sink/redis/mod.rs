@@ -6,6 +6,7 @@ pub mod keys;
 pub mod plan;
 pub mod retry;
 pub mod scripts;
+pub mod versions;
 pub mod writer;
 
 pub use keys::KeyLayout;

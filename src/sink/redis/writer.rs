@@ -25,11 +25,12 @@ use redis::{Pipeline, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 
 use super::connect::load_scripts;
-use super::plan::{Planned, Planner};
+use super::plan::{Expect, PlanInput, Planned, Planner};
 use super::retry::RetryPolicy;
+use super::versions::KnownVersions;
 use crate::dead_letter::DeadLetter;
-use crate::model::{Event, Reject, RejectReason};
-use crate::record::{Ack, Record};
+use crate::model::{Event, Reject, RejectReason, TopicKind};
+use crate::record::{Ack, AssignmentEpoch, Record};
 use crate::stats::Stats;
 
 /// Batching and retry knobs, from `[writer]`.
@@ -50,6 +51,11 @@ struct Batch {
     planned: Vec<Planned>,
     pipe: Arc<Pipeline>,
     events: u64,
+    /// The assignment epoch whose records could be decided locally; `None` when every
+    /// device went through the guard.
+    trust: Option<u64>,
+    /// Some device was written without the guard.
+    unguarded: bool,
 }
 
 /// What a batch's replies say as a whole.
@@ -67,6 +73,8 @@ pub struct Writer<C> {
     conn: C,
     planner: Planner,
     config: WriterConfig,
+    versions: KnownVersions,
+    epoch: Arc<AssignmentEpoch>,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
     dead_letters: mpsc::Sender<DeadLetter>,
@@ -76,10 +84,13 @@ impl<C> Writer<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: C,
         planner: Planner,
         config: WriterConfig,
+        versions: KnownVersions,
+        epoch: Arc<AssignmentEpoch>,
         stats: Arc<Stats>,
         acks: flume::Sender<Ack>,
         dead_letters: mpsc::Sender<DeadLetter>,
@@ -88,6 +99,8 @@ where
             conn,
             planner,
             config,
+            versions,
+            epoch,
             stats,
             acks,
             dead_letters,
@@ -185,26 +198,31 @@ where
         let _ = self.dead_letters.send(DeadLetter { record, reject }).await;
     }
 
-    fn build(&self, records: Vec<Record>) -> Batch {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut planned = Vec::with_capacity(records.len());
-        for record in &records {
-            let plan = match &record.decoded {
-                Ok(event) => self.planner.plan(event, &mut pipe),
-                Err(_) => Planned {
-                    commands: 0,
-                    guarded: false,
-                },
-            };
-            planned.push(plan);
-        }
+    /// Plans a batch under the current assignment epoch.
+    fn build(&mut self, records: Vec<Record>) -> Batch {
+        let trust = Some(self.epoch.current());
+        self.build_under(records, trust)
+    }
+
+    /// Plans a batch; only records consumed under `trust` (and keyed) may be decided
+    /// without the guard.
+    fn build_under(&mut self, records: Vec<Record>, trust: Option<u64>) -> Batch {
+        let plan = self.planner.plan_batch(
+            records.iter().map(|record| PlanInput {
+                event: record.decoded.as_ref().ok(),
+                epoch: trusted_epoch(record, trust),
+            }),
+            &mut self.versions,
+            Instant::now(),
+        );
         let events = records.len() as u64;
         Batch {
             records,
-            planned,
-            pipe: Arc::new(pipe),
+            planned: plan.planned,
+            pipe: Arc::new(plan.pipe),
             events,
+            trust,
+            unguarded: plan.unguarded,
         }
     }
 
@@ -255,28 +273,60 @@ where
     }
 
     /// Reads each event's replies: written, skipped as stale, or refused for good.
-    async fn complete(&self, batch: Batch, replies: Vec<RedisResult<Value>>) {
+    async fn complete(&mut self, batch: Batch, replies: Vec<RedisResult<Value>>) {
         self.stats.redis_up.store(true, Relaxed);
         let mut ack = Ack {
             done: Vec::with_capacity(batch.records.len()),
         };
         let mut refused = Vec::new();
-        let mut at = 0;
+        let (mut written, mut stale) = ([0u64; 2], [0u64; 2]);
+        let now = Instant::now();
         for (record, plan) in batch.records.into_iter().zip(batch.planned) {
-            let own = replies.get(at..at + plan.commands).unwrap_or(&[]);
-            at += plan.commands;
-            let topic = self.stats.topic(record.origin.topic);
-            if let Some(err) = own.iter().find_map(|r| r.as_ref().err()) {
+            let own = replies
+                .get(plan.first..plan.first + plan.commands)
+                .unwrap_or(&[]);
+            let shared = plan.shared.and_then(|at| replies.get(at));
+            let device = match &record.decoded {
+                Ok(Event::DeviceUpsert(d)) => Some(d),
+                _ => None,
+            };
+            if let Some(err) = own.iter().chain(shared).find_map(|r| r.as_ref().err()) {
+                if let Some(d) = device {
+                    self.versions.forget(&d.device_id);
+                }
                 refused.push((record, describe(err)));
                 continue;
             }
-            let stale = plan.guarded && matches!(own.first(), Some(Ok(Value::Int(0))));
-            if stale {
-                topic.stale.fetch_add(1, Relaxed);
+            let skipped = match plan.expect {
+                Expect::Write => false,
+                Expect::Stale => true,
+                Expect::Guarded { seq } => {
+                    let wrote = !matches!(own.first(), Some(Ok(Value::Int(0))));
+                    if let Some(d) = device {
+                        self.versions.guard_answered(
+                            &d.device_id,
+                            seq,
+                            d.last_updated_ms,
+                            trusted_epoch(&record, batch.trust),
+                            wrote,
+                            now,
+                        );
+                    }
+                    !wrote
+                }
+            };
+            let topic = record.origin.topic as usize;
+            if skipped {
+                stale[topic] += 1;
             } else {
-                topic.written.fetch_add(1, Relaxed);
+                written[topic] += 1;
             }
             ack.done.push(record.origin);
+        }
+        for kind in [TopicKind::Device, TopicKind::Metric] {
+            let topic = self.stats.topic(kind);
+            topic.written.fetch_add(written[kind as usize], Relaxed);
+            topic.stale.fetch_add(stale[kind as usize], Relaxed);
         }
         if !ack.done.is_empty() {
             self.stats.acknowledged();
@@ -311,7 +361,7 @@ where
         while flights.next().await.is_some() {}
         let mut delays = self.config.retry.delays();
         let mut logged_down = false;
-        while let Some(batch) = sent.front() {
+        while !sent.is_empty() {
             if reload_scripts {
                 if let Err(e) = load_scripts(&mut self.conn).await {
                     reason = describe(&e);
@@ -330,6 +380,16 @@ where
                 }
                 self.stats.redis_up.store(false, Relaxed);
                 tokio::time::sleep(delay).await;
+            }
+            let current = self.epoch.current();
+            let Some(batch) = sent.front_mut() else {
+                break;
+            };
+            // Planned before a rebalance with devices decided locally: another consumer
+            // may have written them since, so only the guard may decide now.
+            if batch.unguarded && batch.trust != Some(current) {
+                let records = std::mem::take(&mut batch.records);
+                *batch = self.build_under(records, None);
             }
             match self.judge(self.send(batch).await) {
                 Verdict::Answered(replies) => {
@@ -392,6 +452,12 @@ fn is_permanent(e: &RedisError) -> bool {
 
 fn describe(e: &RedisError) -> String {
     super::describe_error(e)
+}
+
+/// The epoch under which `record` may be decided locally: the batch's, if the record was
+/// consumed under it and has a Kafka key (so it is partitioned by device id).
+fn trusted_epoch(record: &Record, trust: Option<u64>) -> Option<u64> {
+    trust.filter(|epoch| record.epoch == *epoch && record.key.is_some())
 }
 
 /// The key a refused write was aimed at, named for the dead-letter header.

@@ -1,0 +1,252 @@
+//! The writer decides most device upserts itself (older → skipped, newer → plain `SET`)
+//! from what it wrote before; these tests hold it to never rolling a device back when
+//! someone else may have written the key: after a rebalance, for records without a Kafka
+//! key, and for a batch that was planned before a rebalance and is retried after it.
+//! The writer runs in-process against a real redis-server.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metacache::config::RedisSettings;
+use metacache::dead_letter::DeadLetter;
+use metacache::embedded::EmbeddedRedis;
+use metacache::model::{self, Event, Limits, TopicKind};
+use metacache::record::{Ack, AssignmentEpoch, Origin, Record};
+use metacache::sink::redis::connect::connect;
+use metacache::sink::redis::plan::{Planner, Ttls};
+use metacache::sink::redis::retry::RetryPolicy;
+use metacache::sink::redis::versions::KnownVersions;
+use metacache::sink::redis::writer::{Writer, WriterConfig};
+use metacache::sink::redis::KeyLayout;
+use metacache::stats::Stats;
+use redis::Commands;
+use tokio::sync::mpsc;
+
+use support::{device_json, init_logging, wait_for};
+
+struct Rig {
+    redis: EmbeddedRedis,
+    epoch: Arc<AssignmentEpoch>,
+    stats: Arc<Stats>,
+    records: flume::Sender<Record>,
+    acks: flume::Receiver<Ack>,
+    _dead: mpsc::Receiver<DeadLetter>,
+    next_offset: i64,
+}
+
+impl Rig {
+    async fn start(retry: RetryPolicy) -> Rig {
+        init_logging();
+        let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+        let conn = connect(&RedisSettings {
+            url: redis.url(),
+            ..RedisSettings::default()
+        })
+        .await
+        .expect("redis connects");
+        let epoch = Arc::new(AssignmentEpoch::default());
+        let stats = Arc::new(Stats::default());
+        let (records, records_rx) = flume::bounded(64);
+        let (acks_tx, acks) = flume::unbounded();
+        let (dead_tx, dead) = mpsc::channel(64);
+        let writer = Writer::new(
+            conn,
+            Planner::new(KeyLayout::new(""), Ttls::default()),
+            WriterConfig {
+                max_batch: 64,
+                linger: Duration::from_millis(1),
+                max_in_flight: 2,
+                retry,
+            },
+            KnownVersions::new(1000, 0),
+            Arc::clone(&epoch),
+            Arc::clone(&stats),
+            acks_tx,
+            dead_tx,
+        );
+        tokio::spawn(writer.run(records_rx));
+        Rig {
+            redis,
+            epoch,
+            stats,
+            records,
+            acks,
+            _dead: dead,
+            next_offset: 0,
+        }
+    }
+
+    /// Hands the writer one device event, as the source would (keyed or not), and waits
+    /// for Redis to acknowledge it.
+    async fn write(&mut self, id: &str, last_updated: &str, keyed: bool) {
+        let offset = self.send(id, last_updated, keyed);
+        self.acked(offset).await;
+    }
+
+    fn send(&mut self, id: &str, last_updated: &str, keyed: bool) -> i64 {
+        let value = device_json(id, "temperature", last_updated).into_bytes();
+        let key = keyed.then(|| id.as_bytes().to_vec());
+        let decoded = model::decode(
+            TopicKind::Device,
+            key.as_deref(),
+            Some(&value),
+            &Limits::default(),
+        );
+        assert!(decoded.is_ok(), "{decoded:?}");
+        let offset = self.next_offset;
+        self.next_offset += 1;
+        let record = Record {
+            origin: Origin {
+                topic: TopicKind::Device,
+                partition: 0,
+                offset,
+            },
+            key,
+            value: Some(value),
+            decoded,
+            epoch: self.epoch.current(),
+        };
+        self.records.try_send(record).expect("room in the channel");
+        offset
+    }
+
+    async fn acked(&self, offset: i64) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let ack = tokio::time::timeout_at(deadline, self.acks.recv_async())
+                .await
+                .unwrap_or_else(|_| panic!("offset {offset} not acknowledged in time"))
+                .expect("writer alive");
+            if ack.done.iter().any(|o| o.offset == offset) {
+                return;
+            }
+        }
+    }
+
+    fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis connects")
+    }
+
+    /// The `last_updated` Redis holds for the device.
+    fn stored(&self, id: &str) -> String {
+        let json: String = self.conn().get(format!("device:{id}")).expect("device key");
+        let v: serde_json::Value = serde_json::from_str(&json).expect("stored JSON");
+        v["last_updated"].as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Someone else writes the device (through the guard, as another consumer would).
+    fn written_elsewhere(&self, id: &str, last_updated: &str) {
+        let value = device_json(id, "temperature", last_updated);
+        let Ok(event @ Event::DeviceUpsert(_)) = model::decode(
+            TopicKind::Device,
+            None,
+            Some(value.as_bytes()),
+            &Limits::default(),
+        ) else {
+            panic!("valid device")
+        };
+        self.redis.apply("", &[event]).expect("written");
+    }
+
+    /// Calls of `command` Redis has run (INFO commandstats).
+    fn calls(&self, command: &str) -> u64 {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.conn())
+            .expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+const T10: &str = "2026-11-22T10:00:10Z";
+const T15: &str = "2026-11-22T10:00:15Z";
+const T20: &str = "2026-11-22T10:00:20Z";
+const T30: &str = "2026-11-22T10:00:30Z";
+const T40: &str = "2026-11-22T10:00:40Z";
+const T50: &str = "2026-11-22T10:00:50Z";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_the_writer_can_vouch_for_skip_the_script_and_the_others_do_not() {
+    let mut rig = Rig::start(RetryPolicy::new(
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    ))
+    .await;
+
+    // First sight: the guard script decides.
+    rig.write("d", T10, true).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:10.000Z");
+    let scripts = rig.calls("evalsha");
+    assert_eq!(scripts, 1);
+
+    // Known now: newer is a plain SET, older is skipped without asking Redis.
+    let sets = rig.calls("set");
+    rig.write("d", T20, true).await;
+    rig.write("d", T15, true).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:20.000Z");
+    assert_eq!(rig.calls("evalsha"), scripts);
+    assert_eq!(rig.calls("set"), sets + 1);
+    assert_eq!(rig.stats.snapshot().devices.stale, 1);
+
+    // After a rebalance another consumer may have written the key: the guard decides
+    // again, and the older update does not roll the device back.
+    rig.written_elsewhere("d", T40);
+    rig.epoch.bump();
+    rig.write("d", T30, true).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:40.000Z");
+    assert_eq!(rig.stats.snapshot().devices.stale, 2);
+
+    // A record without a Kafka key may share the device with another partition: guarded.
+    let scripts = rig.calls("evalsha");
+    rig.write("e", T10, false).await;
+    rig.write("e", T20, false).await;
+    assert_eq!(rig.calls("evalsha"), scripts + 2);
+
+    // The index follows the newest update of each device.
+    let score: i64 = rig.conn().zscore("devices", "d").expect("indexed");
+    assert_eq!(score, 1_795_341_640_000);
+    let score: i64 = rig.conn().zscore("devices", "e").expect("indexed");
+    assert_eq!(score, 1_795_341_620_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_planned_before_a_rebalance_is_guarded_when_it_is_retried_after_it() {
+    // A long retry delay leaves time to change the world between two attempts.
+    let mut rig = Rig::start(RetryPolicy::new(
+        Duration::from_secs(2),
+        Duration::from_secs(2),
+    ))
+    .await;
+    rig.write("d", T10, true).await;
+    rig.write("d", T20, true).await;
+    // Redis goes away; the next update is planned as a plain SET and fails.
+    rig.redis.stop();
+    let offset = rig.send("d", T30, true);
+    let stats = Arc::clone(&rig.stats);
+    wait_for(Duration::from_secs(10), "the write to fail once", || {
+        let stats = Arc::clone(&stats);
+        async move { stats.snapshot().retries > 0 }
+    })
+    .await;
+
+    // Meanwhile the partition moved: the new owner wrote something newer.
+    rig.redis.restart().expect("redis restarts");
+    rig.written_elsewhere("d", T50);
+    rig.epoch.bump();
+
+    rig.acked(offset).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:50.000Z");
+    // The other writer's script and the retried one; the only SET is the one inside the
+    // other writer's script (commands run by scripts count too).
+    assert_eq!(rig.calls("evalsha"), 2, "the retry went through the guard");
+    assert_eq!(rig.calls("set"), 1);
+    assert_eq!(rig.stats.snapshot().devices.stale, 1);
+}
