@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStage, Topics};
 use crate::monitor::Observed;
-use crate::record::AssignmentEpoch;
+use crate::record::{chunk_records, AssignmentEpoch};
 use crate::shutdown::Shutdown;
 use crate::sink::redis::connect::connect;
 use crate::sink::redis::plan::{Planner, Ttls};
@@ -84,8 +84,10 @@ pub async fn run(
         return Ok(());
     };
 
+    // About max_batch × max_in_flight records waiting, in chunks of at most a batch.
+    let chunk = chunk_records(settings.writer.max_batch);
     let capacity = settings.writer.max_batch * settings.writer.max_in_flight.max(1);
-    let (records_tx, records_rx) = flume::bounded(capacity.max(64));
+    let (records_tx, records_rx) = flume::bounded((capacity / chunk).max(2));
     let (acks_tx, acks_rx) = flume::unbounded();
     let (dead_tx, dead_rx) = mpsc::channel(1024);
 
@@ -139,6 +141,7 @@ pub async fn run(
         },
         KnownVersions::new(settings.devices.guard_cache, settings.devices.ttl_secs),
         Arc::clone(&epoch),
+        settings.limits.clone(),
         Arc::clone(&stats),
         acks_tx,
         dead_tx,
@@ -147,12 +150,12 @@ pub async fn run(
 
     let source = KafkaSource::new(
         &settings.kafka,
-        settings.limits.clone(),
         Arc::clone(&stats),
         shutdown.clone(),
         records_tx,
         acks_rx,
         epoch,
+        chunk,
         shutdown_timeout,
     )?;
     tracing::info!(

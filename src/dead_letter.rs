@@ -165,11 +165,11 @@ async fn deliver(
     loop {
         let mut record: FutureRecord<'_, [u8], [u8]> =
             FutureRecord::to(topic).headers(headers.clone());
-        if let Some(key) = &dl.record.key {
-            record = record.key(key.as_slice());
+        if let Some(key) = dl.record.key() {
+            record = record.key(key);
         }
-        if let Some(value) = &dl.record.value {
-            record = record.payload(value.as_slice());
+        if let Some(value) = dl.record.value() {
+            record = record.payload(value);
         }
         match producer.send(record, Timeout::Never).await {
             Ok(_) => return origin,

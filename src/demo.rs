@@ -80,7 +80,7 @@ pub fn parse_samples(text: &str) -> Result<Vec<SampleEvent>, String> {
 ///
 /// let events = metacache::demo::valid_sample_events();
 /// assert_eq!(events.len(), 14);
-/// assert!(matches!(&events[0], Event::DeviceUpsert(d) if d.device_id == "dev-42"));
+/// assert!(matches!(&events[0], Event::DeviceUpsert(d) if d.device_id() == "dev-42"));
 /// ```
 pub fn valid_sample_events() -> Vec<Event> {
     let limits = Limits::default();

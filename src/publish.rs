@@ -125,8 +125,8 @@ impl Outgoing {
         match event {
             Event::DeviceUpsert(device) => Outgoing {
                 kind: TopicKind::Device,
-                key: device.device_id.clone(),
-                payload: Some(device.to_normalized_json().into_bytes()),
+                key: device.device_id().to_owned(),
+                payload: Some(device.normalized_json().as_bytes().to_vec()),
             },
             Event::DeviceDelete { device_id } => Outgoing {
                 kind: TopicKind::Device,
@@ -273,7 +273,7 @@ pub fn parse_line(kind: TopicKind, line: &[u8], limits: &Limits) -> Result<Outgo
         return Ok(record);
     }
     let key = match model::decode(kind, None, Some(line), limits)? {
-        Event::DeviceUpsert(device) => device.device_id,
+        Event::DeviceUpsert(device) => device.device_id().to_owned(),
         Event::Metric(op) => op.namespace().to_owned(),
         // A value is never decoded as a deletion.
         Event::DeviceDelete { device_id } => device_id,
@@ -446,7 +446,7 @@ impl Publisher {
     /// # Ok(()) }
     /// ```
     pub async fn upsert_device(&self, device: &DeviceMetadata) -> Result<(), PublishError> {
-        self.publish(&Event::DeviceUpsert(device.clone())).await
+        self.publish(&Event::DeviceUpsert(device.into())).await
     }
 
     /// Deletes a device: a tombstone keyed by its id.
@@ -787,7 +787,7 @@ mod tests {
     fn every_typed_event_serializes_to_what_the_daemon_decodes() {
         let limits = Limits::default();
         let events = [
-            Event::DeviceUpsert(device()),
+            Event::DeviceUpsert(device().into()),
             Event::DeviceDelete {
                 device_id: "dev 1 ü".into(),
             },
@@ -850,7 +850,7 @@ mod tests {
         let limits = Limits::default();
         let mut bad = device();
         bad.datatype_name = "tab\there".into();
-        let reject = Outgoing::from_event(&Event::DeviceUpsert(bad))
+        let reject = Outgoing::from_event(&Event::DeviceUpsert(bad.into()))
             .validate(&limits)
             .unwrap_err();
         assert_eq!(reject.reason, RejectReason::InvalidValue);
@@ -859,7 +859,7 @@ mod tests {
         let mut future = device();
         future.last_updated_ms = 253_402_300_800_000; // year 10000
         assert_eq!(
-            Outgoing::from_event(&Event::DeviceUpsert(future))
+            Outgoing::from_event(&Event::DeviceUpsert(future.into()))
                 .validate(&limits)
                 .unwrap_err()
                 .reason,

@@ -389,7 +389,7 @@ async fn a_pattern_pages_across_index_chunks() {
         .map(|i| {
             let mut d = device(&format!("bulk-{i:04}"), "2026-11-22T10:00:00Z");
             d.last_updated_ms = base + i;
-            metacache::publish::Outgoing::from_event(&Event::DeviceUpsert(d))
+            metacache::publish::Outgoing::from_event(&Event::DeviceUpsert(d.into()))
         })
         .collect();
     assert_eq!(publisher.send_all(&records).await.unwrap(), 2100);
@@ -748,7 +748,7 @@ async fn typed_events_applied_like_the_writer_read_back_equal() {
         .apply(
             "",
             &[
-                Event::DeviceUpsert(d.clone()),
+                Event::DeviceUpsert(d.clone().into()),
                 Event::Metric(MetricOp::Replace {
                     namespace: "default".into(),
                     metric_names: vec![],

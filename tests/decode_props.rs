@@ -97,7 +97,12 @@ fn valid(event: &Event, key: Option<&[u8]>, limits: &Limits) {
     };
     let key = key.filter(|k| !k.is_empty());
     match event {
-        Event::DeviceUpsert(d) => {
+        Event::DeviceUpsert(stored) => {
+            // What is stored reads back, with any JSON reader and as the typed view.
+            let d = stored.metadata().expect("the stored form reads back");
+            assert!(serde_json::from_str::<Value>(stored.normalized_json()).is_ok());
+            assert_eq!(d.device_id, stored.device_id());
+            assert_eq!(d.last_updated_ms, stored.last_updated_ms());
             assert!(id_ok(&d.device_id) && id_ok(&d.datatype_id) && id_ok(&d.datatype_name));
             assert!((0..=253_402_300_799_999).contains(&d.last_updated_ms));
             if let Some(k) = key {
@@ -354,7 +359,8 @@ proptest! {
             max_message_bytes: usize::MAX,
             ..Limits::default()
         });
-        prop_assert_eq!(decoded, Ok(Event::DeviceUpsert(device.clone())));
+        // Decoding stores exactly what the typed view writes.
+        prop_assert_eq!(decoded, Ok(Event::DeviceUpsert((&device).into())));
         // And the stored form reads back as the same device.
         prop_assert_eq!(DeviceMetadata::from_normalized_json(&json), Ok(device));
     }

@@ -13,7 +13,7 @@ use metacache::config::RedisSettings;
 use metacache::dead_letter::DeadLetter;
 use metacache::embedded::EmbeddedRedis;
 use metacache::model::{self, Event, Limits, TopicKind};
-use metacache::record::{Ack, AssignmentEpoch, Origin, Record};
+use metacache::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use metacache::sink::redis::connect::connect;
 use metacache::sink::redis::plan::{Planner, Ttls};
 use metacache::sink::redis::retry::RetryPolicy;
@@ -30,7 +30,7 @@ struct Rig {
     redis: EmbeddedRedis,
     epoch: Arc<AssignmentEpoch>,
     stats: Arc<Stats>,
-    records: flume::Sender<Record>,
+    records: flume::Sender<Chunk>,
     acks: flume::Receiver<Ack>,
     _dead: mpsc::Receiver<DeadLetter>,
     next_offset: i64,
@@ -62,6 +62,7 @@ impl Rig {
             },
             KnownVersions::new(1000, 0),
             Arc::clone(&epoch),
+            Limits::default(),
             Arc::clone(&stats),
             acks_tx,
             dead_tx,
@@ -87,28 +88,17 @@ impl Rig {
 
     fn send(&mut self, id: &str, last_updated: &str, keyed: bool) -> i64 {
         let value = device_json(id, "temperature", last_updated).into_bytes();
-        let key = keyed.then(|| id.as_bytes().to_vec());
-        let decoded = model::decode(
-            TopicKind::Device,
-            key.as_deref(),
-            Some(&value),
-            &Limits::default(),
-        );
-        assert!(decoded.is_ok(), "{decoded:?}");
+        let key = keyed.then_some(id.as_bytes());
         let offset = self.next_offset;
         self.next_offset += 1;
-        let record = Record {
-            origin: Origin {
-                topic: TopicKind::Device,
-                partition: 0,
-                offset,
-            },
-            key,
-            value: Some(value),
-            decoded,
-            epoch: self.epoch.current(),
+        let origin = Origin {
+            topic: TopicKind::Device,
+            partition: 0,
+            offset,
         };
-        self.records.try_send(record).expect("room in the channel");
+        let mut chunk = Chunk::new();
+        chunk.push(origin, self.epoch.current(), key, Some(&value));
+        self.records.try_send(chunk).expect("room in the channel");
         offset
     }
 

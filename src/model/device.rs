@@ -1,9 +1,17 @@
 //! Device metadata: decoding, validation and the normalized JSON stored in Redis.
+//!
+//! Decoding builds the stored form directly: the named fields are checked and written in
+//! a fixed order, and the fields the schema does not name are carried over as the JSON
+//! text they came as (whitespace removed, sorted by name), never built into a tree and
+//! serialized again. That was two fifths of the daemon's CPU per event. The typed view,
+//! [`DeviceMetadata`], is for readers and producers, who build a tree anyway.
 
+use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{IgnoredAny, MapAccess, Visitor};
+use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -24,7 +32,11 @@ const KNOWN_FIELDS: [&str; 6] = [
 /// 9999-12-31T23:59:59.999Z: the last instant the fixed-width form can show.
 const MAX_MS: i128 = 253_402_300_799_999;
 
-/// One device's metadata after validation.
+/// Deepest nesting of one additional property: serde_json, which most readers use, refuses
+/// a document nested deeper than 127 levels, and the device object is one of them.
+const MAX_VALUE_DEPTH: usize = 126;
+
+/// One device's metadata after validation: the typed view of what is stored.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeviceMetadata {
     pub device_id: String,
@@ -46,17 +58,6 @@ impl DeviceMetadata {
     /// these lexicographically. (Only decoded values are guaranteed to be in 1970..=9999.)
     pub fn last_updated_rfc3339(&self) -> String {
         UtcMillis(self.last_updated_ms).to_string()
-    }
-
-    /// `last_updated` in the same form, formatted where it is written (no allocation).
-    pub fn last_updated_utc(&self) -> impl fmt::Display {
-        UtcMillis(self.last_updated_ms)
-    }
-
-    /// Writes [`to_normalized_json`](Self::to_normalized_json)'s text into `out`, for
-    /// callers that build Redis commands in place.
-    pub fn write_normalized_json(&self, out: impl std::io::Write) -> std::io::Result<()> {
-        serde_json::to_writer(out, &Normalized(self)).map_err(std::io::Error::other)
     }
 
     /// The JSON stored under `device:{id}`.
@@ -85,7 +86,58 @@ impl DeviceMetadata {
             max_metric_names: usize::MAX,
         };
         let text = parse::payload_str(json.as_bytes(), &unbounded)?;
-        decode_upsert(text, None, &unbounded)
+        parse_device(text, &unbounded)?.into_metadata()
+    }
+}
+
+/// A validated device upsert as the writer applies it: the id, the instant, and the
+/// normalized JSON to store, built once while decoding.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceUpsert {
+    device_id: String,
+    last_updated_ms: i64,
+    json: String,
+}
+
+impl DeviceUpsert {
+    pub fn device_id(&self) -> &str {
+        &self.device_id
+    }
+
+    /// `last_updated` in epoch milliseconds: the `devices` score.
+    pub fn last_updated_ms(&self) -> i64 {
+        self.last_updated_ms
+    }
+
+    /// The JSON stored under `device:{id}`.
+    pub fn normalized_json(&self) -> &str {
+        &self.json
+    }
+
+    /// `last_updated` in the fixed-width UTC form the stale guard compares.
+    pub fn last_updated_utc(&self) -> impl fmt::Display {
+        UtcMillis(self.last_updated_ms)
+    }
+
+    /// The typed view.
+    pub fn metadata(&self) -> Result<DeviceMetadata, Reject> {
+        DeviceMetadata::from_normalized_json(&self.json)
+    }
+}
+
+impl From<&DeviceMetadata> for DeviceUpsert {
+    fn from(d: &DeviceMetadata) -> Self {
+        DeviceUpsert {
+            device_id: d.device_id.clone(),
+            last_updated_ms: d.last_updated_ms,
+            json: d.to_normalized_json(),
+        }
+    }
+}
+
+impl From<DeviceMetadata> for DeviceUpsert {
+    fn from(d: DeviceMetadata) -> Self {
+        DeviceUpsert::from(&d)
     }
 }
 
@@ -99,7 +151,21 @@ pub(super) fn decode(
     };
     let text = parse::payload_str(payload, limits)?;
     let key = parse::key_str(key)?;
-    decode_upsert(text, key, limits).map(Event::DeviceUpsert)
+    let device = parse_device(text, limits)?;
+    if let Some(key) = key {
+        if key != device.device_id {
+            return Err(Reject::new(
+                RejectReason::KeyMismatch,
+                Some("device_id"),
+                format!(
+                    "expected the Kafka key to equal device_id, got key {} and device_id {}",
+                    parse::preview(key),
+                    parse::preview(&device.device_id)
+                ),
+            ));
+        }
+    }
+    Ok(Event::DeviceUpsert(device.into_upsert(text.len())))
 }
 
 fn decode_tombstone(key: Option<&[u8]>, limits: &Limits) -> Result<Event, Reject> {
@@ -116,64 +182,173 @@ fn decode_tombstone(key: Option<&[u8]>, limits: &Limits) -> Result<Event, Reject
     })
 }
 
-fn decode_upsert(text: &str, key: Option<&str>, limits: &Limits) -> Result<DeviceMetadata, Reject> {
-    let raw = parse::parse_object(text, DeviceVisitor)?;
-    if let Some(field) = &raw.duplicate {
-        return Err(parse::duplicate(field));
+/// A device object that passed every check, borrowing from the input where it can.
+struct ParsedDevice<'a> {
+    device_id: Cow<'a, str>,
+    datatype_id: Cow<'a, str>,
+    datatype_name: Cow<'a, str>,
+    datatype_unit: Option<Cow<'a, str>>,
+    persist: bool,
+    last_updated_ms: i64,
+    /// The other fields, sorted by name, as the text they came as.
+    additional: Vec<Extra<'a>>,
+}
+
+/// A field the schema does not name.
+struct Extra<'a> {
+    name: Cow<'a, str>,
+    value: &'a RawValue,
+    /// Its place among the object's fields, to name the first duplicate as it came.
+    position: usize,
+}
+
+impl ParsedDevice<'_> {
+    /// The stored form. `hint` is the input's length, about the output's.
+    fn into_upsert(self, hint: usize) -> DeviceUpsert {
+        let mut out = Vec::with_capacity(hint + 32);
+        out.extend_from_slice(b"{\"device_id\":");
+        push_json_str(&mut out, &self.device_id);
+        out.extend_from_slice(b",\"datatype_id\":");
+        push_json_str(&mut out, &self.datatype_id);
+        out.extend_from_slice(b",\"datatype_name\":");
+        push_json_str(&mut out, &self.datatype_name);
+        out.extend_from_slice(b",\"datatype_unit\":");
+        match &self.datatype_unit {
+            Some(unit) => push_json_str(&mut out, unit),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(if self.persist {
+            b",\"persist\":true,\"last_updated\":\""
+        } else {
+            b",\"persist\":false,\"last_updated\":\""
+        });
+        out.extend_from_slice(&utc_millis(self.last_updated_ms));
+        out.push(b'"');
+        for extra in &self.additional {
+            out.push(b',');
+            push_json_str(&mut out, &extra.name);
+            out.push(b':');
+            push_compact(&mut out, extra.value.get());
+        }
+        out.push(b'}');
+        DeviceUpsert {
+            device_id: self.device_id.into_owned(),
+            last_updated_ms: self.last_updated_ms,
+            // Built from `str`s and from slices of a `str` cut at value boundaries.
+            json: String::from_utf8(out)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        }
     }
 
-    let device_id = parse::required_string("device_id", raw.device_id)?;
-    parse::check_text("device_id", &device_id, limits, false)?;
-    let datatype_id = parse::required_string("datatype_id", raw.datatype_id)?;
-    parse::check_text("datatype_id", &datatype_id, limits, false)?;
-    let datatype_name = parse::required_string("datatype_name", raw.datatype_name)?;
-    parse::check_text("datatype_name", &datatype_name, limits, false)?;
-    let datatype_unit = match raw.datatype_unit {
-        None | Some(Value::Null) => None,
-        Some(Value::String(unit)) => {
-            parse::check_text("datatype_unit", &unit, limits, true)?;
-            Some(unit)
+    fn into_metadata(self) -> Result<DeviceMetadata, Reject> {
+        let mut additional_properties = Map::new();
+        for extra in self.additional {
+            let value: Value = serde_json::from_str(extra.value.get())
+                .map_err(|e| Reject::new(RejectReason::InvalidJson, None, e.to_string()))?;
+            additional_properties.insert(extra.name.into_owned(), value);
         }
-        Some(other) => {
-            return Err(parse::wrong_type(
-                "datatype_unit",
-                "a string or null",
-                &other,
-            ))
-        }
-    };
-    let persist = match raw.persist {
-        Some(Value::Bool(b)) => b,
-        Some(Value::Null) => return Err(parse::missing("persist", "a boolean", true)),
-        None => return Err(parse::missing("persist", "a boolean", false)),
-        Some(other) => return Err(parse::wrong_type("persist", "a boolean", &other)),
-    };
-    let last_updated = parse::required_string("last_updated", raw.last_updated)?;
-    let last_updated_ms = parse_last_updated(&last_updated)?;
+        Ok(DeviceMetadata {
+            device_id: self.device_id.into_owned(),
+            datatype_id: self.datatype_id.into_owned(),
+            datatype_name: self.datatype_name.into_owned(),
+            datatype_unit: self.datatype_unit.map(Cow::into_owned),
+            persist: self.persist,
+            last_updated_ms: self.last_updated_ms,
+            additional_properties,
+        })
+    }
+}
 
-    if let Some(key) = key {
-        if key != device_id {
+/// Parses and checks one device object: syntax first (a syntax error anywhere wins over a
+/// field error), then duplicates, then each named field in schema order.
+fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, Reject> {
+    let mut raw = parse::parse_object(text, DeviceVisitor)?;
+
+    raw.additional
+        .sort_by(|a, b| (&*a.name, a.position).cmp(&(&*b.name, b.position)));
+    // The field whose second appearance comes first, named or not.
+    let mut duplicate = raw.duplicate.take();
+    for pair in raw.additional.windows(2) {
+        if pair[0].name == pair[1].name && duplicate.as_ref().is_none_or(|d| pair[1].position < d.0)
+        {
+            duplicate = Some((pair[1].position, pair[1].name.to_string()));
+        }
+    }
+    if let Some((_, field)) = duplicate {
+        return Err(parse::duplicate(&field));
+    }
+    for extra in &raw.additional {
+        if nesting(extra.value.get()) > MAX_VALUE_DEPTH {
             return Err(Reject::new(
-                RejectReason::KeyMismatch,
-                Some("device_id"),
+                RejectReason::InvalidJson,
+                None,
                 format!(
-                    "expected the Kafka key to equal device_id, got key {} and device_id {}",
-                    parse::preview(key),
-                    parse::preview(&device_id)
+                    "recursion limit exceeded: field {} nests deeper than {MAX_VALUE_DEPTH} levels",
+                    parse::preview(&extra.name)
                 ),
             ));
         }
     }
 
-    Ok(DeviceMetadata {
+    let device_id = required_string("device_id", raw.device_id)?;
+    parse::check_text("device_id", &device_id, limits, false)?;
+    let datatype_id = required_string("datatype_id", raw.datatype_id)?;
+    parse::check_text("datatype_id", &datatype_id, limits, false)?;
+    let datatype_name = required_string("datatype_name", raw.datatype_name)?;
+    parse::check_text("datatype_name", &datatype_name, limits, false)?;
+    let datatype_unit = match raw.datatype_unit {
+        None | Some(Named::Null) => None,
+        Some(Named::Str(unit)) => {
+            parse::check_text("datatype_unit", &unit, limits, true)?;
+            Some(unit)
+        }
+        Some(other) => {
+            return Err(parse::wrong_type_named(
+                "datatype_unit",
+                "a string or null",
+                other.type_name(),
+            ))
+        }
+    };
+    let persist = match raw.persist {
+        Some(Named::Bool(b)) => b,
+        Some(Named::Null) => return Err(parse::missing("persist", "a boolean", true)),
+        None => return Err(parse::missing("persist", "a boolean", false)),
+        Some(other) => {
+            return Err(parse::wrong_type_named(
+                "persist",
+                "a boolean",
+                other.type_name(),
+            ))
+        }
+    };
+    let last_updated = required_string("last_updated", raw.last_updated)?;
+    let last_updated_ms = parse_last_updated(&last_updated)?;
+
+    Ok(ParsedDevice {
         device_id,
         datatype_id,
         datatype_name,
         datatype_unit,
         persist,
         last_updated_ms,
-        additional_properties: raw.additional,
+        additional: raw.additional,
     })
+}
+
+/// A required string field: absent or null is missing, anything else but a string is the
+/// wrong type.
+fn required_string<'a>(field: &str, value: Option<Named<'a>>) -> Result<Cow<'a, str>, Reject> {
+    match value {
+        Some(Named::Str(s)) => Ok(s),
+        Some(Named::Null) => Err(parse::missing(field, "a string", true)),
+        None => Err(parse::missing(field, "a string", false)),
+        Some(other) => Err(parse::wrong_type_named(
+            field,
+            "a string",
+            other.type_name(),
+        )),
+    }
 }
 
 /// RFC 3339 with an offset -> epoch milliseconds, sub-millisecond digits truncated.
@@ -213,30 +388,32 @@ fn parse_last_updated(s: &str) -> Result<i64, Reject> {
 /// Every top-level field as it came; checking happens after the whole document parsed, so
 /// a syntax error anywhere wins over a field error.
 #[derive(Default)]
-struct RawDevice {
-    device_id: Option<Value>,
-    datatype_id: Option<Value>,
-    datatype_name: Option<Value>,
-    datatype_unit: Option<Value>,
-    persist: Option<Value>,
-    last_updated: Option<Value>,
-    additional: Map<String, Value>,
-    /// The first field seen twice.
-    duplicate: Option<String>,
+struct RawDevice<'de> {
+    device_id: Option<Named<'de>>,
+    datatype_id: Option<Named<'de>>,
+    datatype_name: Option<Named<'de>>,
+    datatype_unit: Option<Named<'de>>,
+    persist: Option<Named<'de>>,
+    last_updated: Option<Named<'de>>,
+    additional: Vec<Extra<'de>>,
+    /// The first named field seen twice, and where.
+    duplicate: Option<(usize, String)>,
 }
 
 struct DeviceVisitor;
 
 impl<'de> Visitor<'de> for DeviceVisitor {
-    type Value = RawDevice;
+    type Value = RawDevice<'de>;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a device metadata JSON object")
     }
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDevice, A::Error> {
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDevice<'de>, A::Error> {
         let mut raw = RawDevice::default();
+        let mut position = 0;
         while let Some(FieldKey(key)) = map.next_key()? {
+            position += 1;
             let slot = match &*key {
                 "device_id" => &mut raw.device_id,
                 "datatype_id" => &mut raw.datatype_id,
@@ -244,19 +421,19 @@ impl<'de> Visitor<'de> for DeviceVisitor {
                 "datatype_unit" => &mut raw.datatype_unit,
                 "persist" => &mut raw.persist,
                 "last_updated" => &mut raw.last_updated,
-                _ if raw.additional.contains_key(&*key) => {
-                    raw.duplicate.get_or_insert_with(|| key.into_owned());
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
                 _ => {
-                    let value = map.next_value()?;
-                    raw.additional.insert(key.into_owned(), value);
+                    let value = map.next_value::<&'de RawValue>()?;
+                    raw.additional.push(Extra {
+                        name: key,
+                        value,
+                        position,
+                    });
                     continue;
                 }
             };
             if slot.is_some() {
-                raw.duplicate.get_or_insert_with(|| key.into_owned());
+                raw.duplicate
+                    .get_or_insert_with(|| (position, key.into_owned()));
                 map.next_value::<IgnoredAny>()?;
             } else {
                 *slot = Some(map.next_value()?);
@@ -264,6 +441,145 @@ impl<'de> Visitor<'de> for DeviceVisitor {
         }
         Ok(raw)
     }
+}
+
+/// A named field's value: what the schema can use, or the JSON type it got instead (arrays
+/// and objects are skipped, not built).
+enum Named<'de> {
+    Str(Cow<'de, str>),
+    Bool(bool),
+    Null,
+    Other(&'static str),
+}
+
+impl Named<'_> {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Named::Str(_) => "string",
+            Named::Bool(_) => "boolean",
+            Named::Null => "null",
+            Named::Other(name) => name,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Named<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamedVisitor;
+        impl<'de> Visitor<'de> for NamedVisitor {
+            type Value = Named<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("any JSON value")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Named::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Named::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Self::Value, E> {
+                Ok(Named::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(Named::Bool(v))
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Named::Null)
+            }
+            fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+                Ok(Named::Null)
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(Named::Other("number"))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(Named::Other("number"))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(Named::Other("number"))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(Named::Other("array"))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Named::Other("object"))
+            }
+        }
+        deserializer.deserialize_any(NamedVisitor)
+    }
+}
+
+/// `s` as a JSON string, escaped exactly as serde_json escapes it (so both ways of
+/// writing the normalized form agree byte for byte).
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing to a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// Appends one JSON value (already validated) without insignificant whitespace.
+fn push_compact(out: &mut Vec<u8>, raw: &str) {
+    let bytes = raw.as_bytes();
+    let composite = matches!(bytes.first(), Some(b'{' | b'['));
+    if !composite
+        || !bytes
+            .iter()
+            .any(|b| matches!(b, b' ' | b'\n' | b'\t' | b'\r'))
+    {
+        out.extend_from_slice(bytes);
+        return;
+    }
+    let (mut in_string, mut escaped, mut run) = (false, false, 0);
+    for (i, &b) in bytes.iter().enumerate() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
+            out.extend_from_slice(&bytes[run..i]);
+            run = i + 1;
+        }
+    }
+    out.extend_from_slice(&bytes[run..]);
+}
+
+/// How deep a (valid) JSON value nests: 0 for a scalar, 1 for a flat array or object.
+fn nesting(raw: &str) -> usize {
+    let bytes = raw.as_bytes();
+    if !matches!(bytes.first(), Some(b'{' | b'[')) {
+        return 0;
+    }
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 struct Normalized<'a>(&'a DeviceMetadata);
@@ -289,11 +605,39 @@ impl Serialize for Normalized<'_> {
     }
 }
 
-/// Epoch milliseconds shown as `YYYY-MM-DDTHH:MM:SS.mmmZ`, without an allocation.
+/// `YYYY-MM-DDTHH:MM:SS.mmmZ` of epoch milliseconds in 1970..=9999, digit by digit.
+fn utc_millis(ms: i64) -> [u8; 24] {
+    let days = ms.div_euclid(86_400_000);
+    let ms_of_day = ms.rem_euclid(86_400_000);
+    let (year, month, day) = civil_from_days(days);
+    let secs = ms_of_day / 1000;
+    let mut out = *b"0000-00-00T00:00:00.000Z";
+    let mut put = |at: usize, width: usize, mut n: i64| {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(0, 4, year.clamp(0, 9999));
+    put(5, 2, month);
+    put(8, 2, day);
+    put(11, 2, secs / 3600);
+    put(14, 2, secs / 60 % 60);
+    put(17, 2, secs % 60);
+    put(20, 3, ms_of_day % 1000);
+    out
+}
+
+/// Epoch milliseconds shown as `YYYY-MM-DDTHH:MM:SS.mmmZ`.
 struct UtcMillis(i64);
 
 impl fmt::Display for UtcMillis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if (0..=MAX_MS as i64).contains(&self.0) {
+            let digits = utc_millis(self.0);
+            return f.write_str(std::str::from_utf8(&digits).map_err(|_| fmt::Error)?);
+        }
+        // Hand-built values outside the decodable range: the general (slower) form.
         let days = self.0.div_euclid(86_400_000);
         let ms_of_day = self.0.rem_euclid(86_400_000);
         let (year, month, day) = civil_from_days(days);
@@ -347,11 +691,23 @@ mod tests {
         Limits::default()
     }
 
-    fn ok_with_key(key: Option<&str>, payload: &str) -> DeviceMetadata {
+    fn upsert(key: Option<&str>, payload: &str) -> DeviceUpsert {
         match decode(key.map(str::as_bytes), Some(payload.as_bytes()), &limits()) {
             Ok(Event::DeviceUpsert(d)) => d,
             other => panic!("expected an upsert, got {other:?}"),
         }
+    }
+
+    /// The typed view of what decoding stores; also checks that the stored form is what
+    /// the typed view writes, where the input was already in normal form.
+    fn ok_with_key(key: Option<&str>, payload: &str) -> DeviceMetadata {
+        let stored = upsert(key, payload);
+        let d = stored.metadata().expect("the stored form reads back");
+        assert_eq!(d.device_id, stored.device_id());
+        assert_eq!(d.last_updated_ms, stored.last_updated_ms());
+        // Normalizing is a fixed point.
+        assert_eq!(upsert(None, stored.normalized_json()), stored);
+        d
     }
 
     fn ok(payload: &str) -> DeviceMetadata {
@@ -770,13 +1126,9 @@ mod tests {
             None,
             "invalid type: sequence, expected a device metadata JSON object",
         );
+        // Unclosed: a syntax error, found without recursing.
         let r = err(&with("site", None).replace('}', &format!(r#","x":{deep}}}"#)));
-        assert_reject(
-            &r,
-            RejectReason::InvalidJson,
-            None,
-            "recursion limit exceeded",
-        );
+        assert_reject(&r, RejectReason::InvalidJson, None, "expected value");
         let nested = format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000));
         let r = err(&format!(r#"{{"site":{nested}}}"#));
         assert_reject(
@@ -828,19 +1180,60 @@ mod tests {
 
     #[test]
     fn normalized_json_has_fixed_field_order() {
-        let d = ok(&with(
-            "last_updated",
-            Some(json!("2026-11-22T12:00:00.25+02:00")),
-        ));
-        assert_eq!(
-            d.to_normalized_json(),
-            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":"C","persist":true,"last_updated":"2026-11-22T10:00:00.250Z","site":"plant-3"}"#
+        let input = with("last_updated", Some(json!("2026-11-22T12:00:00.25+02:00")));
+        let expected = r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":"C","persist":true,"last_updated":"2026-11-22T10:00:00.250Z","site":"plant-3"}"#;
+        assert_eq!(upsert(None, &input).normalized_json(), expected);
+        assert_eq!(ok(&input).to_normalized_json(), expected);
+        let input = with("datatype_unit", None).replace(r#""site":"plant-3""#, r#""persist2":0"#);
+        let expected = r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":null,"persist":true,"last_updated":"2026-11-22T10:00:00.000Z","persist2":0}"#;
+        assert_eq!(upsert(None, &input).normalized_json(), expected);
+        assert_eq!(ok(&input).to_normalized_json(), expected);
+    }
+
+    #[test]
+    fn additional_properties_are_stored_as_they_came_without_whitespace_and_sorted() {
+        let stored = upsert(
+            None,
+            r#"{"zeta": [1, 2.50, 1e2, {"k" : "a b\" c"}],
+              "device_id": "dev-42", "datatype_id": "dt-7", "datatype_name": "temperature",
+              "persist": true, "last_updated": "2026-11-22T10:00:00Z",
+              "alpha":	"caf\u00e9", "big": 123456789012345678901234567890}"#,
         );
-        let d = ok(&with("datatype_unit", None).replace(r#""site":"plant-3""#, r#""persist2":0"#));
         assert_eq!(
-            d.to_normalized_json(),
-            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":null,"persist":true,"last_updated":"2026-11-22T10:00:00.000Z","persist2":0}"#
+            stored.normalized_json(),
+            r#"{"device_id":"dev-42","datatype_id":"dt-7","datatype_name":"temperature","datatype_unit":null,"persist":true,"last_updated":"2026-11-22T10:00:00.000Z","alpha":"caf\u00e9","big":123456789012345678901234567890,"zeta":[1,2.50,1e2,{"k":"a b\" c"}]}"#
         );
+        // Any JSON reader reads the same values.
+        let v: Value = serde_json::from_str(stored.normalized_json()).unwrap();
+        assert_eq!(v["alpha"], "café");
+        assert_eq!(v["zeta"][3]["k"], "a b\" c");
+        let typed = stored.metadata().unwrap();
+        assert_eq!(typed.additional_properties["zeta"][2], json!(100.0));
+    }
+
+    #[test]
+    fn nesting_stops_where_a_json_reader_would() {
+        let at = |depth: usize| {
+            let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+            with("site", Some(Value::Null)).replace("null", &nested)
+        };
+        let deepest = upsert(None, &at(MAX_VALUE_DEPTH));
+        assert!(serde_json::from_str::<Value>(deepest.normalized_json()).is_ok());
+        assert!(deepest.metadata().is_ok());
+        let r = err(&at(MAX_VALUE_DEPTH + 1));
+        assert_reject(
+            &r,
+            RejectReason::InvalidJson,
+            None,
+            "recursion limit exceeded",
+        );
+        // One level more is what serde_json itself refuses.
+        let too_deep = format!(
+            "{{\"site\":{}1{}}}",
+            "[".repeat(MAX_VALUE_DEPTH + 1),
+            "]".repeat(MAX_VALUE_DEPTH + 1)
+        );
+        assert!(serde_json::from_str::<Value>(&too_deep).is_err());
     }
 
     #[test]
@@ -851,6 +1244,11 @@ mod tests {
             "persist": false, "last_updated": "2026-11-22T10:00:00Z", "zzz": "\"last_updated\":\"x"}"#,
         );
         let json = d.to_normalized_json();
+        assert_eq!(
+            upsert(None, &json).normalized_json(),
+            json,
+            "decoding stores what the typed view writes"
+        );
         let needle = r#""last_updated":""#;
         let at = json.find(needle).unwrap();
         assert_eq!(

@@ -10,7 +10,7 @@ mod metric;
 mod parse;
 mod reject;
 
-pub use device::DeviceMetadata;
+pub use device::{DeviceMetadata, DeviceUpsert};
 pub use limits::Limits;
 pub use metric::{MetricOp, DEFAULT_NAMESPACE};
 pub use reject::{Reject, RejectReason};
@@ -25,8 +25,8 @@ pub enum TopicKind {
 /// A validated event, ready for command planning.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Insert or update one device's metadata.
-    DeviceUpsert(DeviceMetadata),
+    /// Insert or update one device's metadata (its typed view: [`DeviceUpsert::metadata`]).
+    DeviceUpsert(DeviceUpsert),
     /// A Kafka tombstone on the device topic: forget the device.
     DeviceDelete { device_id: String },
     /// An operation on one namespace's metric-name set.

@@ -99,10 +99,15 @@ pub(super) fn json_type(value: &Value) -> &'static str {
 }
 
 pub(super) fn wrong_type(field: &str, expected: &str, got: &Value) -> Reject {
+    wrong_type_named(field, expected, json_type(got))
+}
+
+/// As [`wrong_type`], for a value known only by its JSON type's name.
+pub(super) fn wrong_type_named(field: &str, expected: &str, got: &str) -> Reject {
     Reject::new(
         RejectReason::WrongType,
         Some(field),
-        format!("expected {expected}, got {}", json_type(got)),
+        format!("expected {expected}, got {got}"),
     )
 }
 
@@ -116,22 +121,13 @@ pub(super) fn missing(field: &str, expected: &str, got_null: bool) -> Reject {
 }
 
 pub(super) fn duplicate(field: &str) -> Reject {
+    // An empty name is still a name: spelled as JSON, so the header is not blank.
+    let field = if field.is_empty() { "\"\"" } else { field };
     Reject::new(
         RejectReason::DuplicateField,
         Some(field),
         "field appears more than once; expected it exactly once",
     )
-}
-
-/// A required string field: absent or null is missing, anything else but a string is the
-/// wrong type.
-pub(super) fn required_string(field: &str, value: Option<Value>) -> Result<String, Reject> {
-    match value {
-        Some(Value::String(s)) => Ok(s),
-        Some(Value::Null) => Err(missing(field, "a string", true)),
-        None => Err(missing(field, "a string", false)),
-        Some(other) => Err(wrong_type(field, "a string", &other)),
-    }
 }
 
 /// A string for humans: quoted, escaped, and cut short.
@@ -206,6 +202,12 @@ mod tests {
         let p = preview(&long);
         assert_eq!(p, format!("{:?}...", "é".repeat(PREVIEW_CHARS)));
         assert_eq!(preview("a\"b"), r#""a\"b""#);
+    }
+
+    #[test]
+    fn a_duplicate_empty_name_is_named_as_json() {
+        assert_eq!(duplicate("").field.as_deref(), Some("\"\""));
+        assert_eq!(duplicate("site").field.as_deref(), Some("site"));
     }
 
     #[test]

@@ -5,6 +5,9 @@
 //! callbacks run inside `poll` and must be able to wait (for the in-flight records of the
 //! partitions being taken away) without blocking the async writer they wait for.
 //!
+//! It does nothing per record but copy it into a [`Chunk`]; chunks go to the writer, which
+//! decodes them (see [`crate::record`] for why).
+//!
 //! Backpressure: the channel to the writer is bounded. While it is full the thread waits;
 //! if it stays full (Redis slow or down) the thread pauses every assigned partition and
 //! keeps polling, so the consumer stays in its group however long the outage lasts, and
@@ -25,9 +28,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
-use crate::model::{self, Limits, TopicKind};
+use crate::model::TopicKind;
 use crate::rate_limit::RateLimit;
-use crate::record::{Ack, AssignmentEpoch, Origin, Record};
+use crate::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats};
 
@@ -124,9 +127,29 @@ impl TopicNames {
 /// the same thread: the lock is never contended, it only satisfies the borrow rules).
 struct SourceState {
     offsets: Offsets,
-    /// Decoded records waiting for room in the channel, in consumption order.
-    stash: VecDeque<Record>,
+    /// The chunk being filled.
+    filling: Chunk,
+    /// Full chunks waiting for room in the channel, in consumption order.
+    stash: VecDeque<Chunk>,
     paused: bool,
+}
+
+impl SourceState {
+    /// Queues the chunk being filled behind the stash.
+    fn seal(&mut self) {
+        if !self.filling.is_empty() {
+            let chunk = std::mem::take(&mut self.filling);
+            self.stash.push_back(chunk);
+        }
+    }
+
+    fn dispatched(&mut self, chunk: &Chunk) {
+        for entry in chunk.entries() {
+            let origin = entry.origin;
+            self.offsets
+                .dispatched((origin.topic, origin.partition), origin.offset);
+        }
+    }
 }
 
 pub struct SourceContext {
@@ -307,9 +330,16 @@ impl ConsumerContext for SourceContext {
         // decided on knowledge from this assignment.
         self.epoch.bump();
         let revoked = self.ids(tpl);
-        self.state()
-            .stash
-            .retain(|r| !revoked.contains(&(r.origin.topic, r.origin.partition)));
+        {
+            let mut state = self.state();
+            let keep =
+                |e: &crate::record::Entry| !revoked.contains(&(e.origin.topic, e.origin.partition));
+            state.filling.retain(keep);
+            for chunk in state.stash.iter_mut() {
+                chunk.retain(keep);
+            }
+            state.stash.retain(|c| !c.is_empty());
+        }
         let wait = if self.closing.load(Relaxed) {
             Duration::ZERO
         } else {
@@ -427,8 +457,9 @@ pub struct SourceReport {
 /// The consumer thread's side of the pipeline.
 pub struct KafkaSource {
     consumer: BaseConsumer<SourceContext>,
-    records: Option<flume::Sender<Record>>,
-    limits: Limits,
+    records: Option<flume::Sender<Chunk>>,
+    /// Records per chunk.
+    chunk_records: usize,
     shutdown: Shutdown,
     commit_interval: Duration,
     shutdown_timeout: Duration,
@@ -439,12 +470,12 @@ impl KafkaSource {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         kafka: &KafkaSettings,
-        limits: Limits,
         stats: Arc<Stats>,
         shutdown: Shutdown,
-        records: flume::Sender<Record>,
+        records: flume::Sender<Chunk>,
         acks: flume::Receiver<Ack>,
         epoch: Arc<AssignmentEpoch>,
+        chunk_records: usize,
         shutdown_timeout: Duration,
     ) -> KafkaResult<Self> {
         let topics = TopicNames {
@@ -454,6 +485,7 @@ impl KafkaSource {
         let context = SourceContext {
             state: Mutex::new(SourceState {
                 offsets: Offsets::default(),
+                filling: Chunk::new(),
                 stash: VecDeque::new(),
                 paused: false,
             }),
@@ -471,7 +503,7 @@ impl KafkaSource {
         Ok(KafkaSource {
             consumer,
             records: Some(records),
-            limits,
+            chunk_records,
             shutdown,
             commit_interval: Duration::from_millis(kafka.commit_interval_ms),
             shutdown_timeout,
@@ -490,22 +522,23 @@ impl KafkaSource {
         let mut blocked_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
         while !self.shutdown.is_triggered() {
-            if last_pending.elapsed() >= Duration::from_millis(200) {
+            let now = Instant::now();
+            if now.duration_since(last_pending) >= Duration::from_millis(200) {
                 let pending = self.ctx().state().offsets.in_flight();
                 self.ctx()
                     .stats
                     .pending_records
                     .store(pending as u64, Relaxed);
-                last_pending = Instant::now();
+                last_pending = now;
             }
-            if last_commit.elapsed() >= self.commit_interval {
+            if now.duration_since(last_commit) >= self.commit_interval {
                 self.ctx().commit(&self.consumer, CommitMode::Async, None);
-                last_commit = Instant::now();
+                last_commit = now;
             }
-            let Some(records) = self.records.clone() else {
+            let Some(records) = self.records.as_ref() else {
                 break;
             };
-            match self.flush_stash(&records) {
+            match self.flush_stash(records) {
                 Flush::Empty => {
                     blocked_since = None;
                     if self.ctx().state().paused {
@@ -513,12 +546,12 @@ impl KafkaSource {
                     }
                 }
                 Flush::Full => {
-                    let since = *blocked_since.get_or_insert_with(Instant::now);
+                    let since = *blocked_since.get_or_insert(now);
                     let paused = self.ctx().state().paused;
-                    if !paused && since.elapsed() >= PAUSE_AFTER {
+                    if !paused && now.duration_since(since) >= PAUSE_AFTER {
                         self.set_paused(true);
                     } else if !paused {
-                        self.wait_for_room(&records);
+                        self.wait_for_room(records);
                         continue;
                     }
                 }
@@ -528,80 +561,83 @@ impl KafkaSource {
                     break;
                 }
             }
-            match self.consumer.poll(POLL_INTERVAL) {
-                None => {}
-                Some(Ok(message)) => {
-                    let record = self.decode(&message);
-                    self.offer(&records, record);
-                }
-                Some(Err(e))
-                    if last_poll_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) =>
-                {
-                    tracing::warn!(error = %e, "kafka poll error");
-                    last_poll_error = Some(Instant::now());
-                }
-                Some(Err(_)) => {}
-            }
+            self.fill(&mut last_poll_error);
             let mut state = self.ctx().state();
             self.ctx().apply_acks(&mut state);
         }
         self.finish()
     }
 
-    fn decode(&self, message: &rdkafka::message::BorrowedMessage<'_>) -> Record {
+    /// Polls until the chunk is full or librdkafka has nothing ready, then queues the
+    /// chunk: waiting only when there is nothing to send keeps latency at one poll.
+    fn fill(&self, last_poll_error: &mut Option<Instant>) {
         let ctx = self.ctx();
-        let topic = message.topic();
-        // Only the two configured topics are subscribed, so every record maps to a kind.
-        let kind = ctx.topics.kind(topic).unwrap_or(TopicKind::Device);
-        ctx.stats.topic(kind).consumed.fetch_add(1, Relaxed);
-        let key = message.key();
-        let value = message.payload();
-        let decoded = model::decode(kind, key, value, &self.limits);
-        Record {
-            origin: Origin {
-                topic: kind,
-                partition: message.partition(),
-                offset: message.offset(),
-            },
-            key: key.map(<[u8]>::to_vec),
-            value: value.map(<[u8]>::to_vec),
-            decoded,
-            epoch: ctx.epoch.current(),
-        }
-    }
-
-    /// Sends at once if nothing is waiting before it; keeps consumption order otherwise.
-    fn offer(&self, records: &flume::Sender<Record>, record: Record) {
-        let mut state = self.ctx().state();
-        if state.stash.is_empty() {
-            let origin = record.origin;
-            match records.try_send(record) {
-                Ok(()) => state
-                    .offsets
-                    .dispatched((origin.topic, origin.partition), origin.offset),
-                Err(flume::TrySendError::Full(r)) | Err(flume::TrySendError::Disconnected(r)) => {
-                    state.stash.push_back(r)
+        let mut consumed = [0u64; 2];
+        loop {
+            let waiting = ctx.state().filling.is_empty();
+            let timeout = if waiting {
+                POLL_INTERVAL
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                None => break,
+                Some(Ok(message)) => {
+                    let topic = message.topic();
+                    // Only the two configured topics are subscribed, so every record
+                    // maps to a kind.
+                    let kind = ctx.topics.kind(topic).unwrap_or(TopicKind::Device);
+                    consumed[kind as usize] += 1;
+                    let origin = Origin {
+                        topic: kind,
+                        partition: message.partition(),
+                        offset: message.offset(),
+                    };
+                    let mut state = ctx.state();
+                    state.filling.push(
+                        origin,
+                        ctx.epoch.current(),
+                        message.key(),
+                        message.payload(),
+                    );
+                    if state.filling.is_full(self.chunk_records) {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    if last_poll_error.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+                        tracing::warn!(error = %e, "kafka poll error");
+                        *last_poll_error = Some(Instant::now());
+                    }
+                    break;
                 }
             }
-        } else {
-            state.stash.push_back(record);
         }
+        for kind in [TopicKind::Device, TopicKind::Metric] {
+            if consumed[kind as usize] > 0 {
+                ctx.stats
+                    .topic(kind)
+                    .consumed
+                    .fetch_add(consumed[kind as usize], Relaxed);
+            }
+        }
+        ctx.state().seal();
     }
 
-    fn flush_stash(&self, records: &flume::Sender<Record>) -> Flush {
+    fn flush_stash(&self, records: &flume::Sender<Chunk>) -> Flush {
         let mut state = self.ctx().state();
-        while let Some(record) = state.stash.pop_front() {
-            let origin = record.origin;
-            match records.try_send(record) {
-                Ok(()) => state
-                    .offsets
-                    .dispatched((origin.topic, origin.partition), origin.offset),
-                Err(flume::TrySendError::Full(r)) => {
-                    state.stash.push_front(r);
+        while let Some(chunk) = state.stash.pop_front() {
+            state.dispatched(&chunk);
+            match records.try_send(chunk) {
+                Ok(()) => {}
+                Err(flume::TrySendError::Full(chunk)) => {
+                    undispatch(&mut state, &chunk);
+                    state.stash.push_front(chunk);
                     return Flush::Full;
                 }
-                Err(flume::TrySendError::Disconnected(r)) => {
-                    state.stash.push_front(r);
+                Err(flume::TrySendError::Disconnected(chunk)) => {
+                    undispatch(&mut state, &chunk);
+                    state.stash.push_front(chunk);
                     return Flush::WriterGone;
                 }
             }
@@ -611,20 +647,19 @@ impl KafkaSource {
 
     /// Blocks briefly for room in the channel (without polling, which is fine for the
     /// short waits before a pause).
-    fn wait_for_room(&self, records: &flume::Sender<Record>) {
-        let Some(record) = self.ctx().state().stash.pop_front() else {
+    fn wait_for_room(&self, records: &flume::Sender<Chunk>) {
+        let Some(chunk) = self.ctx().state().stash.pop_front() else {
             return;
         };
-        let origin = record.origin;
-        match records.send_timeout(record, Duration::from_millis(20)) {
-            Ok(()) => self
-                .ctx()
-                .state()
-                .offsets
-                .dispatched((origin.topic, origin.partition), origin.offset),
-            Err(flume::SendTimeoutError::Timeout(r))
-            | Err(flume::SendTimeoutError::Disconnected(r)) => {
-                self.ctx().state().stash.push_front(r)
+        // Marked before the send: once sent, the writer may acknowledge it at any time.
+        self.ctx().state().dispatched(&chunk);
+        match records.send_timeout(chunk, Duration::from_millis(20)) {
+            Ok(()) => {}
+            Err(flume::SendTimeoutError::Timeout(chunk))
+            | Err(flume::SendTimeoutError::Disconnected(chunk)) => {
+                let mut state = self.ctx().state();
+                undispatch(&mut state, &chunk);
+                state.stash.push_front(chunk);
             }
         }
         let mut state = self.ctx().state();
@@ -666,7 +701,11 @@ impl KafkaSource {
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
         }
-        self.ctx().state().stash.clear();
+        {
+            let mut state = self.ctx().state();
+            state.stash.clear();
+            state.filling = Chunk::new();
+        }
         // Closing the channel tells the writer to flush what it holds and finish.
         self.records = None;
         let deadline = Instant::now() + self.shutdown_timeout;
@@ -700,4 +739,14 @@ enum Flush {
     Empty,
     Full,
     WriterGone,
+}
+
+/// Takes back the dispatch marks of a chunk that could not be sent after all.
+fn undispatch(state: &mut SourceState, chunk: &Chunk) {
+    for entry in chunk.entries().iter().rev() {
+        let origin = entry.origin;
+        state
+            .offsets
+            .undispatched((origin.topic, origin.partition), origin.offset);
+    }
 }

@@ -33,6 +33,16 @@ impl PartitionProgress {
         self.next = Some(offset + 1);
     }
 
+    /// Takes back the latest dispatch (the record could not be handed over after all).
+    pub fn undispatched(&mut self, offset: i64) {
+        if self.pending.back() == Some(&(offset, false)) {
+            self.pending.pop_back();
+            // The offset is where this partition resumes: committing it is right even if
+            // the records before it were gaps.
+            self.next = Some(offset);
+        }
+    }
+
     /// Marks one record done; returns false if it is not pending here (already done, or
     /// from before a rebalance).
     pub fn done(&mut self, offset: i64) -> bool {
@@ -113,6 +123,12 @@ impl Offsets {
         self.partitions.entry(id).or_default().dispatched(offset);
     }
 
+    pub fn undispatched(&mut self, id: PartitionId, offset: i64) {
+        if let Some(p) = self.partitions.get_mut(&id) {
+            p.undispatched(offset);
+        }
+    }
+
     /// Marks records done; records of partitions no longer assigned are ignored (the new
     /// owner replays them from the committed offset).
     pub fn done(&mut self, id: PartitionId, offset: i64) -> bool {
@@ -155,6 +171,23 @@ mod tests {
         // All done: commit the offset after the last one dispatched (gap 13-14 skipped).
         assert_eq!(p.watermark(), Some(16));
         assert_eq!(p.in_flight(), 0);
+    }
+
+    #[test]
+    fn an_undone_dispatch_leaves_the_watermark_where_it_resumes() {
+        let mut p = PartitionProgress::default();
+        p.dispatched(4);
+        p.done(4);
+        p.dispatched(9);
+        p.dispatched(10);
+        p.undispatched(10);
+        p.undispatched(9);
+        assert_eq!(p.in_flight(), 0);
+        assert_eq!(p.watermark(), Some(9));
+        // Only the latest dispatch can be taken back.
+        p.dispatched(9);
+        p.undispatched(4);
+        assert_eq!(p.in_flight(), 1);
     }
 
     #[test]

@@ -20,7 +20,7 @@ use redis::{Cmd, Pipeline, RedisWrite, ToRedisArgs};
 use super::keys::KeyLayout;
 use super::scripts;
 use super::versions::{Decision, KnownVersions};
-use crate::model::{DeviceMetadata, Event, MetricOp};
+use crate::model::{DeviceUpsert, Event, MetricOp};
 
 /// Expiry applied to what metacache writes; 0 = none.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -163,18 +163,19 @@ impl Planner {
     fn upsert_device<'a>(
         &self,
         b: &mut Builder<'a>,
-        device: &'a DeviceMetadata,
+        device: &'a DeviceUpsert,
         epoch: Option<u64>,
         versions: &mut KnownVersions,
         now: Instant,
     ) -> Planned {
         let first = b.commands;
-        let key = DeviceKey(&self.keys, &device.device_id);
+        let key = DeviceKey(&self.keys, device.device_id());
         if self.plain_devices {
             b.push(self.set_device(key, device));
             return b.own(first, Expect::Write);
         }
-        let expect = match versions.decide(&device.device_id, device.last_updated_ms, epoch, now) {
+        let expect = match versions.decide(device.device_id(), device.last_updated_ms(), epoch, now)
+        {
             Decision::Stale => return b.own(first, Expect::Stale),
             Decision::Set => {
                 b.unguarded = true;
@@ -182,12 +183,13 @@ impl Planner {
                 Expect::Write
             }
             Decision::Guard { seq } => {
-                let mut cmd = Cmd::with_capacity(7, 160 + device.device_id.len() * 2);
+                let json = device.normalized_json();
+                let mut cmd = Cmd::with_capacity(7, 96 + json.len() + 2 * device.device_id().len());
                 cmd.arg("EVALSHA")
                     .arg(scripts::UPSERT_DEVICE.get_hash())
                     .arg(1)
                     .arg(key)
-                    .arg(NormalizedJson(device))
+                    .arg(json)
                     .arg(Shown(device.last_updated_utc()))
                     .arg(self.ttls.device_secs);
                 b.push(cmd);
@@ -199,14 +201,15 @@ impl Planner {
         // after the run, in any order.
         b.index
             .pairs
-            .push((device.last_updated_ms, &device.device_id));
+            .push((device.last_updated_ms(), device.device_id()));
         b.index.events.push(b.planned.len());
         planned
     }
 
-    fn set_device(&self, key: DeviceKey<'_>, device: &DeviceMetadata) -> Cmd {
-        let mut cmd = Cmd::with_capacity(5, 160 + device.device_id.len() * 2);
-        cmd.arg("SET").arg(key).arg(NormalizedJson(device));
+    fn set_device(&self, key: DeviceKey<'_>, device: &DeviceUpsert) -> Cmd {
+        let json = device.normalized_json();
+        let mut cmd = Cmd::with_capacity(5, 32 + json.len() + device.device_id().len());
+        cmd.arg("SET").arg(key).arg(json);
         if self.ttls.device_secs > 0 {
             cmd.arg("EX").arg(self.ttls.device_secs);
         }
@@ -358,16 +361,6 @@ impl ToRedisArgs for DeviceKey<'_> {
     }
 }
 
-/// The device's normalized JSON, serialized straight into the command buffer.
-struct NormalizedJson<'a>(&'a DeviceMetadata);
-
-impl ToRedisArgs for NormalizedJson<'_> {
-    fn write_redis_args<W: ?Sized + RedisWrite>(&self, out: &mut W) {
-        // Writing into the command's own buffer cannot fail.
-        let _ = self.0.write_normalized_json(&mut out.writer_for_next_arg());
-    }
-}
-
 /// Any `Display` value as one argument, formatted in place.
 struct Shown<T>(T);
 
@@ -380,6 +373,7 @@ impl<T: std::fmt::Display> ToRedisArgs for Shown<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::DeviceMetadata;
     use serde_json::Map;
 
     fn render(pipe: &Pipeline) -> Vec<String> {
@@ -406,7 +400,7 @@ mod tests {
         )
     }
 
-    fn device(id: &str, ms: i64) -> DeviceMetadata {
+    fn device(id: &str, ms: i64) -> DeviceUpsert {
         DeviceMetadata {
             device_id: id.into(),
             datatype_id: "dt-7".into(),
@@ -416,6 +410,7 @@ mod tests {
             last_updated_ms: ms,
             additional_properties: Map::new(),
         }
+        .into()
     }
 
     const MS: i64 = 1_795_348_800_000;
@@ -438,13 +433,13 @@ mod tests {
         (render(&plan.pipe), plan.planned, plan.unguarded)
     }
 
-    fn guarded(d: &DeviceMetadata, prefix: &str, ttl: u64) -> String {
+    fn guarded(d: &DeviceUpsert, prefix: &str, ttl: u64) -> String {
         format!(
             "EVALSHA {} 1 {prefix}device:{} {} {} {ttl}",
             scripts::UPSERT_DEVICE.get_hash(),
-            d.device_id,
-            d.to_normalized_json(),
-            d.last_updated_rfc3339()
+            d.device_id(),
+            d.normalized_json(),
+            d.last_updated_utc()
         )
     }
 
@@ -497,7 +492,7 @@ mod tests {
         assert_eq!(
             cmds,
             vec![
-                format!("SET device:a {}", newer.to_normalized_json()),
+                format!("SET device:a {}", newer.normalized_json()),
                 format!("ZADD devices GT {} a", MS + 1),
             ]
         );
@@ -539,7 +534,7 @@ mod tests {
         );
         assert_eq!(
             cmds[0],
-            format!("SET device:a {} EX 30", d.to_normalized_json())
+            format!("SET device:a {} EX 30", d.normalized_json())
         );
     }
 
@@ -582,7 +577,7 @@ mod tests {
         assert_eq!(planned[0].expect, Expect::Write);
         assert_eq!(
             cmds,
-            vec![format!("SET p:device:dev-42 {}", d.to_normalized_json())]
+            vec![format!("SET p:device:dev-42 {}", d.normalized_json())]
         );
     }
 

@@ -29,8 +29,8 @@ use super::plan::{Expect, PlanInput, Planned, Planner};
 use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
 use crate::dead_letter::DeadLetter;
-use crate::model::{Event, Reject, RejectReason, TopicKind};
-use crate::record::{Ack, AssignmentEpoch, Record};
+use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
+use crate::record::{Ack, AssignmentEpoch, Chunk, Record};
 use crate::stats::Stats;
 
 /// Batching and retry knobs, from `[writer]`.
@@ -75,6 +75,7 @@ pub struct Writer<C> {
     config: WriterConfig,
     versions: KnownVersions,
     epoch: Arc<AssignmentEpoch>,
+    limits: Limits,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
     dead_letters: mpsc::Sender<DeadLetter>,
@@ -91,6 +92,7 @@ where
         config: WriterConfig,
         versions: KnownVersions,
         epoch: Arc<AssignmentEpoch>,
+        limits: Limits,
         stats: Arc<Stats>,
         acks: flume::Sender<Ack>,
         dead_letters: mpsc::Sender<DeadLetter>,
@@ -101,6 +103,7 @@ where
             config,
             versions,
             epoch,
+            limits,
             stats,
             acks,
             dead_letters,
@@ -108,7 +111,7 @@ where
     }
 
     /// Runs until `records` is closed and everything received is acknowledged.
-    pub async fn run(mut self, records: flume::Receiver<Record>) {
+    pub async fn run(mut self, records: flume::Receiver<Chunk>) {
         let max_batch = self.config.max_batch.max(1);
         let max_in_flight = self.config.max_in_flight.max(1);
         let mut pending: Vec<Record> = Vec::with_capacity(max_batch);
@@ -123,11 +126,15 @@ where
                 || pending.len() >= max_batch
                 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if room && !pending.is_empty() && due {
-                let batch = self.build(std::mem::replace(
-                    &mut pending,
-                    Vec::with_capacity(max_batch),
-                ));
-                deadline = None;
+                let records = if pending.len() > max_batch {
+                    pending.drain(..max_batch).collect()
+                } else {
+                    std::mem::replace(&mut pending, Vec::with_capacity(max_batch))
+                };
+                let batch = self.build(records);
+                // What a chunk brought beyond a full batch waits for companions as usual.
+                deadline =
+                    (!pending.is_empty()).then(|| tokio::time::Instant::now() + self.config.linger);
                 flights.push_back(self.send(&batch));
                 self.stats.in_flight.store(sent.len() as u64 + 1, Relaxed);
                 sent.push_back(batch);
@@ -159,11 +166,11 @@ where
                 }
                 received = records.recv_async(), if !closed && pending.len() < max_batch => {
                     match received {
-                        Ok(record) => {
-                            self.accept(record, &mut pending).await;
+                        Ok(chunk) => {
+                            self.accept(chunk, &mut pending).await;
                             while pending.len() < max_batch {
                                 match records.try_recv() {
-                                    Ok(record) => self.accept(record, &mut pending).await,
+                                    Ok(chunk) => self.accept(chunk, &mut pending).await,
                                     Err(_) => break,
                                 }
                             }
@@ -180,14 +187,17 @@ where
         self.stats.in_flight.store(0, Relaxed);
     }
 
-    /// Valid events join the batch; rejected ones go to the dead-letter stage at once.
-    async fn accept(&self, record: Record, pending: &mut Vec<Record>) {
-        match &record.decoded {
-            Ok(_) => pending.push(record),
-            Err(reject) => {
-                let reject = reject.clone();
-                self.stats.topic(record.origin.topic).reject(reject.reason);
-                self.dead_letter(record, reject).await;
+    /// Decodes a chunk: valid events join the batch; rejected ones go to the dead-letter
+    /// stage at once.
+    async fn accept(&self, chunk: Chunk, pending: &mut Vec<Record>) {
+        for record in chunk.decode(&self.limits) {
+            match &record.decoded {
+                Ok(_) => pending.push(record),
+                Err(reject) => {
+                    let reject = reject.clone();
+                    self.stats.topic(record.origin.topic).reject(reject.reason);
+                    self.dead_letter(record, reject).await;
+                }
             }
         }
     }
@@ -195,6 +205,7 @@ where
     async fn dead_letter(&self, record: Record, reject: Reject) {
         // The dead-letter stage only stops when the daemon does; if it is gone the record
         // stays unacknowledged and is replayed after a restart, which loses nothing.
+        let record = record.detached();
         let _ = self.dead_letters.send(DeadLetter { record, reject }).await;
     }
 
@@ -292,7 +303,7 @@ where
             };
             if let Some(err) = own.iter().chain(shared).find_map(|r| r.as_ref().err()) {
                 if let Some(d) = device {
-                    self.versions.forget(&d.device_id);
+                    self.versions.forget(d.device_id());
                 }
                 refused.push((record, describe(err)));
                 continue;
@@ -304,9 +315,9 @@ where
                     let wrote = !matches!(own.first(), Some(Ok(Value::Int(0))));
                     if let Some(d) = device {
                         self.versions.guard_answered(
-                            &d.device_id,
+                            d.device_id(),
                             seq,
-                            d.last_updated_ms,
+                            d.last_updated_ms(),
                             trusted_epoch(&record, batch.trust),
                             wrote,
                             now,
@@ -457,7 +468,7 @@ fn describe(e: &RedisError) -> String {
 /// The epoch under which `record` may be decided locally: the batch's, if the record was
 /// consumed under it and has a Kafka key (so it is partitioned by device id).
 fn trusted_epoch(record: &Record, trust: Option<u64>) -> Option<u64> {
-    trust.filter(|epoch| record.epoch == *epoch && record.key.is_some())
+    trust.filter(|epoch| record.epoch == *epoch && record.key().is_some())
 }
 
 /// The key a refused write was aimed at, named for the dead-letter header.
