@@ -124,6 +124,10 @@ struct BenchArgs {
     /// Only these stages (comma-separated; all by default). The backlog is always produced.
     #[arg(long, value_enum, value_delimiter = ',')]
     stages: Vec<metacache::bench::Stage>,
+    /// A daemon setting for the runs of metacache, as `section.name=value` (repeatable),
+    /// e.g. `--set kafka.queued_max_messages_kbytes=4096`.
+    #[arg(long = "set", value_parser = parse_setting)]
+    settings: Vec<(String, String)>,
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -310,6 +314,7 @@ fn main() -> ExitCode {
             let options = if args.smoke {
                 metacache::bench::BenchOptions {
                     stages,
+                    settings: args.settings,
                     json: args.json,
                     redis_url: args.redis_url,
                     ..metacache::bench::BenchOptions::smoke()
@@ -327,6 +332,7 @@ fn main() -> ExitCode {
                     latency_rate: args.latency_rate,
                     latency_secs: args.latency_secs,
                     stages,
+                    settings: args.settings,
                     json: args.json,
                     redis_url: args.redis_url,
                 }
@@ -808,6 +814,15 @@ where
         }
         body(shutdown).await
     })
+}
+
+/// `--set section.name=value` for `metacache bench`.
+fn parse_setting(arg: &str) -> Result<(String, String), String> {
+    let (name, value) = arg
+        .split_once('=')
+        .ok_or_else(|| format!("expected section.name=value, got {arg:?}"))?;
+    metacache::bench::setting_env(name)?;
+    Ok((name.to_owned(), value.to_owned()))
 }
 
 /// `RUST_LOG` wins over `log.filter`; `--log-format` wins over `log.format`.

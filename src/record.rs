@@ -57,6 +57,14 @@ impl Chunk {
         Chunk::default()
     }
 
+    /// An empty chunk with room for `records` records (it grows past that if asked).
+    pub fn with_capacity(records: usize) -> Self {
+        Chunk {
+            bytes: Vec::new(),
+            entries: Vec::with_capacity(records),
+        }
+    }
+
     /// Appends a record; `None` is a missing key, or a tombstone's missing value.
     pub fn push(&mut self, origin: Origin, epoch: u64, key: Option<&[u8]>, value: Option<&[u8]>) {
         let key = key.map(|k| self.copy(k));
@@ -71,7 +79,9 @@ impl Chunk {
 
     fn copy(&mut self, bytes: &[u8]) -> Range<usize> {
         if self.bytes.capacity() == 0 {
-            self.bytes.reserve(CHUNK_BYTES / 4);
+            // Room for a full chunk of typical events without growing (a copy each time).
+            self.bytes
+                .reserve((self.entries.capacity() * 512).clamp(4096, CHUNK_BYTES));
         }
         let start = self.bytes.len();
         self.bytes.extend_from_slice(bytes);
@@ -101,27 +111,24 @@ impl Chunk {
         self.entries.retain(keep);
     }
 
-    /// Decodes every record, in order.
-    pub fn decode(self, limits: &Limits) -> Vec<Record> {
+    /// Decodes every record, in order, as it is taken.
+    pub fn decode(self, limits: &Limits) -> impl Iterator<Item = Record> + '_ {
         let bytes = Arc::new(self.bytes);
-        self.entries
-            .into_iter()
-            .map(|entry| {
-                let key = entry.key.as_ref().map(|r| &bytes[r.clone()]);
-                let value = entry.value.as_ref().map(|r| &bytes[r.clone()]);
-                let decoded = model::decode(entry.origin.topic, key, value, limits);
-                Record {
-                    origin: entry.origin,
-                    decoded,
-                    epoch: entry.epoch,
-                    raw: Raw {
-                        bytes: Arc::clone(&bytes),
-                        key: entry.key,
-                        value: entry.value,
-                    },
-                }
-            })
-            .collect()
+        self.entries.into_iter().map(move |entry| {
+            let key = entry.key.as_ref().map(|r| &bytes[r.clone()]);
+            let value = entry.value.as_ref().map(|r| &bytes[r.clone()]);
+            let decoded = model::decode(entry.origin.topic, key, value, limits);
+            Record {
+                origin: entry.origin,
+                decoded,
+                epoch: entry.epoch,
+                raw: Raw {
+                    bytes: Arc::clone(&bytes),
+                    key: entry.key,
+                    value: entry.value,
+                },
+            }
+        })
     }
 }
 
@@ -154,11 +161,26 @@ impl Record {
         value: Option<&[u8]>,
         limits: &Limits,
     ) -> Record {
-        let mut chunk = Chunk::new();
-        chunk.push(origin, epoch, key, value);
-        let mut records = chunk.decode(limits);
-        // One entry in, one record out.
-        records.swap_remove(0)
+        let decoded = model::decode(origin.topic, key, value, limits);
+        let mut bytes = Vec::new();
+        let mut keep = |part: Option<&[u8]>| {
+            part.map(|p| {
+                let start = bytes.len();
+                bytes.extend_from_slice(p);
+                start..bytes.len()
+            })
+        };
+        let (key, value) = (keep(key), keep(value));
+        Record {
+            origin,
+            decoded,
+            epoch,
+            raw: Raw {
+                bytes: Arc::new(bytes),
+                key,
+                value,
+            },
+        }
     }
 
     /// The Kafka key, as consumed.
@@ -239,7 +261,7 @@ mod tests {
         chunk.push(origin(2), 7, None, None);
         chunk.push(origin(3), 8, Some(b""), Some(b"v3"));
         chunk.retain(|e| e.origin.offset != 2);
-        let records = chunk.decode(&Limits::default());
+        let records: Vec<Record> = chunk.decode(&Limits::default()).collect();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].origin.offset, 1);
         assert_eq!(records[0].key(), Some(&b"k1"[..]));

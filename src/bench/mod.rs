@@ -8,6 +8,7 @@
 //! `fetch.wait.max.ms`, so every consumer here sets it to 10 ms (a real broker answers as
 //! soon as data arrives).
 
+pub mod codec;
 pub mod probes;
 pub mod workload;
 
@@ -48,6 +49,9 @@ pub struct BenchOptions {
     pub latency_secs: u64,
     /// Which stages run (all by default); a subset is for iterating on one figure.
     pub stages: Vec<Stage>,
+    /// Extra daemon settings, `section.name=value` (as in the config file), to measure
+    /// what a setting does.
+    pub settings: Vec<(String, String)>,
     #[serde(skip)]
     pub json: Option<PathBuf>,
     #[serde(skip)]
@@ -64,6 +68,8 @@ pub enum Stage {
     Redis,
     /// Naive baseline: decode, one awaited SET, a synchronous commit per message.
     Naive,
+    /// metacache's own work without I/O (decode, plan, encode) on one core.
+    Codec,
     /// The daemon draining the backlog.
     Drain,
     /// The daemon draining the backlog without the stale guard and the index.
@@ -75,10 +81,11 @@ pub enum Stage {
 }
 
 impl Stage {
-    pub const ALL: [Stage; 7] = [
+    pub const ALL: [Stage; 8] = [
         Stage::Ceiling,
         Stage::Redis,
         Stage::Naive,
+        Stage::Codec,
         Stage::Drain,
         Stage::Plain,
         Stage::Steady,
@@ -101,10 +108,35 @@ impl BenchOptions {
             latency_rate: 1_000,
             latency_secs: 2,
             stages: Stage::ALL.to_vec(),
+            settings: Vec::new(),
             json: None,
             redis_url: None,
         }
     }
+}
+
+/// The environment variable the daemon reads `name` (`section.key`, or
+/// `kafka.client.<librdkafka property>`) from.
+pub fn setting_env(name: &str) -> Result<String, String> {
+    let bad = || format!("--set {name}: expected section.name, e.g. writer.max_batch");
+    if let Some(property) = name.strip_prefix("kafka.client.") {
+        if property.is_empty() {
+            return Err(bad());
+        }
+        return Ok(format!(
+            "METACACHE__KAFKA__CLIENT__{}",
+            property.replace('.', "_").to_ascii_uppercase()
+        ));
+    }
+    let parts: Vec<&str> = name.split('.').collect();
+    if parts.len() != 2 || parts.iter().any(|p| p.is_empty()) {
+        return Err(bad());
+    }
+    Ok(format!(
+        "METACACHE__{}__{}",
+        parts[0].to_ascii_uppercase(),
+        parts[1].to_ascii_uppercase()
+    ))
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -442,6 +474,20 @@ fn naive(bootstrap: &str, url: &str, n: u64) -> Result<Row, String> {
     ))
 }
 
+/// Where the daemon's log goes: nowhere, unless `METACACHE_BENCH_DAEMON_LOG` names a file
+/// (appended to), for looking into a run.
+fn daemon_log() -> Stdio {
+    std::env::var_os("METACACHE_BENCH_DAEMON_LOG")
+        .and_then(|path| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .ok()
+        })
+        .map_or_else(Stdio::null, Stdio::from)
+}
+
 /// The real daemon as a child process.
 struct Daemon {
     child: Child,
@@ -486,8 +532,13 @@ impl Daemon {
             )
             .env("METACACHE__HTTP__LISTEN", http.to_string())
             .env("METACACHE__LOG__FILTER", "warn")
+            .envs(
+                opts.settings
+                    .iter()
+                    .filter_map(|(k, v)| setting_env(k).ok().map(|k| (k, v.clone()))),
+            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(daemon_log())
             .spawn()
             .map_err(|e| format!("starting metacache run: {e}"))?;
         let daemon = Daemon { child, http };
@@ -869,6 +920,21 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         naive_rate = Some(r.events_per_sec);
         rows.push(r);
     }
+    if wants(Stage::Codec) {
+        eprintln!("  metacache in-process (no I/O) …");
+        let c = codec::run(&records, opts.max_batch);
+        rows.push(row(
+            "metacache in-process: decode, plan, encode (1 core, no I/O)",
+            c.events,
+            c.seconds,
+            &format!(
+                "{:.2} µs/event, {:.2} commands and {:.0} RESP bytes per event",
+                c.seconds * 1e6 / c.events.max(1) as f64,
+                c.commands as f64 / c.events.max(1) as f64,
+                c.bytes as f64 / c.events.max(1) as f64
+            ),
+        ));
+    }
     let mut drained = None;
     if wants(Stage::Drain) {
         eprintln!("  metacache, draining the backlog …");
@@ -1012,6 +1078,21 @@ fn print_report(r: &BenchReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_map_to_the_daemons_environment_variables() {
+        assert_eq!(
+            setting_env("writer.max_batch").unwrap(),
+            "METACACHE__WRITER__MAX_BATCH"
+        );
+        assert_eq!(
+            setting_env("kafka.client.queued.min.messages").unwrap(),
+            "METACACHE__KAFKA__CLIENT__QUEUED_MIN_MESSAGES"
+        );
+        for bad in ["writer", "a.b.c", "kafka.client.", ".x"] {
+            assert!(setting_env(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn commandstats_are_read_busiest_first_without_the_probes() {

@@ -205,38 +205,36 @@ struct Extra<'a> {
 impl ParsedDevice<'_> {
     /// The stored form. `hint` is the input's length, about the output's.
     fn into_upsert(self, hint: usize) -> DeviceUpsert {
-        let mut out = Vec::with_capacity(hint + 32);
-        out.extend_from_slice(b"{\"device_id\":");
+        let mut out = String::with_capacity(hint + 32);
+        out.push_str("{\"device_id\":");
         push_json_str(&mut out, &self.device_id);
-        out.extend_from_slice(b",\"datatype_id\":");
+        out.push_str(",\"datatype_id\":");
         push_json_str(&mut out, &self.datatype_id);
-        out.extend_from_slice(b",\"datatype_name\":");
+        out.push_str(",\"datatype_name\":");
         push_json_str(&mut out, &self.datatype_name);
-        out.extend_from_slice(b",\"datatype_unit\":");
+        out.push_str(",\"datatype_unit\":");
         match &self.datatype_unit {
             Some(unit) => push_json_str(&mut out, unit),
-            None => out.extend_from_slice(b"null"),
+            None => out.push_str("null"),
         }
-        out.extend_from_slice(if self.persist {
-            b",\"persist\":true,\"last_updated\":\""
+        out.push_str(if self.persist {
+            ",\"persist\":true,\"last_updated\":\""
         } else {
-            b",\"persist\":false,\"last_updated\":\""
+            ",\"persist\":false,\"last_updated\":\""
         });
-        out.extend_from_slice(&utc_millis(self.last_updated_ms));
-        out.push(b'"');
+        out.extend(utc_millis(self.last_updated_ms).map(char::from));
+        out.push('"');
         for extra in &self.additional {
-            out.push(b',');
+            out.push(',');
             push_json_str(&mut out, &extra.name);
-            out.push(b':');
+            out.push(':');
             push_compact(&mut out, extra.value.get());
         }
-        out.push(b'}');
+        out.push('}');
         DeviceUpsert {
             device_id: self.device_id.into_owned(),
             last_updated_ms: self.last_updated_ms,
-            // Built from `str`s and from slices of a `str` cut at value boundaries.
-            json: String::from_utf8(out)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            json: out,
         }
     }
 
@@ -410,7 +408,11 @@ impl<'de> Visitor<'de> for DeviceVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawDevice<'de>, A::Error> {
-        let mut raw = RawDevice::default();
+        let mut raw = RawDevice {
+            // Most devices carry a few extra fields: one allocation, not three.
+            additional: Vec::with_capacity(map.size_hint().unwrap_or(8).min(16)),
+            ..RawDevice::default()
+        };
         let mut position = 0;
         while let Some(FieldKey(key)) = map.next_key()? {
             position += 1;
@@ -511,15 +513,51 @@ impl<'de> Deserialize<'de> for Named<'de> {
     }
 }
 
-/// `s` as a JSON string, escaped exactly as serde_json escapes it (so both ways of
-/// writing the normalized form agree byte for byte).
-fn push_json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing to a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+/// `s` as a JSON string, escaped exactly as serde_json escapes it (`"`, `\\` and the
+/// control characters below U+0020), so that both ways of writing the stored form agree
+/// byte for byte.
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    // Most strings need no escape; this test has no early exit, so it vectorizes.
+    let plain = s.bytes().fold(true, |plain, b| {
+        plain & (b >= 0x20) & (b != b'"') & (b != b'\\')
+    });
+    if plain {
+        out.push_str(s);
+        out.push('"');
+        return;
+    }
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escape = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x00..=0x1f => "",
+            _ => continue,
+        };
+        // `i` is at an ASCII byte, so both cuts fall on character boundaries.
+        out.push_str(&s[start..i]);
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.push_str("\\u00");
+            out.push(char::from(HEX[usize::from(b >> 4)]));
+            out.push(char::from(HEX[usize::from(b & 0xf)]));
+        } else {
+            out.push_str(escape);
+        }
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 /// Appends one JSON value (already validated) without insignificant whitespace.
-fn push_compact(out: &mut Vec<u8>, raw: &str) {
+fn push_compact(out: &mut String, raw: &str) {
     let bytes = raw.as_bytes();
     let composite = matches!(bytes.first(), Some(b'{' | b'['));
     if !composite
@@ -527,7 +565,7 @@ fn push_compact(out: &mut Vec<u8>, raw: &str) {
             .iter()
             .any(|b| matches!(b, b' ' | b'\n' | b'\t' | b'\r'))
     {
-        out.extend_from_slice(bytes);
+        out.push_str(raw);
         return;
     }
     let (mut in_string, mut escaped, mut run) = (false, false, 0);
@@ -543,11 +581,12 @@ fn push_compact(out: &mut Vec<u8>, raw: &str) {
         } else if b == b'"' {
             in_string = true;
         } else if matches!(b, b' ' | b'\n' | b'\t' | b'\r') {
-            out.extend_from_slice(&bytes[run..i]);
+            // Whitespace is ASCII: the cut falls on a character boundary.
+            out.push_str(&raw[run..i]);
             run = i + 1;
         }
     }
-    out.extend_from_slice(&bytes[run..]);
+    out.push_str(&raw[run..]);
 }
 
 /// How deep a (valid) JSON value nests: 0 for a scalar, 1 for a flat array or object.
@@ -1209,6 +1248,26 @@ mod tests {
         assert_eq!(v["zeta"][3]["k"], "a b\" c");
         let typed = stored.metadata().unwrap();
         assert_eq!(typed.additional_properties["zeta"][2], json!(100.0));
+    }
+
+    #[test]
+    fn strings_are_escaped_exactly_like_serde_json() {
+        let mut cases: Vec<String> = (0u8..=0x7f).map(|b| format!("a{}b", b as char)).collect();
+        cases.extend(
+            [
+                "",
+                "plain",
+                "quote\" back\\slash",
+                "ünï 🚀 \u{2028}\u{85}",
+                "\u{7f}\u{0}\u{1f}",
+            ]
+            .map(str::to_owned),
+        );
+        for case in cases {
+            let mut ours = String::new();
+            push_json_str(&mut ours, &case);
+            assert_eq!(ours, serde_json::to_string(&case).unwrap(), "{case:?}");
+        }
     }
 
     #[test]

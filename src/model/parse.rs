@@ -164,7 +164,12 @@ pub(super) fn check_text(
             ),
         ));
     }
-    if let Some((at, c)) = value.char_indices().find(|(_, c)| c.is_control()) {
+    // Printable ASCII has no control characters; only other text needs the char walk.
+    let printable_ascii = value.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if let Some((at, c)) = (!printable_ascii)
+        .then(|| value.char_indices().find(|(_, c)| c.is_control()))
+        .flatten()
+    {
         return Err(Reject::new(
             RejectReason::InvalidValue,
             Some(field),

@@ -129,6 +129,8 @@ struct SourceState {
     offsets: Offsets,
     /// The chunk being filled.
     filling: Chunk,
+    /// Records per chunk.
+    chunk_records: usize,
     /// Full chunks waiting for room in the channel, in consumption order.
     stash: VecDeque<Chunk>,
     paused: bool,
@@ -138,7 +140,8 @@ impl SourceState {
     /// Queues the chunk being filled behind the stash.
     fn seal(&mut self) {
         if !self.filling.is_empty() {
-            let chunk = std::mem::take(&mut self.filling);
+            let next = Chunk::with_capacity(self.chunk_records);
+            let chunk = std::mem::replace(&mut self.filling, next);
             self.stash.push_back(chunk);
         }
     }
@@ -485,7 +488,8 @@ impl KafkaSource {
         let context = SourceContext {
             state: Mutex::new(SourceState {
                 offsets: Offsets::default(),
-                filling: Chunk::new(),
+                filling: Chunk::with_capacity(chunk_records),
+                chunk_records,
                 stash: VecDeque::new(),
                 paused: false,
             }),

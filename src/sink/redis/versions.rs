@@ -133,38 +133,24 @@ impl KnownVersions {
             return Decision::Guard { seq: 0 };
         }
         let id = self.fingerprint(device_id);
-        let now_secs = self.secs(now);
-        let trusted = match (epoch, self.lookup(id)) {
-            (
-                Some(epoch),
-                Some(State::Known {
-                    last_updated_ms: held,
-                    epoch: learnt,
-                    at_secs,
-                }),
-            ) if learnt == epoch as u32 && self.fresh(at_secs, now_secs) => Some((held, epoch)),
-            _ => None,
+        let update = Update {
+            last_updated_ms,
+            epoch,
+            now_secs: self.secs(now),
+            trust_for: self.trust_for,
         };
-        match trusted {
-            Some((held, _)) if last_updated_ms < held => Decision::Stale,
-            Some((_, epoch)) => {
-                self.insert(
-                    id,
-                    State::Known {
-                        last_updated_ms,
-                        epoch: epoch as u32,
-                        at_secs: now_secs,
-                    },
-                );
-                Decision::Set
-            }
-            None => {
-                self.next_seq += 1;
-                let seq = self.next_seq;
-                self.insert(id, State::Guarding { seq });
-                Decision::Guard { seq }
-            }
+        // One probe when the device is in the current generation, as most are.
+        if let Some(state) = self.current.get_mut(&id) {
+            return update.apply(state, &mut self.next_seq);
         }
+        let mut state = self
+            .previous
+            .remove(&id)
+            .unwrap_or(State::Guarding { seq: 0 });
+        let decision = update.apply(&mut state, &mut self.next_seq);
+        self.rotate_if_full();
+        self.current.insert(id, state);
+        decision
     }
 
     /// Redis answered guard `seq`: `written` if it stored the update. Only the latest
@@ -214,36 +200,58 @@ impl KnownVersions {
         self.previous.remove(&id);
     }
 
-    fn fresh(&self, at_secs: u32, now_secs: u32) -> bool {
-        self.trust_for.is_none_or(|trust| {
-            Duration::from_secs(u64::from(now_secs.saturating_sub(at_secs))) < trust
-        })
-    }
-
-    /// Finds the entry, moving one of the previous generation back into the current one.
-    fn lookup(&mut self, id: Fingerprint) -> Option<State> {
-        if let Some(state) = self.current.get(&id) {
-            return Some(*state);
-        }
-        let state = self.previous.remove(&id)?;
-        self.rotate_if_full();
-        self.current.insert(id, state);
-        Some(state)
-    }
-
-    fn insert(&mut self, id: Fingerprint, state: State) {
-        if let Some(slot) = self.current.get_mut(&id) {
-            *slot = state;
-            return;
-        }
-        self.rotate_if_full();
-        self.current.insert(id, state);
-    }
-
     fn rotate_if_full(&mut self) {
         if self.current.len() >= self.capacity.div_ceil(2) {
             self.previous = std::mem::take(&mut self.current);
         }
+    }
+}
+
+/// One upsert being decided.
+struct Update {
+    last_updated_ms: i64,
+    epoch: Option<u64>,
+    now_secs: u32,
+    trust_for: Option<Duration>,
+}
+
+impl Update {
+    /// Decides against what `state` says the key holds, and records the decision there.
+    fn apply(&self, state: &mut State, next_seq: &mut u64) -> Decision {
+        let held = match (*state, self.epoch) {
+            (
+                State::Known {
+                    last_updated_ms,
+                    epoch: learnt,
+                    at_secs,
+                },
+                Some(epoch),
+            ) if learnt == epoch as u32 && self.fresh(at_secs) => Some((last_updated_ms, epoch)),
+            _ => None,
+        };
+        match held {
+            Some((held, _)) if self.last_updated_ms < held => Decision::Stale,
+            Some((_, epoch)) => {
+                *state = State::Known {
+                    last_updated_ms: self.last_updated_ms,
+                    epoch: epoch as u32,
+                    at_secs: self.now_secs,
+                };
+                Decision::Set
+            }
+            None => {
+                *next_seq += 1;
+                *state = State::Guarding { seq: *next_seq };
+                Decision::Guard { seq: *next_seq }
+            }
+        }
+    }
+
+    /// Whether a write planned at `at_secs` is still relied on (keys may expire).
+    fn fresh(&self, at_secs: u32) -> bool {
+        self.trust_for.is_none_or(|trust| {
+            Duration::from_secs(u64::from(self.now_secs.saturating_sub(at_secs))) < trust
+        })
     }
 }
 
