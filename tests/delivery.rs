@@ -101,15 +101,25 @@ async fn shutdown_flushes_the_open_batch_and_commits_it() {
     settings.kafka.commit_interval_ms = 60_000;
     let group = settings.kafka.group_id.clone();
     let daemon = h.start_daemon(settings);
-    let batch = devices(0..40);
-    produce_devices(&h, &batch).await;
+    produce_devices(&h, &devices(0..1)).await;
+    daemon.wait_finished(1, Duration::from_secs(30)).await;
+
+    // The next event goes at once (nothing is in flight) and Redis holds it; the rest
+    // linger behind it, in a batch that is neither full nor due.
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(2000)
+        .arg("WRITE")
+        .query(&mut h.redis())
+        .unwrap();
+    produce_devices(&h, &devices(1..40)).await;
     wait_for(Duration::from_secs(30), "40 consumed", || async {
         daemon.stats.snapshot().devices.consumed == 40
     })
     .await;
     assert_eq!(
         daemon.stats.snapshot().devices.written,
-        0,
+        1,
         "still lingering"
     );
 

@@ -32,6 +32,14 @@ const DEVICE_TOPIC: &str = "bench-devices";
 const METRIC_TOPIC: &str = "bench-metrics";
 const STEADY_DEVICE_TOPIC: &str = "bench-steady-devices";
 const STEADY_METRIC_TOPIC: &str = "bench-steady-metrics";
+const LATENCY_DEVICE_TOPIC: &str = "bench-latency-devices";
+const LATENCY_METRIC_TOPIC: &str = "bench-latency-metrics";
+
+/// `fetch.wait.max.ms` of the daemons: the mock broker holds an empty fetch for all of it
+/// (a real broker answers as soon as data arrives), so throughput runs use 10 ms and the
+/// latency run, where an idle consumer is the point, 1 ms.
+const FETCH_WAIT_MS: u32 = 10;
+const LATENCY_FETCH_WAIT_MS: u32 = 1;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct BenchOptions {
@@ -179,6 +187,8 @@ pub struct Latency {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The daemon's CPU per event at this rate (fixed costs weigh more at low rates).
+    pub cpu_us_per_event: f64,
 }
 
 /// Everything a run measured; a stage that did not run leaves its fields empty.
@@ -223,23 +233,15 @@ fn start_broker(partitions: i32) -> Result<Broker, String> {
         METRIC_TOPIC,
         STEADY_DEVICE_TOPIC,
         STEADY_METRIC_TOPIC,
+        LATENCY_DEVICE_TOPIC,
+        LATENCY_METRIC_TOPIC,
     ];
+    let dead_letters: Vec<String> = topics.iter().map(|t| format!("{t}.dlq")).collect();
     let mut child = Command::new(exe)
         .arg("mock-kafka")
         .args(["--partitions", &partitions.to_string()])
         .args(topics.iter().flat_map(|t| ["--topic", t]))
-        .args([
-            "--topic",
-            &format!("{DEVICE_TOPIC}.dlq"),
-            "--topic",
-            &format!("{METRIC_TOPIC}.dlq"),
-        ])
-        .args([
-            "--topic",
-            &format!("{STEADY_DEVICE_TOPIC}.dlq"),
-            "--topic",
-            &format!("{STEADY_METRIC_TOPIC}.dlq"),
-        ])
+        .args(dead_letters.iter().flat_map(|t| ["--topic", t.as_str()]))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -381,14 +383,105 @@ fn flushall(url: &str) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
-fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Result<Row, String> {
+/// What Redis takes from one connection, pipelined as metacache pipelines: plain `SET`s of
+/// the raw values, and then the layout's own commands for the same events (the normalized
+/// JSON under `device:{id}`, and each batch's `ZADD devices GT`) — the ceiling metacache's
+/// device writes can reach, whatever metacache itself costs.
+fn redis_ceilings(
+    url: &str,
+    records: &[BenchRecord],
+    opts: &BenchOptions,
+) -> Result<Vec<Row>, String> {
+    let secs = pipelined(
+        url,
+        opts,
+        records.chunks(opts.max_batch.max(1)).map(|batch| {
+            let mut pipe = redis::pipe();
+            for r in batch {
+                pipe.cmd("SET").arg(&r.key).arg(&r.value).ignore();
+            }
+            pipe
+        }),
+    )?;
+    let mut rows = vec![row(
+        "Redis ceiling (pipelined plain SET, 1 connection)",
+        records.len() as u64,
+        secs,
+        "",
+    )];
+    rows[0].note = format!("{:.0} SET commands/s", rows[0].events_per_sec);
+
+    // The same events as the layout stores them (decoded outside the timing).
+    let limits = Limits::default();
+    let decoded: Vec<Vec<(String, String, i64)>> = records
+        .chunks(opts.max_batch.max(1))
+        .map(|batch| {
+            batch
+                .iter()
+                .filter_map(|r| {
+                    let kind = if r.device_topic {
+                        TopicKind::Device
+                    } else {
+                        TopicKind::Metric
+                    };
+                    match model::decode(kind, Some(r.key.as_bytes()), Some(&r.value), &limits) {
+                        Ok(model::Event::DeviceUpsert(d)) => Some((
+                            d.device_id().to_owned(),
+                            d.normalized_json().to_owned(),
+                            d.last_updated_ms(),
+                        )),
+                        _ => None,
+                    }
+                })
+                .collect()
+        })
+        .collect();
+    let devices: u64 = decoded.iter().map(|b| b.len() as u64).sum();
+    if devices > 0 {
+        let secs = pipelined(
+            url,
+            opts,
+            decoded.iter().map(|batch| {
+                let mut pipe = redis::pipe();
+                let mut zadd = redis::cmd("ZADD");
+                zadd.arg("devices").arg("GT");
+                for (id, json, ms) in batch {
+                    pipe.cmd("SET")
+                        .arg(format!("device:{id}"))
+                        .arg(json)
+                        .ignore();
+                    zadd.arg(*ms).arg(id);
+                }
+                pipe.add_command(zadd).ignore();
+                pipe
+            }),
+        )?;
+        let mut r = row(
+            "Redis ceiling, the layout (SET + one ZADD devices GT per batch)",
+            devices,
+            secs,
+            "",
+        );
+        r.note = "the most device events/s metacache's writes can reach on this Redis".into();
+        rows.push(r);
+    }
+    Ok(rows)
+}
+
+/// Sends `pipes` from one connection with `max_in_flight` outstanding, after a FLUSHALL;
+/// returns the seconds it took.
+fn pipelined(
+    url: &str,
+    opts: &BenchOptions,
+    pipes: impl Iterator<Item = redis::Pipeline>,
+) -> Result<f64, String> {
     use futures::stream::{FuturesOrdered, StreamExt};
     flushall(url)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| e.to_string())?;
-    let secs = runtime.block_on(async {
+    runtime.block_on(async {
         let client = redis::Client::open(url).map_err(|e| e.to_string())?;
         let conn = client
             .get_multiplexed_async_connection()
@@ -396,11 +489,7 @@ fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Res
             .map_err(|e| e.to_string())?;
         let started = Instant::now();
         let mut flights = FuturesOrdered::new();
-        for chunk in records.chunks(opts.max_batch.max(1)) {
-            let mut pipe = redis::pipe();
-            for r in chunk {
-                pipe.cmd("SET").arg(&r.key).arg(&r.value).ignore();
-            }
+        for pipe in pipes {
             let mut c = conn.clone();
             flights.push_back(async move { pipe.query_async::<()>(&mut c).await });
             if flights.len() >= opts.max_in_flight.max(1) {
@@ -413,20 +502,7 @@ fn redis_ceiling(url: &str, records: &[BenchRecord], opts: &BenchOptions) -> Res
             r.map_err(|e| e.to_string())?;
         }
         Ok::<f64, String>(started.elapsed().as_secs_f64())
-    })?;
-    let mut r = row(
-        "Redis ceiling (pipelined plain SET, 1 connection)",
-        records.len() as u64,
-        secs,
-        "",
-    );
-    let cmds_per_event = 2.0;
-    r.note = format!(
-        "{:.0} commands/s = {:.0} events/s at metacache's {cmds_per_event} commands per event",
-        r.events_per_sec,
-        r.events_per_sec / cmds_per_event
-    );
-    Ok(r)
+    })
 }
 
 fn naive(bootstrap: &str, url: &str, n: u64) -> Result<Row, String> {
@@ -502,6 +578,7 @@ impl Daemon {
         topics: (&str, &str),
         opts: &BenchOptions,
         plain_devices: bool,
+        fetch_wait_ms: u32,
     ) -> Result<Daemon, String> {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let port = free_port()?;
@@ -522,7 +599,10 @@ impl Daemon {
             .env("METACACHE__KAFKA__GROUP_ID", group)
             .env("METACACHE__KAFKA__DEVICE_TOPIC", topics.0)
             .env("METACACHE__KAFKA__METRIC_TOPIC", topics.1)
-            .env("METACACHE__KAFKA__CLIENT__FETCH_WAIT_MAX_MS", "10")
+            .env(
+                "METACACHE__KAFKA__CLIENT__FETCH_WAIT_MAX_MS",
+                fetch_wait_ms.to_string(),
+            )
             .env("METACACHE__REDIS__URL", url)
             .env("METACACHE__WRITER__MAX_BATCH", opts.max_batch.to_string())
             .env("METACACHE__WRITER__LINGER_MS", opts.linger_ms.to_string())
@@ -705,7 +785,15 @@ fn drain(
         "bench-drain"
     };
     let topics = (DEVICE_TOPIC, METRIC_TOPIC);
-    let d = Daemon::start(&broker.bootstrap, url, group, topics, opts, plain_devices)?;
+    let d = Daemon::start(
+        &broker.bootstrap,
+        url,
+        group,
+        topics,
+        opts,
+        plain_devices,
+        FETCH_WAIT_MS,
+    )?;
     let pid = d.child.id();
     d.wait(Duration::from_secs(30), "the first record", |s| {
         probes::consumed(s) > 0
@@ -722,54 +810,63 @@ fn drain(
     Ok(f)
 }
 
-/// A fresh stream produced while the daemon consumes it, then (optionally) the latency
-/// phase on the same daemon.
-fn steady_and_latency(
+/// A fresh stream produced while the daemon consumes it.
+fn steady(
     broker: &Broker,
     url: &str,
     records: &[BenchRecord],
     opts: &BenchOptions,
-    steady: bool,
-    latency: bool,
-) -> Result<(Option<DaemonFigures>, Option<Latency>), String> {
+) -> Result<DaemonFigures, String> {
     flushall(url)?;
+    let topics = (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC);
     let d = Daemon::start(
         &broker.bootstrap,
         url,
         "bench-steady",
-        (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
+        topics,
         opts,
         false,
+        FETCH_WAIT_MS,
     )?;
-    let pid = d.child.id();
-    let mut figures = None;
-    if steady {
-        let n = records.len() as u64;
-        reset_redis_stats(url)?;
-        let meter = CpuMeter::start(pid, url, broker);
-        let started = Instant::now();
-        produce(
-            &broker.bootstrap,
-            records,
-            (STEADY_DEVICE_TOPIC, STEADY_METRIC_TOPIC),
-        )?;
-        d.wait(Duration::from_secs(600), "the stream to be written", |s| {
-            probes::finished(s) >= n
-        })?;
-        let secs = started.elapsed().as_secs_f64();
-        figures = Some(meter.finish(n, secs, url, broker));
-    }
-    let measured = if latency {
-        Some(self::latency(&broker.bootstrap, url, opts))
-    } else {
-        None
-    };
+    let n = records.len() as u64;
+    reset_redis_stats(url)?;
+    let meter = CpuMeter::start(d.child.id(), url, broker);
+    let started = Instant::now();
+    produce(&broker.bootstrap, records, topics)?;
+    d.wait(Duration::from_secs(600), "the stream to be written", |s| {
+        probes::finished(s) >= n
+    })?;
+    let secs = started.elapsed().as_secs_f64();
+    let figures = meter.finish(n, secs, url, broker);
     d.stop();
-    Ok((figures, measured.transpose()?))
+    Ok(figures)
+}
+
+/// The latency phase, on a daemon of its own that waits at most 1 ms on an empty fetch.
+fn latency_run(broker: &Broker, url: &str, opts: &BenchOptions) -> Result<Latency, String> {
+    flushall(url)?;
+    let d = Daemon::start(
+        &broker.bootstrap,
+        url,
+        "bench-latency",
+        (LATENCY_DEVICE_TOPIC, LATENCY_METRIC_TOPIC),
+        opts,
+        false,
+        LATENCY_FETCH_WAIT_MS,
+    )?;
+    let cpu = probes::cpu_seconds(d.child.id()).unwrap_or(0.0);
+    let measured = latency(&broker.bootstrap, url, opts);
+    let cpu = probes::cpu_seconds(d.child.id()).unwrap_or(0.0) - cpu;
+    d.stop();
+    let mut measured = measured?;
+    let events = (opts.latency_rate * (opts.latency_secs + 1)).max(1);
+    measured.cpu_us_per_event = cpu * 1e6 / events as f64;
+    Ok(measured)
 }
 
 /// Publishes device events at a steady rate and times each tenth from send to visible in
-/// Redis (polled every millisecond). The time includes the producer's 5 ms linger.
+/// Redis (polled every millisecond), after a second of warm-up. The time includes the
+/// producer's 5 ms linger.
 fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, String> {
     // librdkafka's default linger: unbatched sends at 10k/s swamp the mock broker (one
     // request per record), which measured the broker rather than metacache.
@@ -826,7 +923,10 @@ fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, S
             }
         })
     };
-    let total = opts.latency_rate * opts.latency_secs;
+    // One second at the same rate first, not timed: the first fetches of a fresh consumer
+    // take tens of milliseconds, which says nothing about the steady rate.
+    let warm_up = opts.latency_rate;
+    let total = warm_up + opts.latency_rate * opts.latency_secs;
     let started = Instant::now();
     for i in 0..total {
         let due = started + Duration::from_secs_f64(i as f64 / opts.latency_rate as f64);
@@ -840,9 +940,9 @@ fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, S
             key: id.clone(),
         };
         let sent = Instant::now();
-        send(&p, STEADY_DEVICE_TOPIC, &record);
+        send(&p, LATENCY_DEVICE_TOPIC, &record);
         p.poll(Duration::ZERO);
-        if i % 10 == 0 {
+        if i >= warm_up && i % 10 == 0 {
             if let Ok(mut o) = outstanding.lock() {
                 o.push((id, sent));
             }
@@ -866,6 +966,7 @@ fn latency(bootstrap: &str, url: &str, opts: &BenchOptions) -> Result<Latency, S
         p50_ms: pick(0.5),
         p99_ms: pick(0.99),
         max_ms: pick(1.0),
+        cpu_us_per_event: f64::NAN,
     })
 }
 
@@ -910,8 +1011,8 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         rows.push(r);
     }
     if wants(Stage::Redis) {
-        eprintln!("  Redis ceiling …");
-        rows.push(redis_ceiling(&url, &records, &opts)?);
+        eprintln!("  Redis ceilings …");
+        rows.extend(redis_ceilings(&url, &records, &opts)?);
     }
     let mut naive_rate = None;
     if wants(Stage::Naive) {
@@ -959,26 +1060,23 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         ));
         plain = Some(f);
     }
-    let (mut steady, mut latency) = (None, None);
-    if wants(Stage::Steady) || wants(Stage::Latency) {
-        eprintln!("  metacache, steady state and latency …");
+    let mut steady_figures = None;
+    if wants(Stage::Steady) {
+        eprintln!("  metacache, steady state …");
         let steady_records = generate(opts.workload, opts.events, opts.devices, 43);
-        (steady, latency) = steady_and_latency(
-            &broker,
-            &url,
-            &steady_records,
-            &opts,
-            wants(Stage::Steady),
-            wants(Stage::Latency),
-        )?;
-        if let Some(f) = &steady {
-            rows.push(row(
-                "metacache, steady state (producing while consuming)",
-                n,
-                n as f64 / f.events_per_sec,
-                "publish start to last write",
-            ));
-        }
+        let f = steady(&broker, &url, &steady_records, &opts)?;
+        rows.push(row(
+            "metacache, steady state (producing while consuming)",
+            n,
+            n as f64 / f.events_per_sec,
+            "publish start to last write",
+        ));
+        steady_figures = Some(f);
+    }
+    let mut latency = None;
+    if wants(Stage::Latency) {
+        eprintln!("  metacache, publish-to-visible latency …");
+        latency = Some(latency_run(&broker, &url, &opts)?);
     }
 
     let drain_rate = drained.as_ref().map(|d| d.events_per_sec);
@@ -994,7 +1092,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         rows,
         drain: drained,
         plain,
-        steady,
+        steady: steady_figures,
         latency,
     };
     print_report(&report);
@@ -1053,8 +1151,8 @@ fn print_report(r: &BenchReport) {
     if let Some(l) = &r.latency {
         println!();
         println!(
-            "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
-            l.rate, l.p50_ms, l.p99_ms, l.max_ms, l.samples
+            "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples); daemon CPU {:.1} µs/event",
+            l.rate, l.p50_ms, l.p99_ms, l.max_ms, l.samples, l.cpu_us_per_event
         );
     }
     let mut ratios = Vec::new();

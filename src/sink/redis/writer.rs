@@ -122,8 +122,13 @@ where
 
         loop {
             let room = sent.len() < max_in_flight;
+            // A batch goes when it is full, when it has lingered long enough, or at once if
+            // nothing is in flight: an idle connection gains nothing from waiting, and the
+            // events arriving during one round trip make the next batch (under load the
+            // batches fill before the linger, so throughput keeps its big pipelines).
             let due = closed
                 || pending.len() >= max_batch
+                || sent.is_empty()
                 || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
             if room && !pending.is_empty() && due {
                 let records = if pending.len() > max_batch {
