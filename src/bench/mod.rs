@@ -583,7 +583,18 @@ impl Daemon {
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
         let port = free_port()?;
         let http: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut cmd = Command::new(exe);
+        // `METACACHE_BENCH_DAEMON_WRAPPER="heaptrack -o /tmp/h"` runs the daemon under a
+        // tool, for looking into a run (the figures are then the tool's).
+        let wrapper = std::env::var("METACACHE_BENCH_DAEMON_WRAPPER").unwrap_or_default();
+        let mut words = wrapper.split_whitespace();
+        let mut cmd = match words.next() {
+            Some(tool) => {
+                let mut cmd = Command::new(tool);
+                cmd.args(words).arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         for (k, _) in std::env::vars() {
             if k.starts_with("METACACHE") {
                 cmd.env_remove(k);

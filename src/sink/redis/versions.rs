@@ -23,7 +23,7 @@
 //! becomes the previous one and the old previous is dropped, so devices seen recently stay
 //! and the rest are forgotten (and go through the guard again). Devices are held by a
 //! 128-bit keyed fingerprint of their id (two independently keyed SipHashes), not by the
-//! id itself: an entry is 40 bytes with no allocation of its own, and two ids sharing a
+//! id itself: an entry is 32 bytes with no allocation of its own, and two ids sharing a
 //! fingerprint is a 2^-128 event per pair. Pure bookkeeping, no I/O.
 
 use std::collections::hash_map::RandomState;
@@ -57,9 +57,62 @@ enum State {
     Guarding { seq: u64 },
 }
 
-/// A device id's fingerprint: already a keyed hash, so the maps use it as is.
-type Fingerprint = u128;
-type Map = HashMap<Fingerprint, State, BuildHasherDefault<PassThrough>>;
+/// [`State`] packed into 16 bytes (the enum takes 24): a decoded `last_updated` is never
+/// negative, so a negative one marks a guard in flight. With the fingerprint a map bucket
+/// is 32 bytes, not 48.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    last_updated_ms: i64,
+    word: u64,
+}
+
+const GUARDING: i64 = -1;
+
+impl From<State> for Slot {
+    fn from(state: State) -> Slot {
+        match state {
+            State::Known {
+                last_updated_ms,
+                epoch,
+                at_secs,
+            } => Slot {
+                last_updated_ms,
+                word: u64::from(epoch) << 32 | u64::from(at_secs),
+            },
+            State::Guarding { seq } => Slot {
+                last_updated_ms: GUARDING,
+                word: seq,
+            },
+        }
+    }
+}
+
+impl Slot {
+    fn state(self) -> State {
+        if self.last_updated_ms < 0 {
+            State::Guarding { seq: self.word }
+        } else {
+            State::Known {
+                last_updated_ms: self.last_updated_ms,
+                epoch: (self.word >> 32) as u32,
+                at_secs: self.word as u32,
+            }
+        }
+    }
+}
+
+/// A device id's 128-bit fingerprint: already keyed hashes, so the maps use half of it as
+/// their hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Fingerprint(u64, u64);
+
+impl std::hash::Hash for Fingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.1);
+    }
+}
+
+type Map = HashMap<Fingerprint, Slot, BuildHasherDefault<PassThrough>>;
 
 /// The per-device knowledge, bounded to about `capacity` entries.
 #[derive(Debug)]
@@ -94,9 +147,10 @@ impl KnownVersions {
     }
 
     fn fingerprint(&self, device_id: &str) -> Fingerprint {
-        let high = self.keys.0.hash_one(device_id) as u128;
-        let low = self.keys.1.hash_one(device_id) as u128;
-        high << 64 | low
+        Fingerprint(
+            self.keys.0.hash_one(device_id),
+            self.keys.1.hash_one(device_id),
+        )
     }
 
     fn secs(&self, now: Instant) -> u32 {
@@ -140,16 +194,19 @@ impl KnownVersions {
             trust_for: self.trust_for,
         };
         // One probe when the device is in the current generation, as most are.
-        if let Some(state) = self.current.get_mut(&id) {
-            return update.apply(state, &mut self.next_seq);
+        if let Some(slot) = self.current.get_mut(&id) {
+            let mut state = slot.state();
+            let decision = update.apply(&mut state, &mut self.next_seq);
+            *slot = state.into();
+            return decision;
         }
         let mut state = self
             .previous
             .remove(&id)
-            .unwrap_or(State::Guarding { seq: 0 });
+            .map_or(State::Guarding { seq: 0 }, Slot::state);
         let decision = update.apply(&mut state, &mut self.next_seq);
         self.rotate_if_full();
-        self.current.insert(id, state);
+        self.current.insert(id, state.into());
         decision
     }
 
@@ -170,19 +227,20 @@ impl KnownVersions {
         }
         let id = self.fingerprint(device_id);
         let at_secs = self.secs(now);
-        let Some(state) = self.current.get_mut(&id) else {
+        let Some(slot) = self.current.get_mut(&id) else {
             return;
         };
-        if *state != (State::Guarding { seq }) {
+        if slot.state() != (State::Guarding { seq }) {
             return;
         }
         match (written, epoch) {
             (true, Some(epoch)) => {
-                *state = State::Known {
+                *slot = State::Known {
                     last_updated_ms,
                     epoch: epoch as u32,
                     at_secs,
                 }
+                .into()
             }
             _ => {
                 self.current.remove(&id);
@@ -266,7 +324,7 @@ impl Hasher for PassThrough {
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Only fingerprints are hashed here (through `write_u128`); fold anything else.
+        // Only fingerprints are hashed here (through `write_u64`); fold anything else.
         for chunk in bytes.chunks(8) {
             let mut word = [0u8; 8];
             word[..chunk.len()].copy_from_slice(chunk);
@@ -274,8 +332,8 @@ impl Hasher for PassThrough {
         }
     }
 
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -384,6 +442,27 @@ mod tests {
         assert_eq!(v.decide("d9999", 5, E, now), Decision::Stale);
         assert_eq!(v.decide("d9600", 5, E, now), Decision::Stale);
         assert!(matches!(v.decide("d0", 5, E, now), Decision::Guard { .. }));
+    }
+
+    #[test]
+    fn a_slot_holds_every_state() {
+        for state in [
+            State::Guarding { seq: 0 },
+            State::Guarding { seq: u64::MAX },
+            State::Known {
+                last_updated_ms: 0,
+                epoch: u32::MAX,
+                at_secs: 7,
+            },
+            State::Known {
+                last_updated_ms: 253_402_300_799_999,
+                epoch: 3,
+                at_secs: u32::MAX,
+            },
+        ] {
+            assert_eq!(Slot::from(state).state(), state);
+        }
+        assert_eq!(std::mem::size_of::<(Fingerprint, Slot)>(), 32);
     }
 
     #[test]
