@@ -151,7 +151,7 @@ impl Default for DeviceSettings {
     }
 }
 
-/// Enough for a few hundred thousand active devices in ~10 MiB (docs/performance.md).
+/// Room for ~130k to 260k recently updated devices, ~4 MiB per 100k (docs/performance.md).
 pub const DEFAULT_GUARD_CACHE: usize = 262_144;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
