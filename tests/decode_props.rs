@@ -336,6 +336,30 @@ proptest! {
     }
 
     #[test]
+    fn unknown_fields_a_json_reader_would_refuse_are_rejected_not_stored(
+        name in "[a-z]{1,8}",
+        bad in prop::sample::select(vec![
+            r#""\ud800""#, r#""a\udfffb""#, r#""\ud800\u0041""#, "1e400", "-2.5E+309",
+        ]),
+        depth in 0usize..4,
+        object in any::<bool>(),
+    ) {
+        prop_assume!(!["device_id", "datatype_id", "datatype_name", "datatype_unit", "persist", "last_updated"].contains(&name.as_str()));
+        let mut value = bad.to_owned();
+        for _ in 0..depth {
+            value = if object { format!(r#"{{"k": {value}}}"#) } else { format!("[1, {value}]") };
+        }
+        let text = format!(
+            r#"{{"device_id":"d","datatype_id":"t","datatype_name":"n","persist":true,"last_updated":"2026-11-22T10:00:00Z","{name}":{value}}}"#
+        );
+        let r = decode(TopicKind::Device, None, Some(text.as_bytes()), &Limits::default());
+        prop_assert!(r.is_err(), "stored {:?}", r);
+        let r = r.unwrap_err();
+        prop_assert_eq!(r.reason, RejectReason::InvalidJson);
+        check(TopicKind::Device, None, Some(text.as_bytes()), &Limits::default());
+    }
+
+    #[test]
     fn zero_length_and_oversized_values(
         kind in kind(),
         size in 0usize..64,

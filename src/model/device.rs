@@ -276,7 +276,9 @@ fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, 
         return Err(parse::duplicate(&field));
     }
     for extra in &raw.additional {
-        if nesting(extra.value.get()) > MAX_VALUE_DEPTH {
+        let raw_text = extra.value.get();
+        let shape = inspect(raw_text);
+        if shape.depth > MAX_VALUE_DEPTH {
             return Err(Reject::new(
                 RejectReason::InvalidJson,
                 None,
@@ -285,6 +287,18 @@ fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, 
                     parse::preview(&extra.name)
                 ),
             ));
+        }
+        // Capturing the text only checks its syntax; a JSON reader also refuses lone
+        // surrogates in `\u` escapes and numbers out of range. Check the few values that
+        // could hold either, as a reader would.
+        if shape.suspect {
+            serde_json::from_str::<Checked>(raw_text).map_err(|e| {
+                Reject::new(
+                    RejectReason::InvalidJson,
+                    None,
+                    format!("field {}: {e}", parse::preview(&extra.name)),
+                )
+            })?;
         }
     }
 
@@ -589,18 +603,24 @@ fn push_compact(out: &mut String, raw: &str) {
     out.push_str(&raw[run..]);
 }
 
-/// How deep a (valid) JSON value nests: 0 for a scalar, 1 for a flat array or object.
-fn nesting(raw: &str) -> usize {
-    let bytes = raw.as_bytes();
-    if !matches!(bytes.first(), Some(b'{' | b'[')) {
-        return 0;
-    }
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &b in bytes {
+/// What one pass over a (syntactically valid) JSON value tells.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    /// 0 for a scalar, 1 for a flat array or object.
+    depth: usize,
+    /// It has a `\u` escape or a number with an exponent or of 300+ characters: the only
+    /// places a syntactically valid value can still be refused by a reader.
+    suspect: bool,
+}
+
+fn inspect(raw: &str) -> Shape {
+    let (mut depth, mut deepest, mut suspect) = (0usize, 0usize, false);
+    let (mut in_string, mut escaped, mut number_len) = (false, false, 0usize);
+    for &b in raw.as_bytes() {
         if in_string {
             if escaped {
                 escaped = false;
+                suspect |= b == b'u';
             } else if b == b'\\' {
                 escaped = true;
             } else if b == b'"' {
@@ -608,6 +628,13 @@ fn nesting(raw: &str) -> usize {
             }
             continue;
         }
+        match b {
+            b'0'..=b'9' | b'-' | b'+' | b'.' => number_len += 1,
+            // An exponent; `e` outside a number is in `true` or `false`.
+            b'e' | b'E' if number_len > 0 => suspect = true,
+            _ => number_len = 0,
+        }
+        suspect |= number_len >= 300;
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => {
@@ -618,7 +645,64 @@ fn nesting(raw: &str) -> usize {
             _ => {}
         }
     }
-    deepest
+    Shape {
+        depth: deepest,
+        suspect,
+    }
+}
+
+/// Reads a JSON value the way a reader building a tree would, keeping nothing: strings
+/// are unescaped (so lone surrogates fail) and numbers parsed (so out-of-range ones fail).
+struct Checked;
+
+impl<'de> Deserialize<'de> for Checked {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(CheckedVisitor)
+    }
+}
+
+struct CheckedVisitor;
+
+impl<'de> Visitor<'de> for CheckedVisitor {
+    type Value = Checked;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Checked, E> {
+        Ok(Checked)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Checked, A::Error> {
+        while seq.next_element::<Checked>()?.is_some() {}
+        Ok(Checked)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Checked, A::Error> {
+        while map.next_entry::<Checked, Checked>()?.is_some() {}
+        Ok(Checked)
+    }
 }
 
 struct Normalized<'a>(&'a DeviceMetadata);
@@ -1268,6 +1352,52 @@ mod tests {
             push_json_str(&mut ours, &case);
             assert_eq!(ours, serde_json::to_string(&case).unwrap(), "{case:?}");
         }
+    }
+
+    #[test]
+    fn values_a_json_reader_refuses_are_refused() {
+        for (value, needle) in [
+            (r#""\ud800""#, "escape"),
+            (r#"["ok", {"k": "a\udc00b"}]"#, "lone"),
+            ("1e400", "number out of range"),
+            ("[-1.5E+999]", "number out of range"),
+            (&format!("1{}", "0".repeat(400)), "number out of range"),
+        ] {
+            let r = err(&with("site", Some(Value::Null)).replace("null", value));
+            assert_reject(&r, RejectReason::InvalidJson, None, needle);
+            assert!(r.message.contains("site"), "{r}");
+        }
+        // What readers accept is kept as it came.
+        for value in [
+            r#""\ud83d\ude80\u00e9""#,
+            "1e300",
+            "-0.5E-3",
+            "[true, false, 12e3]",
+            &"9".repeat(299),
+        ] {
+            let stored = upsert(
+                None,
+                &with("site", Some(Value::Null)).replace("null", value),
+            );
+            assert!(stored.metadata().is_ok(), "{value}");
+            assert!(
+                stored.normalized_json().contains(&value.replace(' ', "")),
+                "{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_values_that_could_be_refused_are_read_twice() {
+        let suspect = |v: &str| inspect(v).suspect;
+        assert!(!suspect(r#""plain \" \\ text""#));
+        assert!(!suspect("[true, false, null, 12, -3.5]"));
+        assert!(!suspect(r#"{"e": "E", "true": 1}"#));
+        assert!(suspect(r#""\u0041""#));
+        assert!(suspect("[1e5]"));
+        assert!(suspect(&"1".repeat(300)));
+        assert_eq!(inspect("[[1], {\"a\": [2]}]").depth, 3);
+        assert_eq!(inspect("\"[[[\"").depth, 0);
     }
 
     #[test]

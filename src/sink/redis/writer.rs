@@ -56,6 +56,9 @@ struct Batch {
     trust: Option<u64>,
     /// Some device was written without the guard.
     unguarded: bool,
+    /// When it was last handed to the connection: what its writes can have done is no
+    /// older than this (a device key's TTL runs from when Redis ran the command).
+    sent_at: Instant,
 }
 
 /// What a batch's replies say as a whole.
@@ -136,10 +139,11 @@ where
                 } else {
                     std::mem::replace(&mut pending, Vec::with_capacity(max_batch))
                 };
-                let batch = self.build(records);
+                let mut batch = self.build(records);
                 // What a chunk brought beyond a full batch waits for companions as usual.
                 deadline =
                     (!pending.is_empty()).then(|| tokio::time::Instant::now() + self.config.linger);
+                batch.sent_at = Instant::now();
                 flights.push_back(self.send(&batch));
                 self.stats.in_flight.store(sent.len() as u64 + 1, Relaxed);
                 sent.push_back(batch);
@@ -239,6 +243,7 @@ where
             events,
             trust,
             unguarded: plan.unguarded,
+            sent_at: Instant::now(),
         }
     }
 
@@ -296,7 +301,8 @@ where
         };
         let mut refused = Vec::new();
         let (mut written, mut stale) = ([0u64; 2], [0u64; 2]);
-        let now = Instant::now();
+        // A guard's write counts from when it was sent, not from when its answer is read.
+        let now = batch.sent_at;
         for (record, plan) in batch.records.into_iter().zip(batch.planned) {
             let own = replies
                 .get(plan.first..plan.first + plan.commands)
@@ -407,6 +413,7 @@ where
                 let records = std::mem::take(&mut batch.records);
                 *batch = self.build_under(records, None);
             }
+            batch.sent_at = Instant::now();
             match self.judge(self.send(batch).await) {
                 Verdict::Answered(replies) => {
                     if let Some(batch) = sent.pop_front() {
@@ -473,7 +480,9 @@ fn describe(e: &RedisError) -> String {
 /// The epoch under which `record` may be decided locally: the batch's, if the record was
 /// consumed under it and has a Kafka key (so it is partitioned by device id).
 fn trusted_epoch(record: &Record, trust: Option<u64>) -> Option<u64> {
-    trust.filter(|epoch| record.epoch == *epoch && record.key().is_some())
+    // An empty key is no key: the default partitioner spreads such records at random.
+    let keyed = record.key().is_some_and(|k| !k.is_empty());
+    trust.filter(|epoch| record.epoch == *epoch && keyed)
 }
 
 /// The key a refused write was aimed at, named for the dead-letter header.
