@@ -20,11 +20,6 @@ use metacache::publish::{self, Outgoing, Publisher};
 use metacache::shutdown::{install_signal_handlers, Shutdown};
 use metacache::stats::Stats;
 
-/// Records are allocated on the consumer thread and freed on the writer's: glibc's malloc
-/// spent a third of the daemon's CPU on that hand-over (docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// Keeps Redis populated from Kafka: device metadata and metric catalogs, validated and
 /// written through a pipelined writer, at least once.
 #[derive(Debug, Parser)]
