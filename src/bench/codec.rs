@@ -6,7 +6,7 @@
 use std::time::Instant;
 
 use super::workload::BenchRecord;
-use crate::model::{Event, Limits, TopicKind};
+use crate::model::{Event, Limits};
 use crate::record::{chunk_records, Chunk, Origin};
 use crate::sink::redis::plan::{Expect, PlanInput, Planner, Ttls};
 use crate::sink::redis::versions::KnownVersions;
@@ -36,11 +36,7 @@ pub fn run(records: &[BenchRecord], max_batch: usize) -> CodecRun {
             let mut chunk = Chunk::with_capacity(per_chunk);
             for (i, r) in slice.iter().enumerate() {
                 let origin = Origin {
-                    topic: if r.device_topic {
-                        TopicKind::Device
-                    } else {
-                        TopicKind::Metric
-                    },
+                    topic: r.kind(),
                     partition: 0,
                     offset: (b * max_batch + c * per_chunk + i) as i64,
                 };

@@ -419,12 +419,7 @@ fn redis_ceilings(
             batch
                 .iter()
                 .filter_map(|r| {
-                    let kind = if r.device_topic {
-                        TopicKind::Device
-                    } else {
-                        TopicKind::Metric
-                    };
-                    match model::decode(kind, Some(r.key.as_bytes()), Some(&r.value), &limits) {
+                    match model::decode(r.kind(), Some(r.key.as_bytes()), Some(&r.value), &limits) {
                         Ok(model::Event::DeviceUpsert(d)) => Some((
                             d.device_id().to_owned(),
                             d.normalized_json().to_owned(),

@@ -20,6 +20,17 @@ pub struct BenchRecord {
     pub value: Vec<u8>,
 }
 
+impl BenchRecord {
+    /// The kind of stream its topic carries.
+    pub fn kind(&self) -> crate::model::TopicKind {
+        if self.device_topic {
+            crate::model::TopicKind::Device
+        } else {
+            crate::model::TopicKind::Metric
+        }
+    }
+}
+
 /// A small deterministic generator (no dependency, same stream every run).
 pub struct Lcg(u64);
 
@@ -146,13 +157,8 @@ mod tests {
         let invalid = records
             .iter()
             .filter(|r| {
-                let kind = if r.device_topic {
-                    TopicKind::Device
-                } else {
-                    TopicKind::Metric
-                };
                 decode(
-                    kind,
+                    r.kind(),
                     Some(r.key.as_bytes()),
                     Some(&r.value),
                     &Limits::default(),
