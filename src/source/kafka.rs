@@ -151,11 +151,12 @@ impl SourceState {
     }
 
     fn dispatched(&mut self, chunk: &Chunk) {
-        for entry in chunk.entries() {
-            let origin = entry.origin;
-            self.offsets
-                .dispatched((origin.topic, origin.partition), origin.offset);
-        }
+        self.offsets.dispatched_all(
+            chunk
+                .entries()
+                .iter()
+                .map(|e| ((e.origin.topic, e.origin.partition), e.origin.offset)),
+        );
     }
 }
 
@@ -267,9 +268,11 @@ impl SourceContext {
 }
 
 fn apply(offsets: &mut Offsets, ack: Ack) {
-    for origin in ack.done {
-        offsets.done((origin.topic, origin.partition), origin.offset);
-    }
+    offsets.done_all(
+        ack.done
+            .into_iter()
+            .map(|o| ((o.topic, o.partition), o.offset)),
+    );
 }
 
 impl ClientContext for SourceContext {
@@ -581,8 +584,11 @@ impl KafkaSource {
     fn fill(&self, last_poll_error: &mut Option<Instant>) {
         let ctx = self.ctx();
         let mut consumed = [0u64; 2];
+        // Wait in `poll` only while the chunk is empty. Kept here rather than read under
+        // the lock each time: if a rebalance callback empties the chunk meanwhile, the
+        // next poll merely does not wait, and the chunk is sealed one poll early.
+        let mut waiting = ctx.state().filling.is_empty();
         loop {
-            let waiting = ctx.state().filling.is_empty();
             let timeout = if waiting {
                 POLL_INTERVAL
             } else {
@@ -601,6 +607,7 @@ impl KafkaSource {
                         partition: message.partition(),
                         offset: message.offset(),
                     };
+                    waiting = false;
                     let mut state = ctx.state();
                     state.filling.push(
                         origin,

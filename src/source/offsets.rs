@@ -46,6 +46,14 @@ impl PartitionProgress {
     /// Marks one record done; returns false if it is not pending here (already done, or
     /// from before a rebalance).
     pub fn done(&mut self, offset: i64) -> bool {
+        // Records mostly finish in the order they were dispatched: the oldest one first.
+        if self.pending.front() == Some(&(offset, false)) {
+            self.pending.pop_front();
+            while self.pending.front().is_some_and(|(_, done)| *done) {
+                self.pending.pop_front();
+            }
+            return true;
+        }
         let Ok(i) = self.pending.binary_search_by_key(&offset, |(o, _)| *o) else {
             return false;
         };
@@ -121,6 +129,44 @@ impl Offsets {
 
     pub fn dispatched(&mut self, id: PartitionId, offset: i64) {
         self.partitions.entry(id).or_default().dispatched(offset);
+    }
+
+    /// [`Offsets::dispatched`] for many records, one partition lookup per run of records
+    /// from the same partition (a chunk holds long runs).
+    pub fn dispatched_all(&mut self, records: impl IntoIterator<Item = (PartitionId, i64)>) {
+        let mut run: Option<(PartitionId, &mut PartitionProgress)> = None;
+        for (id, offset) in records {
+            match &mut run {
+                Some((current, progress)) if *current == id => progress.dispatched(offset),
+                _ => {
+                    let progress = self.partitions.entry(id).or_default();
+                    progress.dispatched(offset);
+                    run = Some((id, progress));
+                }
+            }
+        }
+    }
+
+    /// [`Offsets::done`] for many records, one partition lookup per run of records from
+    /// the same partition; records of partitions no longer assigned are ignored.
+    pub fn done_all(&mut self, records: impl IntoIterator<Item = (PartitionId, i64)>) {
+        let mut run: Option<(PartitionId, Option<&mut PartitionProgress>)> = None;
+        for (id, offset) in records {
+            match &mut run {
+                Some((current, progress)) if *current == id => {
+                    if let Some(p) = progress {
+                        p.done(offset);
+                    }
+                }
+                _ => {
+                    let mut progress = self.partitions.get_mut(&id);
+                    if let Some(p) = &mut progress {
+                        p.done(offset);
+                    }
+                    run = Some((id, progress));
+                }
+            }
+        }
     }
 
     pub fn undispatched(&mut self, id: PartitionId, offset: i64) {
@@ -225,5 +271,27 @@ mod tests {
         offsets.revoke(&id);
         assert!(!offsets.done(id, 5));
         assert_eq!(offsets.in_flight(), 0);
+    }
+
+    #[test]
+    fn runs_of_records_across_partitions_keep_each_watermark() {
+        let mut offsets = Offsets::default();
+        let (a, b, gone) = (
+            (TopicKind::Device, 0),
+            (TopicKind::Metric, 0),
+            (TopicKind::Device, 9),
+        );
+        offsets.dispatched_all([(a, 1), (a, 2), (b, 7), (a, 3), (b, 8), (b, 9)]);
+        assert_eq!(offsets.in_flight(), 6);
+        // Out of order within a partition, interleaved across partitions, plus a
+        // partition this consumer does not hold and a repeat.
+        offsets.done_all([(b, 8), (a, 1), (gone, 4), (a, 3), (a, 3), (b, 7)]);
+        assert_eq!(offsets.get(&a).and_then(|p| p.watermark()), Some(2));
+        assert_eq!(offsets.get(&b).and_then(|p| p.watermark()), Some(9));
+        assert!(offsets.get(&gone).is_none());
+        assert_eq!(offsets.in_flight(), 2);
+        offsets.done_all([(a, 2), (b, 9)]);
+        assert_eq!(offsets.get(&a).and_then(|p| p.watermark()), Some(4));
+        assert_eq!(offsets.get(&b).and_then(|p| p.watermark()), Some(10));
     }
 }

@@ -19,7 +19,7 @@ use redis::{Cmd, Pipeline, RedisWrite, ToRedisArgs};
 
 use super::keys::KeyLayout;
 use super::scripts;
-use super::versions::{Decision, KnownVersions};
+use super::versions::{Decision, Fingerprint, KnownVersions};
 use crate::model::{DeviceUpsert, Event, MetricOp};
 
 /// Expiry applied to what metacache writes; 0 = none.
@@ -123,21 +123,36 @@ impl Planner {
         versions: &mut KnownVersions,
         now: Instant,
     ) -> BatchPlan {
-        let inputs = inputs.into_iter();
+        let inputs: Vec<PlanInput<'a>> = inputs.into_iter().collect();
+        // Every upsert's fingerprint first, then their cache entries fetched in one pass,
+        // then the decisions (see `KnownVersions::warm`).
+        let fingerprints: Vec<Option<Fingerprint>> = if self.plain_devices || !versions.enabled() {
+            Vec::new()
+        } else {
+            inputs
+                .iter()
+                .map(|input| match input.event {
+                    Some(Event::DeviceUpsert(d)) => Some(versions.fingerprint(d.device_id())),
+                    _ => None,
+                })
+                .collect()
+        };
+        versions.warm(fingerprints.iter().flatten().copied());
         let mut b = Builder {
-            pipe: Pipeline::with_capacity(inputs.size_hint().0 + 2),
+            pipe: Pipeline::with_capacity(inputs.len() + 2),
             commands: 0,
-            planned: Vec::with_capacity(inputs.size_hint().0),
+            planned: Vec::with_capacity(inputs.len()),
             unguarded: false,
             index: Run::default(),
             namespaces: Run::default(),
         };
         b.pipe.ignore_errors();
-        for input in inputs {
+        for (i, input) in inputs.into_iter().enumerate() {
             let planned = match input.event {
                 None => Planned::none(b.commands),
                 Some(Event::DeviceUpsert(device)) => {
-                    self.upsert_device(&mut b, device, input.epoch, versions, now)
+                    let id = fingerprints.get(i).copied().flatten();
+                    self.upsert_device(&mut b, device, id, input.epoch, versions, now)
                 }
                 Some(Event::DeviceDelete { device_id }) => {
                     self.flush_index(&mut b);
@@ -164,6 +179,7 @@ impl Planner {
         &self,
         b: &mut Builder<'a>,
         device: &'a DeviceUpsert,
+        id: Option<Fingerprint>,
         epoch: Option<u64>,
         versions: &mut KnownVersions,
         now: Instant,
@@ -174,8 +190,12 @@ impl Planner {
             b.push(self.set_device(key, device));
             return b.own(first, Expect::Write);
         }
-        let expect = match versions.decide(device.device_id(), device.last_updated_ms(), epoch, now)
-        {
+        let at = device.last_updated_ms();
+        let decision = match id {
+            Some(id) => versions.decide_fingerprint(id, at, epoch, now),
+            None => versions.decide(device.device_id(), at, epoch, now),
+        };
+        let expect = match decision {
             Decision::Stale => return b.own(first, Expect::Stale),
             Decision::Set => {
                 b.unguarded = true;
