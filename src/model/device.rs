@@ -94,14 +94,35 @@ impl DeviceMetadata {
 /// normalized JSON to store, built once while decoding.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceUpsert {
-    device_id: String,
+    /// The id, held apart only when escaping changed it in the JSON; otherwise it is the
+    /// JSON's text right after `{"device_id":"`, `id_len` bytes (one allocation per
+    /// event fewer).
+    escaped_id: Option<Box<str>>,
+    id_len: usize,
     last_updated_ms: i64,
     json: String,
 }
 
+/// How every stored form begins.
+const JSON_ID_AT: &str = "{\"device_id\":\"";
+
 impl DeviceUpsert {
+    fn new(device_id: &str, last_updated_ms: i64, json: String) -> Self {
+        let verbatim = json.starts_with(JSON_ID_AT)
+            && json.get(JSON_ID_AT.len()..JSON_ID_AT.len() + device_id.len()) == Some(device_id);
+        DeviceUpsert {
+            escaped_id: (!verbatim).then(|| device_id.into()),
+            id_len: device_id.len(),
+            last_updated_ms,
+            json,
+        }
+    }
+
     pub fn device_id(&self) -> &str {
-        &self.device_id
+        match &self.escaped_id {
+            Some(id) => id,
+            None => &self.json[JSON_ID_AT.len()..JSON_ID_AT.len() + self.id_len],
+        }
     }
 
     /// `last_updated` in epoch milliseconds: the `devices` score.
@@ -127,11 +148,7 @@ impl DeviceUpsert {
 
 impl From<&DeviceMetadata> for DeviceUpsert {
     fn from(d: &DeviceMetadata) -> Self {
-        DeviceUpsert {
-            device_id: d.device_id.clone(),
-            last_updated_ms: d.last_updated_ms,
-            json: d.to_normalized_json(),
-        }
+        DeviceUpsert::new(&d.device_id, d.last_updated_ms, d.to_normalized_json())
     }
 }
 
@@ -222,7 +239,10 @@ impl ParsedDevice<'_> {
         } else {
             ",\"persist\":false,\"last_updated\":\""
         });
-        out.extend(utc_millis(self.last_updated_ms).map(char::from));
+        // All ASCII digits and separators, so it is always UTF-8.
+        if let Ok(utc) = std::str::from_utf8(&utc_millis(self.last_updated_ms)) {
+            out.push_str(utc);
+        }
         out.push('"');
         for extra in &self.additional {
             out.push(',');
@@ -231,11 +251,7 @@ impl ParsedDevice<'_> {
             push_compact(&mut out, extra.value.get());
         }
         out.push('}');
-        DeviceUpsert {
-            device_id: self.device_id.into_owned(),
-            last_updated_ms: self.last_updated_ms,
-            json: out,
-        }
+        DeviceUpsert::new(&self.device_id, self.last_updated_ms, out)
     }
 
     fn into_metadata(self) -> Result<DeviceMetadata, Reject> {
@@ -1485,6 +1501,16 @@ mod tests {
         // And it is a fixed point.
         let again = DeviceMetadata::from_normalized_json(&json).unwrap();
         assert_eq!(again.to_normalized_json(), json);
+    }
+
+    #[test]
+    fn the_upsert_gives_its_id_whether_or_not_the_json_escapes_it() {
+        for id in ["dev-42", "dev-4\"2é", "a\\", "a\\b", "é"] {
+            let payload = EXAMPLE.replace(r#""dev-42""#, &serde_json::to_string(id).unwrap());
+            let u = upsert(Some(id), &payload);
+            assert_eq!(u.device_id(), id);
+            assert_eq!(DeviceUpsert::from(u.metadata().unwrap()).device_id(), id);
+        }
     }
 
     #[test]
