@@ -1509,7 +1509,13 @@ mod tests {
             let payload = EXAMPLE.replace(r#""dev-42""#, &serde_json::to_string(id).unwrap());
             let u = upsert(Some(id), &payload);
             assert_eq!(u.device_id(), id);
-            assert_eq!(DeviceUpsert::from(u.metadata().unwrap()).device_id(), id);
+            assert_eq!(DeviceUpsert::from(u.metadata().unwrap()), u);
+        }
+        // The typed view takes any id; decoding would refuse these.
+        for id in ["line\nbreak", "\u{1}", ""] {
+            let mut d = device(EXAMPLE_MS);
+            d.device_id = id.to_owned();
+            assert_eq!(DeviceUpsert::from(&d).device_id(), id);
         }
     }
 

@@ -586,7 +586,7 @@ impl KafkaSource {
         let mut consumed = [0u64; 2];
         // Wait in `poll` only while the chunk is empty. Kept here rather than read under
         // the lock each time: if a rebalance callback empties the chunk meanwhile, the
-        // next poll merely does not wait, and the chunk is sealed one poll early.
+        // next poll merely does not wait (and the run loop comes straight back here).
         let mut waiting = ctx.state().filling.is_empty();
         loop {
             let timeout = if waiting {
