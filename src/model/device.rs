@@ -212,11 +212,13 @@ struct ParsedDevice<'a> {
 }
 
 /// A field the schema does not name.
-struct Extra<'a> {
-    name: Cow<'a, str>,
-    value: &'a RawValue,
+#[derive(Debug, PartialEq)]
+pub(super) struct Extra<'a> {
+    pub(super) name: Cow<'a, str>,
+    /// Its JSON text, exactly as it came.
+    pub(super) value: &'a str,
     /// Its place among the object's fields, to name the first duplicate as it came.
-    position: usize,
+    pub(super) position: usize,
 }
 
 impl ParsedDevice<'_> {
@@ -248,7 +250,7 @@ impl ParsedDevice<'_> {
             out.push(',');
             push_json_str(&mut out, &extra.name);
             out.push(':');
-            push_compact(&mut out, extra.value.get());
+            push_compact(&mut out, extra.value);
         }
         out.push('}');
         DeviceUpsert::new(&self.device_id, self.last_updated_ms, out)
@@ -257,7 +259,7 @@ impl ParsedDevice<'_> {
     fn into_metadata(self) -> Result<DeviceMetadata, Reject> {
         let mut additional_properties = Map::new();
         for extra in self.additional {
-            let value: Value = serde_json::from_str(extra.value.get())
+            let value: Value = serde_json::from_str(extra.value)
                 .map_err(|e| Reject::new(RejectReason::InvalidJson, None, e.to_string()))?;
             additional_properties.insert(extra.name.into_owned(), value);
         }
@@ -276,7 +278,10 @@ impl ParsedDevice<'_> {
 /// Parses and checks one device object: syntax first (a syntax error anywhere wins over a
 /// field error), then duplicates, then each named field in schema order.
 fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, Reject> {
-    let mut raw = parse::parse_object(text, DeviceVisitor)?;
+    let mut raw = match super::scan::device_object(text) {
+        Some(raw) => raw,
+        None => read_with_serde(text)?,
+    };
 
     raw.additional
         .sort_by(|a, b| (&*a.name, a.position).cmp(&(&*b.name, b.position)));
@@ -292,7 +297,7 @@ fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, 
         return Err(parse::duplicate(&field));
     }
     for extra in &raw.additional {
-        let raw_text = extra.value.get();
+        let raw_text = extra.value;
         let shape = inspect(raw_text);
         if shape.depth > MAX_VALUE_DEPTH {
             return Err(Reject::new(
@@ -364,6 +369,12 @@ fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, 
     })
 }
 
+/// The top-level object as serde_json reads it: the judge of every document the fast path
+/// in `scan` gives up on.
+pub(super) fn read_with_serde(text: &str) -> Result<RawDevice<'_>, Reject> {
+    parse::parse_object(text, DeviceVisitor)
+}
+
 /// A required string field: absent or null is missing, anything else but a string is the
 /// wrong type.
 fn required_string<'a>(field: &str, value: Option<Named<'a>>) -> Result<Cow<'a, str>, Reject> {
@@ -415,17 +426,17 @@ fn parse_last_updated(s: &str) -> Result<i64, Reject> {
 
 /// Every top-level field as it came; checking happens after the whole document parsed, so
 /// a syntax error anywhere wins over a field error.
-#[derive(Default)]
-struct RawDevice<'de> {
-    device_id: Option<Named<'de>>,
-    datatype_id: Option<Named<'de>>,
-    datatype_name: Option<Named<'de>>,
-    datatype_unit: Option<Named<'de>>,
-    persist: Option<Named<'de>>,
-    last_updated: Option<Named<'de>>,
-    additional: Vec<Extra<'de>>,
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct RawDevice<'de> {
+    pub(super) device_id: Option<Named<'de>>,
+    pub(super) datatype_id: Option<Named<'de>>,
+    pub(super) datatype_name: Option<Named<'de>>,
+    pub(super) datatype_unit: Option<Named<'de>>,
+    pub(super) persist: Option<Named<'de>>,
+    pub(super) last_updated: Option<Named<'de>>,
+    pub(super) additional: Vec<Extra<'de>>,
     /// The first named field seen twice, and where.
-    duplicate: Option<(usize, String)>,
+    pub(super) duplicate: Option<(usize, String)>,
 }
 
 struct DeviceVisitor;
@@ -457,7 +468,7 @@ impl<'de> Visitor<'de> for DeviceVisitor {
                     let value = map.next_value::<&'de RawValue>()?;
                     raw.additional.push(Extra {
                         name: key,
-                        value,
+                        value: value.get(),
                         position,
                     });
                     continue;
@@ -477,7 +488,8 @@ impl<'de> Visitor<'de> for DeviceVisitor {
 
 /// A named field's value: what the schema can use, or the JSON type it got instead (arrays
 /// and objects are skipped, not built).
-enum Named<'de> {
+#[derive(Debug, PartialEq)]
+pub(super) enum Named<'de> {
     Str(Cow<'de, str>),
     Bool(bool),
     Null,

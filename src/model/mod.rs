@@ -9,6 +9,7 @@ mod limits;
 mod metric;
 mod parse;
 mod reject;
+mod scan;
 
 pub use device::{DeviceMetadata, DeviceUpsert};
 pub use limits::Limits;
