@@ -202,45 +202,48 @@ impl<'a> Scanner<'a> {
             b'-' | b'0'..=b'9' => self.number(),
             b'[' if depth < MAX_DEPTH => {
                 self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
+                self.items(b']', depth + 1, Self::value)
             }
             b'{' if depth < MAX_DEPTH => {
                 self.i += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.eat(b'"')?;
-                    self.string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => self.ws(),
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
+                self.items(b'}', depth + 1, Self::member)
             }
             _ => None,
         }
+    }
+
+    /// The rest of an array or object after its opening bracket: `item`s separated by
+    /// commas, up to `close`.
+    fn items(
+        &mut self,
+        close: u8,
+        depth: usize,
+        item: fn(&mut Self, usize) -> Option<()>,
+    ) -> Option<()> {
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            item(self, depth)?;
+            self.ws();
+            match self.next()? {
+                b',' => self.ws(),
+                b if b == close => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// One `"key": value` of a nested object.
+    fn member(&mut self, depth: usize) -> Option<()> {
+        self.eat(b'"')?;
+        self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        self.value(depth)
     }
 
     /// JSON's number grammar without the exponent (those the decoder checks with
