@@ -13,13 +13,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::dead_letter::{DeadLetterStage, Topics};
 use crate::monitor::Observed;
+use crate::ownership::Ownership;
 use crate::record::{chunk_records, AssignmentEpoch};
 use crate::shutdown::Shutdown;
 use crate::sink::redis::connect::connect;
 use crate::sink::redis::plan::{Planner, Ttls};
 use crate::sink::redis::retry::RetryPolicy;
 use crate::sink::redis::versions::KnownVersions;
-use crate::sink::redis::writer::{Writer, WriterConfig};
+use crate::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
 use crate::sink::redis::KeyLayout;
 use crate::source::kafka::{
     client_config, consumer_config, KafkaSource, ProducerLogContext, SourceReport,
@@ -124,14 +125,27 @@ pub async fn run(
         },
     )
     .with_plain_devices(plain_devices);
-    tokio::spawn(crate::janitor::run(
-        conn.clone(),
-        settings.clone(),
-        shutdown.clone(),
-    ));
+    // The janitor has a connection of its own: the writer must be able to drop its
+    // connection (a fence) knowing nothing else keeps it open.
+    if settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0 {
+        if let Some(janitor_conn) = connect_redis(&settings, retry, &shutdown, &stats).await {
+            tokio::spawn(crate::janitor::run(
+                janitor_conn,
+                settings.clone(),
+                shutdown.clone(),
+            ));
+        }
+    }
     let epoch = Arc::new(AssignmentEpoch::default());
+    let ownership = Arc::new(Ownership::new());
+    let redis_settings = settings.redis.clone();
+    let connector: Connector<redis::aio::ConnectionManager> = Arc::new(move || {
+        let redis_settings = redis_settings.clone();
+        Box::pin(async move { connect(&redis_settings).await })
+    });
     let writer = Writer::new(
         conn,
+        connector,
         planner,
         WriterConfig {
             max_batch: settings.writer.max_batch,
@@ -140,11 +154,14 @@ pub async fn run(
             retry,
         },
         KnownVersions::new(settings.devices.guard_cache, settings.devices.ttl_secs),
-        Arc::clone(&epoch),
         settings.limits.clone(),
-        Arc::clone(&stats),
-        acks_tx,
-        dead_tx,
+        WriterLinks {
+            epoch: Arc::clone(&epoch),
+            ownership: Arc::clone(&ownership),
+            stats: Arc::clone(&stats),
+            acks: acks_tx,
+            dead_letters: dead_tx,
+        },
     );
     let writer_task = tokio::spawn(writer.run(records_rx));
 
@@ -155,6 +172,7 @@ pub async fn run(
         records_tx,
         acks_rx,
         epoch,
+        ownership,
         chunk,
         shutdown_timeout,
     )?;

@@ -10,6 +10,8 @@
 //! - [`model`] — pure decoding and validation: `(topic, key, value)` in, a typed
 //!   [`model::Event`] or a [`model::Reject`] naming the field and the reason out.
 //! - [`record`] — what travels between the stages: decoded records and acknowledgements.
+//! - [`ownership`] — which partitions this process owns, under which generation: the
+//!   source changes it, the writer drops what is no longer owned.
 //! - [`sink`] — Redis: the key layout (the public contract), pure command planning, the
 //!   server-side scripts, and the pipelined writer with its retry policy.
 //! - [`janitor`] — with TTLs set, removes index entries whose keys expired.
@@ -45,6 +47,7 @@ pub mod janitor;
 pub mod metrics;
 pub mod model;
 pub mod monitor;
+pub mod ownership;
 pub mod publish;
 pub mod rate_limit;
 pub mod record;

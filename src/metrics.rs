@@ -140,6 +140,24 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "metacache_records_disowned",
+            "Records dropped unsent because their partition was revoked meanwhile (the new owner replays them)",
+            s.disowned.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "metacache_redis_fences",
+            "Redis connections dropped so that writes of revoked partitions cannot land",
+            s.fences.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "metacache_guard_cache_resets",
+            "Times the device cache was emptied because Redis may have lost what it held (restart, flush, failover, retry)",
+            s.guard_cache_resets.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "metacache_offset_commits",
             "Offset commits sent to Kafka",
             s.commits.load(Relaxed),

@@ -15,12 +15,21 @@ use std::sync::Arc;
 
 use crate::model::{self, Event, Limits, Reject, TopicKind};
 
-/// Where a record came from: enough to commit its offset and to label dead letters.
+/// Where a record came from: enough to commit its offset, to label dead letters, and to
+/// tell whether its partition is still owned under the generation it was consumed in
+/// ([`crate::ownership`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub topic: TopicKind,
     pub partition: i32,
     pub offset: i64,
+    pub generation: u64,
+}
+
+impl Origin {
+    pub fn partition_id(&self) -> crate::ownership::PartitionId {
+        (self.topic, self.partition)
+    }
 }
 
 /// Most records in one chunk (fewer when batches are smaller, see [`chunk_records`]), and
@@ -251,6 +260,7 @@ mod tests {
             topic: TopicKind::Device,
             partition: 0,
             offset,
+            generation: 1,
         }
     }
 

@@ -56,6 +56,13 @@ pub struct Stats {
     pub batched_events: AtomicU64,
     pub max_batch: AtomicU64,
     pub retries: AtomicU64,
+    /// Records dropped unsent because their partition was given up meanwhile (the new
+    /// owner replays them).
+    pub disowned: AtomicU64,
+    /// Connections dropped so that records of given-up partitions could not land.
+    pub fences: AtomicU64,
+    /// Times the device cache was emptied because Redis may have forgotten what it held.
+    pub guard_cache_resets: AtomicU64,
     pub in_flight: AtomicU64,
     pub pipeline_micros_total: AtomicU64,
     pub pipeline_micros_max: AtomicU64,
@@ -94,6 +101,9 @@ impl Default for Stats {
             batched_events: AtomicU64::new(0),
             max_batch: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            disowned: AtomicU64::new(0),
+            fences: AtomicU64::new(0),
+            guard_cache_resets: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
             pipeline_micros_total: AtomicU64::new(0),
             pipeline_micros_max: AtomicU64::new(0),

@@ -13,12 +13,13 @@ use metacache::config::RedisSettings;
 use metacache::dead_letter::DeadLetter;
 use metacache::embedded::EmbeddedRedis;
 use metacache::model::{self, Event, Limits, TopicKind};
+use metacache::ownership::Ownership;
 use metacache::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use metacache::sink::redis::connect::connect;
 use metacache::sink::redis::plan::{Planner, Ttls};
 use metacache::sink::redis::retry::RetryPolicy;
 use metacache::sink::redis::versions::KnownVersions;
-use metacache::sink::redis::writer::{Writer, WriterConfig};
+use metacache::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
 use metacache::sink::redis::KeyLayout;
 use metacache::stats::Stats;
 use redis::Commands;
@@ -29,6 +30,7 @@ use support::{device_json, init_logging, wait_for};
 struct Rig {
     redis: EmbeddedRedis,
     epoch: Arc<AssignmentEpoch>,
+    generation: u64,
     stats: Arc<Stats>,
     records: flume::Sender<Chunk>,
     acks: flume::Receiver<Ack>,
@@ -40,12 +42,17 @@ impl Rig {
     async fn start(retry: RetryPolicy) -> Rig {
         init_logging();
         let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
-        let conn = connect(&RedisSettings {
+        let settings = RedisSettings {
             url: redis.url(),
             ..RedisSettings::default()
-        })
-        .await
-        .expect("redis connects");
+        };
+        let conn = connect(&settings).await.expect("redis connects");
+        let connector: Connector<_> = Arc::new(move || {
+            let settings = settings.clone();
+            Box::pin(async move { connect(&settings).await })
+        });
+        let ownership = Arc::new(Ownership::new());
+        let generation = ownership.assign((TopicKind::Device, 0));
         let epoch = Arc::new(AssignmentEpoch::default());
         let stats = Arc::new(Stats::default());
         let (records, records_rx) = flume::bounded(64);
@@ -53,6 +60,7 @@ impl Rig {
         let (dead_tx, dead) = mpsc::channel(64);
         let writer = Writer::new(
             conn,
+            connector,
             Planner::new(KeyLayout::new(""), Ttls::default()),
             WriterConfig {
                 max_batch: 64,
@@ -61,16 +69,20 @@ impl Rig {
                 retry,
             },
             KnownVersions::new(1000, 0),
-            Arc::clone(&epoch),
             Limits::default(),
-            Arc::clone(&stats),
-            acks_tx,
-            dead_tx,
+            WriterLinks {
+                epoch: Arc::clone(&epoch),
+                ownership,
+                stats: Arc::clone(&stats),
+                acks: acks_tx,
+                dead_letters: dead_tx,
+            },
         );
         tokio::spawn(writer.run(records_rx));
         Rig {
             redis,
             epoch,
+            generation,
             stats,
             records,
             acks,
@@ -104,6 +116,7 @@ impl Rig {
             topic: TopicKind::Device,
             partition: 0,
             offset,
+            generation: self.generation,
         };
         let mut chunk = Chunk::new();
         chunk.push(origin, self.epoch.current(), key, Some(&value));

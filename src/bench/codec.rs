@@ -39,6 +39,7 @@ pub fn run(records: &[BenchRecord], max_batch: usize) -> CodecRun {
                     topic: r.kind(),
                     partition: 0,
                     offset: (b * max_batch + c * per_chunk + i) as i64,
+                    generation: 0,
                 };
                 chunk.push(origin, 0, Some(r.key.as_bytes()), Some(&r.value));
             }

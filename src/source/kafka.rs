@@ -29,6 +29,7 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
 use crate::model::TopicKind;
+use crate::ownership::Ownership;
 use crate::rate_limit::RateLimit;
 use crate::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use crate::shutdown::Shutdown;
@@ -38,6 +39,9 @@ use crate::stats::{PartitionFigures, Stats};
 const PAUSE_AFTER: Duration = Duration::from_millis(500);
 /// Poll timeout when idle: short enough that acks and commits stay timely.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// Longest a revoke waits for the writer to drop a connection that may carry records of
+/// the revoked partitions (dropping takes no round trip; this only bounds a stuck writer).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// librdkafka settings both the consumer and the dead-letter producer share: the brokers
 /// and the user's passthrough table (SASL, SSL, tuning).
@@ -151,12 +155,34 @@ impl SourceState {
     }
 
     fn dispatched(&mut self, chunk: &Chunk) {
-        self.offsets.dispatched_all(
-            chunk
-                .entries()
-                .iter()
-                .map(|e| ((e.origin.topic, e.origin.partition), e.origin.offset)),
-        );
+        self.offsets
+            .dispatched_all(chunk.entries().iter().map(|e| &e.origin));
+    }
+
+    /// The generation a record just consumed belongs to. A record below one consumed
+    /// before in this generation means librdkafka rewound the partition (an offset reset):
+    /// the partition starts a new generation there, so whatever of the old one is still
+    /// pending is dropped by the writer and never counts, instead of a watermark that
+    /// would stick.
+    fn stamp(&mut self, ownership: &Ownership, id: PartitionId, offset: i64) -> u64 {
+        if let Some(progress) = self.offsets.get_mut(&id) {
+            if progress.consumed(offset) {
+                return progress.generation();
+            }
+            tracing::warn!(
+                topic = ?id.0,
+                partition = id.1,
+                offset,
+                "the partition was rewound (offset reset?); records in flight from before are dropped and the partition continues from here"
+            );
+        }
+        // Rewound, or a partition nobody told us about: a generation of its own.
+        let generation = ownership.assign(id);
+        self.offsets.restart(id, generation);
+        if let Some(progress) = self.offsets.get_mut(&id) {
+            progress.consumed(offset);
+        }
+        generation
     }
 }
 
@@ -172,6 +198,7 @@ pub struct SourceContext {
     /// must not wait a second time.
     closing: AtomicBool,
     epoch: Arc<AssignmentEpoch>,
+    ownership: Arc<Ownership>,
 }
 
 impl SourceContext {
@@ -268,11 +295,7 @@ impl SourceContext {
 }
 
 fn apply(offsets: &mut Offsets, ack: Ack) {
-    offsets.done_all(
-        ack.done
-            .into_iter()
-            .map(|o| ((o.topic, o.partition), o.offset)),
-    );
+    offsets.done_all(ack.done);
 }
 
 impl ClientContext for SourceContext {
@@ -361,11 +384,25 @@ impl ConsumerContext for SourceContext {
                 .iter()
                 .any(|id| offsets.get(id).is_some_and(|p| p.in_flight() > 0))
         });
-        if !drained && !wait.is_zero() {
-            tracing::warn!(
-                "revoked partitions still had records in flight after {:?}; the next owner replays them",
-                self.drain_timeout
-            );
+        // From here on the writer drops whatever of these partitions it still holds, and
+        // their acknowledgements no longer count.
+        self.ownership.revoke(&revoked);
+        if !drained {
+            if !wait.is_zero() {
+                tracing::warn!(
+                    "revoked partitions still had records in flight after {:?}; they are dropped and the next owner replays them",
+                    self.drain_timeout
+                );
+            }
+            // Some of them may be on a connection to Redis: the writer drops it before
+            // the next owner may start, so they cannot land after its writes.
+            let ticket = self.ownership.request_fence();
+            if !self.ownership.wait_fenced(ticket, FENCE_TIMEOUT) {
+                tracing::error!(
+                    timeout_ms = FENCE_TIMEOUT.as_millis() as u64,
+                    "the writer did not confirm dropping its Redis connection in time; writes of the revoked partitions may still land"
+                );
+            }
         }
         self.commit(consumer, CommitMode::Sync, Some(&revoked));
         let mut state = self.state();
@@ -385,7 +422,8 @@ impl ConsumerContext for SourceContext {
                 let paused = {
                     let mut state = self.state();
                     for id in &ids {
-                        state.offsets.assign(*id);
+                        let generation = self.ownership.assign(*id);
+                        state.offsets.assign(*id, generation);
                     }
                     let assigned = state.offsets.iter().count();
                     self.stats.kafka_assigned.store(assigned as u64, Relaxed);
@@ -485,6 +523,7 @@ impl KafkaSource {
         records: flume::Sender<Chunk>,
         acks: flume::Receiver<Ack>,
         epoch: Arc<AssignmentEpoch>,
+        ownership: Arc<Ownership>,
         chunk_records: usize,
         shutdown_timeout: Duration,
     ) -> KafkaResult<Self> {
@@ -506,6 +545,7 @@ impl KafkaSource {
             drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
             closing: AtomicBool::new(false),
             epoch,
+            ownership,
             error_log: Mutex::new(RateLimit::new(Duration::from_secs(5))),
         };
         let consumer: BaseConsumer<SourceContext> =
@@ -602,13 +642,16 @@ impl KafkaSource {
                     // maps to a kind.
                     let kind = ctx.topics.kind(topic).unwrap_or(TopicKind::Device);
                     consumed[kind as usize] += 1;
-                    let origin = Origin {
-                        topic: kind,
-                        partition: message.partition(),
-                        offset: message.offset(),
-                    };
                     waiting = false;
                     let mut state = ctx.state();
+                    let (partition, offset) = (message.partition(), message.offset());
+                    let generation = state.stamp(&ctx.ownership, (kind, partition), offset);
+                    let origin = Origin {
+                        topic: kind,
+                        partition,
+                        offset,
+                        generation,
+                    };
                     state.filling.push(
                         origin,
                         ctx.epoch.current(),
@@ -759,9 +802,6 @@ enum Flush {
 /// Takes back the dispatch marks of a chunk that could not be sent after all.
 fn undispatch(state: &mut SourceState, chunk: &Chunk) {
     for entry in chunk.entries().iter().rev() {
-        let origin = entry.origin;
-        state
-            .offsets
-            .undispatched((origin.topic, origin.partition), origin.offset);
+        state.offsets.undispatched(&entry.origin);
     }
 }

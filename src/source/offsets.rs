@@ -5,32 +5,65 @@
 //! this is done". So per partition we keep the dispatched offsets in order and commit only
 //! the first one not yet done. Marking records done one by one and committing the latest
 //! would skip a record that failed — the mistake this module exists to avoid.
+//!
+//! Each partition is tracked under the ownership generation it was assigned with (see
+//! [`crate::ownership`]): a record or an acknowledgement of another generation belongs to
+//! an assignment that is over and changes nothing here.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::model::TopicKind;
+use crate::record::Origin;
 
-/// A topic (by kind) and partition.
-pub type PartitionId = (TopicKind, i32);
+pub use crate::ownership::PartitionId;
 
-/// Progress of one partition.
+/// Progress of one partition within one generation.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PartitionProgress {
+    generation: u64,
     /// Dispatched offsets not yet covered by the watermark, ascending, with a done flag.
     pending: VecDeque<(i64, bool)>,
     /// The offset after the last one dispatched.
     next: Option<i64>,
+    /// The offset after the last one consumed (records are consumed, then dispatched in
+    /// chunks): a record below it means the partition was rewound.
+    consumed_next: Option<i64>,
     /// The last watermark handed to Kafka for commit.
     committed: Option<i64>,
 }
 
 impl PartitionProgress {
+    pub fn new(generation: u64) -> Self {
+        PartitionProgress {
+            generation,
+            ..Self::default()
+        }
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Notes that the record at `offset` was consumed; false when it lies below one
+    /// consumed before in this generation (librdkafka rewound the partition, for example
+    /// after an offset reset), so the caller must start a new generation.
+    pub fn consumed(&mut self, offset: i64) -> bool {
+        if self.consumed_next.is_some_and(|n| offset < n) {
+            return false;
+        }
+        self.consumed_next = Some(offset + 1);
+        true
+    }
+
     /// Records that a record was handed to the pipeline. Offsets arrive ascending (Kafka
-    /// order); gaps (compaction, transaction markers) are fine.
-    pub fn dispatched(&mut self, offset: i64) {
-        debug_assert!(self.next.is_none_or(|n| offset >= n));
+    /// order; [`consumed`](Self::consumed) turns a rewind into a new generation); gaps
+    /// (compaction, transaction markers) are fine. One that does not ascend is ignored.
+    pub fn dispatched(&mut self, offset: i64) -> bool {
+        if self.next.is_some_and(|n| offset < n) {
+            return false;
+        }
         self.pending.push_back((offset, false));
         self.next = Some(offset + 1);
+        true
     }
 
     /// Takes back the latest dispatch (the record could not be handed over after all).
@@ -111,8 +144,19 @@ pub struct Offsets {
 }
 
 impl Offsets {
-    pub fn assign(&mut self, id: PartitionId) {
-        self.partitions.entry(id).or_default();
+    /// Starts tracking `id` under `generation`, forgetting any earlier generation of it.
+    pub fn assign(&mut self, id: PartitionId, generation: u64) {
+        self.partitions
+            .insert(id, PartitionProgress::new(generation));
+    }
+
+    /// Starts a new generation of a partition that stays assigned (it was rewound): what
+    /// was pending under the old one will never count, and the next commit is the new
+    /// watermark even though it lies below what was committed before (that is where the
+    /// partition now really stands).
+    pub fn restart(&mut self, id: PartitionId, generation: u64) {
+        self.partitions
+            .insert(id, PartitionProgress::new(generation));
     }
 
     pub fn revoke(&mut self, id: &PartitionId) -> Option<PartitionProgress> {
@@ -127,58 +171,74 @@ impl Offsets {
         self.partitions.get_mut(id)
     }
 
-    pub fn dispatched(&mut self, id: PartitionId, offset: i64) {
-        self.partitions.entry(id).or_default().dispatched(offset);
+    /// The progress of the partition `origin` came from, if it is of the current
+    /// generation.
+    fn current(&mut self, origin: &Origin) -> Option<&mut PartitionProgress> {
+        self.partitions
+            .get_mut(&(origin.topic, origin.partition))
+            .filter(|p| p.generation == origin.generation)
+    }
+
+    pub fn dispatched(&mut self, origin: &Origin) -> bool {
+        self.current(origin)
+            .is_some_and(|p| p.dispatched(origin.offset))
     }
 
     /// [`Offsets::dispatched`] for many records, one partition lookup per run of records
-    /// from the same partition (a chunk holds long runs).
-    pub fn dispatched_all(&mut self, records: impl IntoIterator<Item = (PartitionId, i64)>) {
-        let mut run: Option<(PartitionId, &mut PartitionProgress)> = None;
-        for (id, offset) in records {
-            match &mut run {
-                Some((current, progress)) if *current == id => progress.dispatched(offset),
-                _ => {
-                    let progress = self.partitions.entry(id).or_default();
-                    progress.dispatched(offset);
-                    run = Some((id, progress));
-                }
-            }
-        }
+    /// from the same partition and generation (a chunk holds long runs).
+    pub fn dispatched_all<'a>(&mut self, records: impl IntoIterator<Item = &'a Origin>) {
+        self.each_current(records.into_iter().copied(), |p, offset| {
+            p.dispatched(offset);
+        });
     }
 
     /// [`Offsets::done`] for many records, one partition lookup per run of records from
-    /// the same partition; records of partitions no longer assigned are ignored.
-    pub fn done_all(&mut self, records: impl IntoIterator<Item = (PartitionId, i64)>) {
-        let mut run: Option<(PartitionId, Option<&mut PartitionProgress>)> = None;
-        for (id, offset) in records {
+    /// the same partition; records of partitions no longer assigned, or of an earlier
+    /// generation, are ignored.
+    pub fn done_all(&mut self, records: impl IntoIterator<Item = Origin>) {
+        self.each_current(records, |p, offset| {
+            p.done(offset);
+        });
+    }
+
+    fn each_current(
+        &mut self,
+        records: impl IntoIterator<Item = Origin>,
+        mut f: impl FnMut(&mut PartitionProgress, i64),
+    ) {
+        let mut run: Option<((PartitionId, u64), Option<&mut PartitionProgress>)> = None;
+        for origin in records {
+            let key = ((origin.topic, origin.partition), origin.generation);
             match &mut run {
-                Some((current, progress)) if *current == id => {
+                Some((current, progress)) if *current == key => {
                     if let Some(p) = progress {
-                        p.done(offset);
+                        f(p, origin.offset);
                     }
                 }
                 _ => {
-                    let mut progress = self.partitions.get_mut(&id);
+                    let mut progress = self
+                        .partitions
+                        .get_mut(&key.0)
+                        .filter(|p| p.generation == key.1);
                     if let Some(p) = &mut progress {
-                        p.done(offset);
+                        f(p, origin.offset);
                     }
-                    run = Some((id, progress));
+                    run = Some((key, progress));
                 }
             }
         }
     }
 
-    pub fn undispatched(&mut self, id: PartitionId, offset: i64) {
-        if let Some(p) = self.partitions.get_mut(&id) {
-            p.undispatched(offset);
+    pub fn undispatched(&mut self, origin: &Origin) {
+        if let Some(p) = self.current(origin) {
+            p.undispatched(origin.offset);
         }
     }
 
-    /// Marks records done; records of partitions no longer assigned are ignored (the new
-    /// owner replays them from the committed offset).
-    pub fn done(&mut self, id: PartitionId, offset: i64) -> bool {
-        self.partitions.get_mut(&id).is_some_and(|p| p.done(offset))
+    /// Marks a record done; records of partitions no longer assigned, or of an earlier
+    /// generation, are ignored (the new owner replays them from the committed offset).
+    pub fn done(&mut self, origin: &Origin) -> bool {
+        self.current(origin).is_some_and(|p| p.done(origin.offset))
     }
 
     pub fn in_flight(&self) -> usize {
@@ -197,6 +257,16 @@ impl Offsets {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TopicKind;
+
+    fn at(id: PartitionId, generation: u64, offset: i64) -> Origin {
+        Origin {
+            topic: id.0,
+            partition: id.1,
+            offset,
+            generation,
+        }
+    }
 
     #[test]
     fn watermark_stops_at_the_first_record_not_done() {
@@ -266,11 +336,61 @@ mod tests {
     fn acks_for_revoked_partitions_are_ignored() {
         let mut offsets = Offsets::default();
         let id = (TopicKind::Device, 3);
-        offsets.dispatched(id, 5);
+        offsets.assign(id, 1);
+        offsets.dispatched(&at(id, 1, 5));
         assert_eq!(offsets.in_flight(), 1);
         offsets.revoke(&id);
-        assert!(!offsets.done(id, 5));
+        assert!(!offsets.done(&at(id, 1, 5)));
         assert_eq!(offsets.in_flight(), 0);
+    }
+
+    #[test]
+    fn acks_of_an_earlier_generation_do_not_mark_the_new_one() {
+        // Revoked while offset 5 was in flight, assigned back, 5 consumed again: the old
+        // owner's ack for 5 says nothing about the new record 5, which is not written yet.
+        let mut offsets = Offsets::default();
+        let id = (TopicKind::Device, 3);
+        offsets.assign(id, 1);
+        offsets.dispatched(&at(id, 1, 5));
+        offsets.revoke(&id);
+        offsets.assign(id, 2);
+        offsets.dispatched(&at(id, 2, 5));
+        assert!(!offsets.done(&at(id, 1, 5)));
+        offsets.done_all([at(id, 1, 5)]);
+        assert_eq!(offsets.get(&id).and_then(|p| p.watermark()), Some(5));
+        assert!(offsets.done(&at(id, 2, 5)));
+        assert_eq!(offsets.get(&id).and_then(|p| p.watermark()), Some(6));
+        // A record of the old generation still in a chunk is not tracked either.
+        offsets.dispatched_all([&at(id, 1, 6)]);
+        assert_eq!(offsets.in_flight(), 0);
+    }
+
+    #[test]
+    fn a_rewind_is_seen_and_never_moves_the_watermark_backwards_silently() {
+        let mut p = PartitionProgress::new(1);
+        assert!(p.consumed(10));
+        assert!(p.consumed(11));
+        assert!(
+            !p.consumed(3),
+            "a lower offset in one generation is a rewind"
+        );
+        // Dispatching out of order within a generation is refused, not half-recorded.
+        assert!(p.dispatched(10));
+        assert!(p.dispatched(11));
+        assert!(!p.dispatched(3));
+        assert_eq!(p.watermark(), Some(10));
+        // The source restarts the partition under a new generation at the rewound offset;
+        // the next commit says where it really stands.
+        let mut offsets = Offsets::default();
+        let id = (TopicKind::Metric, 0);
+        offsets.assign(id, 1);
+        offsets.dispatched(&at(id, 1, 10));
+        offsets.get_mut(&id).unwrap().mark_committed(10);
+        offsets.restart(id, 2);
+        assert_eq!(offsets.in_flight(), 0);
+        assert!(offsets.dispatched(&at(id, 2, 3)));
+        assert_eq!(offsets.get(&id).and_then(|p| p.watermark()), Some(3));
+        assert_eq!(offsets.get(&id).and_then(|p| p.to_commit()), Some(3));
     }
 
     #[test]
@@ -281,16 +401,26 @@ mod tests {
             (TopicKind::Metric, 0),
             (TopicKind::Device, 9),
         );
-        offsets.dispatched_all([(a, 1), (a, 2), (b, 7), (a, 3), (b, 8), (b, 9)]);
+        offsets.assign(a, 1);
+        offsets.assign(b, 1);
+        let dispatched: Vec<Origin> = [(a, 1), (a, 2), (b, 7), (a, 3), (b, 8), (b, 9)]
+            .into_iter()
+            .map(|(id, o)| at(id, 1, o))
+            .collect();
+        offsets.dispatched_all(&dispatched);
         assert_eq!(offsets.in_flight(), 6);
         // Out of order within a partition, interleaved across partitions, plus a
         // partition this consumer does not hold and a repeat.
-        offsets.done_all([(b, 8), (a, 1), (gone, 4), (a, 3), (a, 3), (b, 7)]);
+        offsets.done_all(
+            [(b, 8), (a, 1), (gone, 4), (a, 3), (a, 3), (b, 7)]
+                .into_iter()
+                .map(|(id, o)| at(id, 1, o)),
+        );
         assert_eq!(offsets.get(&a).and_then(|p| p.watermark()), Some(2));
         assert_eq!(offsets.get(&b).and_then(|p| p.watermark()), Some(9));
         assert!(offsets.get(&gone).is_none());
         assert_eq!(offsets.in_flight(), 2);
-        offsets.done_all([(a, 2), (b, 9)]);
+        offsets.done_all([at(a, 1, 2), at(b, 1, 9)]);
         assert_eq!(offsets.get(&a).and_then(|p| p.watermark()), Some(4));
         assert_eq!(offsets.get(&b).and_then(|p| p.watermark()), Some(10));
     }

@@ -7,6 +7,7 @@
 //! | `{prefix}devices` | sorted set: device id scored by `last_updated` (epoch ms) |
 //! | `{prefix}{namespace}#metric_names` | set of metric names |
 //! | `{prefix}metric_namespaces` | set of namespaces |
+//! | `{prefix}metacache:writers` | hash: one field per running writer (its liveness marker) |
 //!
 //! Every command metacache sends touches exactly one of these keys, so the layout works on
 //! Redis Cluster without hash tags.
@@ -17,6 +18,7 @@ pub struct KeyLayout {
     prefix: String,
     devices: String,
     metric_namespaces: String,
+    writers: String,
 }
 
 impl KeyLayout {
@@ -25,6 +27,7 @@ impl KeyLayout {
             prefix: prefix.to_owned(),
             devices: format!("{prefix}devices"),
             metric_namespaces: format!("{prefix}metric_namespaces"),
+            writers: format!("{prefix}metacache:writers"),
         }
     }
 
@@ -70,6 +73,14 @@ impl KeyLayout {
     /// `metric_namespaces`: every namespace that has been written.
     pub fn metric_namespaces(&self) -> &str {
         &self.metric_namespaces
+    }
+
+    /// `metacache:writers`: each running writer sets its own field at the end of every
+    /// pipeline. The field gone means Redis lost data since the previous pipeline (it
+    /// restarted empty, was flushed, or failed over to a node that never had the field),
+    /// so whatever the writer remembered about the keys is void. No reader needs it.
+    pub fn writers(&self) -> &str {
+        &self.writers
     }
 }
 

@@ -288,6 +288,16 @@ impl KnownVersions {
         self.previous.remove(&id);
     }
 
+    /// Redis may have lost what it held (it restarted, was flushed, failed over, or a
+    /// write failed in a way that leaves its outcome unknown): nothing known about it
+    /// holds any more. Guards still waiting for their answer stay: they run (or run again)
+    /// on the Redis that is there now, so what they answer is true of it.
+    pub fn forget_known(&mut self) {
+        let guarding = |_: &Fingerprint, slot: &mut Slot| slot.last_updated_ms == GUARDING;
+        self.current.retain(guarding);
+        self.previous.retain(guarding);
+    }
+
     fn rotate_if_full(&mut self) {
         if self.current.len() >= self.capacity.div_ceil(2) {
             self.previous = std::mem::take(&mut self.current);

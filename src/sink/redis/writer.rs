@@ -11,6 +11,21 @@
 //! semantics for metric names), so the replay converges to the state the stream describes.
 //! Nothing is acknowledged until its own successful reply, so a crash at any point only
 //! means a replay from the last committed offsets.
+//!
+//! Three rules keep that true when the world changes under a running writer:
+//!
+//! - **Ownership.** A record whose partition was given up ([`Ownership`]) is dropped before
+//!   every send and every retry; when the source gives up records that may still be on the
+//!   wire, the writer drops the connection under them (a *fence*) before the next owner
+//!   starts.
+//! - **Replies are checked, not trusted.** A reply vector of the wrong length, or a guard
+//!   answer other than 0 or 1, is a transient error: retried, never an acknowledgement.
+//! - **The device cache forgets what Redis forgot.** Every pipeline ends with `CLIENT ID`
+//!   and `HSET metacache:writers <this writer> 1`: a new connection id (a reconnect, maybe
+//!   to a promoted replica) or a field that had to be created again (a restart, a flush) is
+//!   seen in the same pipeline as the writes it affects, and any retry forgets too. The
+//!   cache is then emptied, and every batch planned with what it knew is planned again
+//!   through the guard.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -30,6 +45,7 @@ use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
 use crate::dead_letter::DeadLetter;
 use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
+use crate::ownership::Ownership;
 use crate::record::{Ack, AssignmentEpoch, Chunk, Record};
 use crate::stats::Stats;
 
@@ -42,20 +58,35 @@ pub struct WriterConfig {
     pub retry: RetryPolicy,
 }
 
+/// Opens a new connection (with the scripts loaded): after a fence the writer needs one
+/// that shares nothing with the connection it dropped.
+pub type Connector<C> =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
+
 type Replies = RedisResult<Vec<RedisResult<Value>>>;
 type Flight = Pin<Box<dyn Future<Output = Replies> + Send>>;
+
+/// Commands every pipeline ends with: `CLIENT ID`, then `HSET metacache:writers`.
+const TAIL: usize = 2;
 
 /// One pipeline's worth of records and the commands planned for them.
 struct Batch {
     records: Vec<Record>,
     planned: Vec<Planned>,
     pipe: Arc<Pipeline>,
+    /// Commands in `pipe`, the tail included: the replies expected.
+    commands: usize,
     events: u64,
     /// The assignment epoch whose records could be decided locally; `None` when every
     /// device went through the guard.
     trust: Option<u64>,
     /// Some device was written without the guard.
     unguarded: bool,
+    /// Some device was decided here (written without the guard, or skipped as stale):
+    /// the batch relies on what the writer knew when it was planned.
+    local: bool,
+    /// The writer's knowledge generation it was planned under (see `Writer::knowledge`).
+    knowledge: u64,
     /// When it was last handed to the connection: what its writes can have done is no
     /// older than this (a device key's TTL runs from when Redis ran the command).
     sent_at: Instant,
@@ -63,9 +94,10 @@ struct Batch {
 
 /// What a batch's replies say as a whole.
 enum Verdict {
-    /// Every command answered; per-event outcomes can be read.
+    /// Every command answered as planned; per-event outcomes can be read.
     Answered(Vec<RedisResult<Value>>),
-    /// Something transient went wrong: retry this batch (and everything after it).
+    /// Something transient went wrong, or the batch relied on knowledge that turned out
+    /// void: retry this batch (and everything after it).
     Retry {
         reason: String,
         reload_scripts: bool,
@@ -73,43 +105,69 @@ enum Verdict {
 }
 
 pub struct Writer<C> {
-    conn: C,
+    /// `None` after a fence dropped it, until the next connect.
+    conn: Option<C>,
+    connector: Connector<C>,
     planner: Planner,
     config: WriterConfig,
     versions: KnownVersions,
+    /// Bumped whenever `versions` is emptied: batches planned under an older value may
+    /// have decided devices on knowledge that is void now.
+    knowledge: u64,
+    /// The connection id Redis reported at the end of the last pipeline.
+    conn_id: Option<i64>,
+    /// A connection dropped by a fence, to `CLIENT KILL` once a new one is up.
+    kill: Option<i64>,
+    /// This writer's field in `metacache:writers`.
+    writer_id: String,
     epoch: Arc<AssignmentEpoch>,
+    ownership: Arc<Ownership>,
+    fence_served: u64,
     limits: Limits,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
     dead_letters: mpsc::Sender<DeadLetter>,
 }
 
+/// What the writer shares with the rest of the pipeline.
+pub struct WriterLinks {
+    pub epoch: Arc<AssignmentEpoch>,
+    pub ownership: Arc<Ownership>,
+    pub stats: Arc<Stats>,
+    pub acks: flume::Sender<Ack>,
+    pub dead_letters: mpsc::Sender<DeadLetter>,
+}
+
 impl<C> Writer<C>
 where
     C: ConnectionLike + Clone + Send + Sync + 'static,
 {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         conn: C,
+        connector: Connector<C>,
         planner: Planner,
         config: WriterConfig,
         versions: KnownVersions,
-        epoch: Arc<AssignmentEpoch>,
         limits: Limits,
-        stats: Arc<Stats>,
-        acks: flume::Sender<Ack>,
-        dead_letters: mpsc::Sender<DeadLetter>,
+        links: WriterLinks,
     ) -> Self {
         Writer {
-            conn,
+            conn: Some(conn),
+            connector,
             planner,
             config,
             versions,
-            epoch,
+            knowledge: 0,
+            conn_id: None,
+            kill: None,
+            writer_id: writer_id(),
+            epoch: links.epoch,
+            ownership: links.ownership,
+            fence_served: 0,
             limits,
-            stats,
-            acks,
-            dead_letters,
+            stats: links.stats,
+            acks: links.acks,
+            dead_letters: links.dead_letters,
         }
     }
 
@@ -122,6 +180,7 @@ where
         let mut sent: VecDeque<Batch> = VecDeque::new();
         let mut flights: FuturesOrdered<Flight> = FuturesOrdered::new();
         let mut closed = false;
+        let ownership = Arc::clone(&self.ownership);
 
         loop {
             let room = sent.len() < max_in_flight;
@@ -139,10 +198,19 @@ where
                 } else {
                     std::mem::replace(&mut pending, Vec::with_capacity(max_batch))
                 };
-                let mut batch = self.build(records);
                 // What a chunk brought beyond a full batch waits for companions as usual.
                 deadline =
                     (!pending.is_empty()).then(|| tokio::time::Instant::now() + self.config.linger);
+                let Some(mut batch) = self.build(records) else {
+                    continue;
+                };
+                if self.conn.is_none() {
+                    // A fence dropped the connection: reconnect and send in order.
+                    sent.push_back(batch);
+                    self.go_back(&mut sent, &mut flights, "no connection".into(), false)
+                        .await;
+                    continue;
+                }
                 batch.sent_at = Instant::now();
                 flights.push_back(self.send(&batch));
                 self.stats.in_flight.store(sent.len() as u64 + 1, Relaxed);
@@ -158,10 +226,23 @@ where
                     None => std::future::pending().await,
                 }
             };
+            let served = self.fence_served;
             tokio::select! {
                 biased;
+                _ = ownership.fence_wanted(served) => {
+                    self.retain_owned(&mut pending);
+                    if self.serve_fence(&sent, &mut flights) {
+                        self.go_back(&mut sent, &mut flights, "connection dropped by a fence".into(), false)
+                            .await;
+                    }
+                    self.stats.in_flight.store(sent.len() as u64, Relaxed);
+                }
                 Some(replies) = flights.next(), if !sent.is_empty() => {
-                    match self.judge(replies) {
+                    let verdict = match sent.front() {
+                        Some(batch) => self.judge(batch, replies),
+                        None => continue,
+                    };
+                    match verdict {
                         Verdict::Answered(replies) => {
                             if let Some(batch) = sent.pop_front() {
                                 self.complete(batch, replies).await;
@@ -194,6 +275,7 @@ where
             }
         }
         self.stats.in_flight.store(0, Relaxed);
+        self.sign_off().await;
     }
 
     /// Decodes a chunk: valid events join the batch; rejected ones go to the dead-letter
@@ -218,16 +300,98 @@ where
         let _ = self.dead_letters.send(DeadLetter { record, reject }).await;
     }
 
-    /// Plans a batch under the current assignment epoch.
-    fn build(&mut self, records: Vec<Record>) -> Batch {
+    /// Drops the records whose partition is no longer owned under their generation;
+    /// returns how many. One ownership lookup per run of records from one partition.
+    fn retain_owned(&self, records: &mut Vec<Record>) -> usize {
+        let before = records.len();
+        {
+            let view = self.ownership.view();
+            let mut last: Option<((TopicKind, i32, u64), bool)> = None;
+            records.retain(|r| {
+                let key = (r.origin.topic, r.origin.partition, r.origin.generation);
+                match last {
+                    Some((k, owned)) if k == key => owned,
+                    _ => {
+                        let owned = view.owns(r.origin.partition_id(), r.origin.generation);
+                        last = Some((key, owned));
+                        owned
+                    }
+                }
+            });
+        }
+        let dropped = before - records.len();
+        if dropped > 0 {
+            self.stats.disowned.fetch_add(dropped as u64, Relaxed);
+            tracing::debug!(
+                dropped,
+                "records of revoked partitions dropped; their new owner replays them"
+            );
+        }
+        dropped
+    }
+
+    fn all_owned(&self, records: &[Record]) -> bool {
+        let view = self.ownership.view();
+        let mut last = None;
+        records.iter().all(|r| {
+            let key = (r.origin.partition_id(), r.origin.generation);
+            if last == Some(key) {
+                return true;
+            }
+            last = Some(key);
+            view.owns(key.0, key.1)
+        })
+    }
+
+    /// The source asked for a fence: if any pipeline in flight carries records of a
+    /// partition given up, drop every flight and the connection under them, so none of
+    /// their bytes still waiting to be written ever is. Returns whether it did.
+    fn serve_fence(
+        &mut self,
+        sent: &VecDeque<Batch>,
+        flights: &mut FuturesOrdered<Flight>,
+    ) -> bool {
+        let ticket = self.ownership.fence_requested();
+        self.fence_served = ticket;
+        let carries = sent.iter().any(|b| !self.all_owned(&b.records));
+        if carries {
+            *flights = FuturesOrdered::new();
+            self.conn = None;
+            self.kill = self.conn_id.take();
+            self.stats.fences.fetch_add(1, Relaxed);
+            tracing::warn!(
+                batches = sent.len(),
+                "revoked partitions had writes in flight: their Redis connection is dropped so they cannot land after the new owner's"
+            );
+        }
+        self.ownership.confirm_fence(ticket);
+        carries
+    }
+
+    /// Empties the device cache: Redis may not hold what it says any more.
+    fn forget_all(&mut self) {
+        if !self.versions.is_empty() {
+            self.stats.guard_cache_resets.fetch_add(1, Relaxed);
+        }
+        self.versions.forget_known();
+        self.knowledge += 1;
+    }
+
+    /// Plans a batch under the current assignment epoch; `None` when none of its records
+    /// are owned any more.
+    fn build(&mut self, mut records: Vec<Record>) -> Option<Batch> {
+        self.retain_owned(&mut records);
+        if records.is_empty() {
+            return None;
+        }
         let trust = Some(self.epoch.current());
-        self.build_under(records, trust)
+        Some(self.build_under(records, trust))
     }
 
     /// Plans a batch; only records consumed under `trust` (and keyed) may be decided
     /// without the guard.
     fn build_under(&mut self, records: Vec<Record>, trust: Option<u64>) -> Batch {
-        let plan = self.planner.plan_batch(
+        let mut plan = self.planner.plan_batch(
             records.iter().map(|record| PlanInput {
                 event: record.decoded.as_ref().ok(),
                 epoch: trusted_epoch(record, trust),
@@ -235,14 +399,29 @@ where
             &mut self.versions,
             Instant::now(),
         );
+        let local = plan.unguarded || plan.planned.iter().any(|p| p.expect == Expect::Stale);
+        // The tail that tells whether Redis is still the one this writer knew.
+        plan.pipe
+            .add_command(redis::cmd("CLIENT").arg("ID").to_owned());
+        plan.pipe.add_command(
+            redis::cmd("HSET")
+                .arg(self.planner.keys().writers())
+                .arg(&self.writer_id)
+                .arg(1)
+                .to_owned(),
+        );
+        let commands = plan.pipe.cmd_iter().count();
         let events = records.len() as u64;
         Batch {
             records,
             planned: plan.planned,
             pipe: Arc::new(plan.pipe),
+            commands,
             events,
             trust,
             unguarded: plan.unguarded,
+            local,
+            knowledge: self.knowledge,
             sent_at: Instant::now(),
         }
     }
@@ -250,14 +429,16 @@ where
     /// Hands the pipeline to the connection. Called from this task only, in batch order.
     fn send(&self, batch: &Batch) -> Flight {
         let pipe = Arc::clone(&batch.pipe);
-        let mut conn = self.conn.clone();
+        let conn = self.conn.clone();
         let stats = Arc::clone(&self.stats);
         let events = batch.events;
         Box::pin(async move {
+            let Some(mut conn) = conn else {
+                return Err(RedisError::from(std::io::Error::from(
+                    std::io::ErrorKind::NotConnected,
+                )));
+            };
             let started = Instant::now();
-            if pipe.is_empty() {
-                return Ok(Vec::new());
-            }
             let replies: Replies = pipe.query_async(&mut conn).await;
             if replies.is_ok() {
                 stats.record_batch(events, started.elapsed().as_micros() as u64);
@@ -266,34 +447,93 @@ where
         })
     }
 
-    fn judge(&self, replies: Replies) -> Verdict {
-        match replies {
-            Err(e) => Verdict::Retry {
-                reload_scripts: e.code() == Some("NOSCRIPT"),
-                reason: describe(&e),
-            },
-            Ok(replies) => {
-                let mut reload_scripts = false;
-                let mut reason = None;
-                for e in replies.iter().filter_map(|r| r.as_ref().err()) {
-                    if is_permanent(e) {
-                        continue;
+    /// Reads a batch's replies as a whole. Anything short of a full, well-formed answer is
+    /// retried; the writer's knowledge is forgotten whenever Redis may have lost data or
+    /// the outcome of a write is unknown.
+    fn judge(&mut self, batch: &Batch, replies: Replies) -> Verdict {
+        let replies = match replies {
+            Err(e) => {
+                self.forget_all();
+                return Verdict::Retry {
+                    reload_scripts: e.code() == Some("NOSCRIPT"),
+                    reason: describe(&e),
+                };
+            }
+            Ok(replies) => replies,
+        };
+        if replies.len() != batch.commands {
+            self.forget_all();
+            return Verdict::Retry {
+                reason: format!(
+                    "Redis answered {} replies to a pipeline of {} commands",
+                    replies.len(),
+                    batch.commands
+                ),
+                reload_scripts: false,
+            };
+        }
+        let mut reload_scripts = false;
+        let mut reason = None;
+        for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+            if is_permanent(e) {
+                continue;
+            }
+            reload_scripts |= e.code() == Some("NOSCRIPT");
+            reason.get_or_insert_with(|| describe(e));
+        }
+        if let Some(reason) = reason {
+            self.forget_all();
+            return Verdict::Retry {
+                reason,
+                reload_scripts,
+            };
+        }
+        let tail = &replies[batch.commands - TAIL..];
+        let (Ok(Value::Int(id)), Ok(Value::Int(created))) = (&tail[0], &tail[1]) else {
+            self.forget_all();
+            return Verdict::Retry {
+                reason: format!("unexpected replies to CLIENT ID and HSET: {tail:?}"),
+                reload_scripts: false,
+            };
+        };
+        if self.conn_id != Some(*id) || *created == 1 {
+            // A new connection (maybe to another node) or a marker that was gone: what
+            // this writer knew about the keys may not hold.
+            if self.conn_id.is_some() || *created == 1 {
+                tracing::info!(
+                    new_connection = self.conn_id != Some(*id),
+                    marker_recreated = *created == 1,
+                    "Redis may have lost data since the last pipeline; the device cache is emptied"
+                );
+            }
+            self.forget_all();
+            self.conn_id = Some(*id);
+        }
+        if batch.local && batch.knowledge != self.knowledge {
+            return Verdict::Retry {
+                reason: "Redis may have lost what this writer knew (reconnect, restart, flush or failover); planning the batch again through the stale guard".into(),
+                reload_scripts: false,
+            };
+        }
+        for plan in &batch.planned {
+            if let Expect::Guarded { .. } = plan.expect {
+                match replies.get(plan.first) {
+                    Some(Ok(Value::Int(0 | 1))) | Some(Err(_)) => {}
+                    other => {
+                        self.forget_all();
+                        return Verdict::Retry {
+                            reason: format!("unexpected reply to the stale guard: {other:?}"),
+                            reload_scripts: false,
+                        };
                     }
-                    reload_scripts |= e.code() == Some("NOSCRIPT");
-                    reason.get_or_insert_with(|| describe(e));
-                }
-                match reason {
-                    None => Verdict::Answered(replies),
-                    Some(reason) => Verdict::Retry {
-                        reason,
-                        reload_scripts,
-                    },
                 }
             }
         }
+        Verdict::Answered(replies)
     }
 
-    /// Reads each event's replies: written, skipped as stale, or refused for good.
+    /// Reads each event's replies: written, skipped as stale, or refused for good. The
+    /// replies were checked by [`Writer::judge`].
     async fn complete(&mut self, batch: Batch, replies: Vec<RedisResult<Value>>) {
         self.stats.redis_up.store(true, Relaxed);
         let mut ack = Ack {
@@ -304,9 +544,7 @@ where
         // A guard's write counts from when it was sent, not from when its answer is read.
         let now = batch.sent_at;
         for (record, plan) in batch.records.into_iter().zip(batch.planned) {
-            let own = replies
-                .get(plan.first..plan.first + plan.commands)
-                .unwrap_or(&[]);
+            let own = &replies[plan.first..plan.first + plan.commands];
             let shared = plan.shared.and_then(|at| replies.get(at));
             let device = match &record.decoded {
                 Ok(Event::DeviceUpsert(d)) => Some(d),
@@ -323,7 +561,7 @@ where
                 Expect::Write => false,
                 Expect::Stale => true,
                 Expect::Guarded { seq } => {
-                    let wrote = !matches!(own.first(), Some(Ok(Value::Int(0))));
+                    let wrote = matches!(own.first(), Some(Ok(Value::Int(1))));
                     if let Some(d) = device {
                         self.versions.guard_answered(
                             d.device_id(),
@@ -371,8 +609,53 @@ where
         }
     }
 
+    /// Opens a connection when a fence dropped the last one, and kills the dropped one on
+    /// the server so bytes of it that already reached Redis are discarded too (best
+    /// effort: it may be gone already, or the user may not be allowed `CLIENT KILL`).
+    async fn ensure_connected(&mut self) -> Result<(), String> {
+        if self.conn.is_some() {
+            return Ok(());
+        }
+        let mut conn = (self.connector)().await.map_err(|e| describe(&e))?;
+        if let Some(id) = self.kill.take() {
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("KILL").arg("ID").arg(id);
+            let kill = cmd.query_async::<Value>(&mut conn);
+            match tokio::time::timeout(Duration::from_secs(2), kill).await {
+                Ok(Ok(_)) => tracing::debug!(id, "fenced connection killed on the server"),
+                Ok(Err(e)) => {
+                    tracing::debug!(id, error = %describe(&e), "fenced connection already gone")
+                }
+                Err(_) => tracing::debug!(id, "CLIENT KILL of the fenced connection timed out"),
+            }
+        }
+        self.conn = Some(conn);
+        Ok(())
+    }
+
+    /// Waits for `future` unless a fence is wanted first: then serves it and returns
+    /// `None` (the future, and any connection it held, is dropped).
+    async fn unless_fenced<T>(
+        &mut self,
+        sent: &VecDeque<Batch>,
+        future: impl Future<Output = T>,
+    ) -> Option<T> {
+        let ownership = Arc::clone(&self.ownership);
+        let served = self.fence_served;
+        tokio::select! {
+            biased;
+            _ = ownership.fence_wanted(served) => {
+                let mut none = FuturesOrdered::new();
+                self.serve_fence(sent, &mut none);
+                None
+            }
+            out = future => Some(out),
+        }
+    }
+
     /// Go back N: let every batch in flight settle, then re-send the failed one and all
-    /// later ones, in order, one at a time, until Redis takes them.
+    /// later ones, in order, one at a time, until Redis takes them. Records of partitions
+    /// given up meanwhile are dropped on the way.
     async fn go_back(
         &mut self,
         sent: &mut VecDeque<Batch>,
@@ -380,13 +663,28 @@ where
         mut reason: String,
         mut reload_scripts: bool,
     ) {
-        while flights.next().await.is_some() {}
+        let settle = async { while flights.next().await.is_some() {} };
+        let ownership = Arc::clone(&self.ownership);
+        let served = self.fence_served;
+        let fenced = tokio::select! {
+            biased;
+            _ = ownership.fence_wanted(served) => true,
+            _ = settle => false,
+        };
+        if fenced {
+            self.serve_fence(sent, flights);
+        }
+        *flights = FuturesOrdered::new();
         let mut delays = self.config.retry.delays();
         let mut logged_down = false;
         while !sent.is_empty() {
-            if reload_scripts {
-                if let Err(e) = load_scripts(&mut self.conn).await {
-                    reason = describe(&e);
+            if let Err(e) = self.ensure_connected().await {
+                reason = e;
+            } else if reload_scripts {
+                if let Some(conn) = self.conn.as_mut() {
+                    if let Err(e) = load_scripts(conn).await {
+                        reason = describe(&e);
+                    }
                 }
             }
             if !reason.is_empty() {
@@ -401,20 +699,44 @@ where
                     tracing::debug!(%reason, retry_in_ms = delay.as_millis() as u64, "retrying");
                 }
                 self.stats.redis_up.store(false, Relaxed);
-                tokio::time::sleep(delay).await;
+                // A fence during the wait is served at once; the loop goes on.
+                let _ = self.unless_fenced(sent, tokio::time::sleep(delay)).await;
+                if self.conn.is_none() {
+                    reason = "connection dropped by a fence".into();
+                    continue;
+                }
             }
             let current = self.epoch.current();
-            let Some(batch) = sent.front_mut() else {
+            let knowledge = self.knowledge;
+            let Some(mut batch) = sent.pop_front() else {
                 break;
             };
-            // Planned before a rebalance with devices decided locally: another consumer
-            // may have written them since, so only the guard may decide now.
-            if batch.unguarded && batch.trust != Some(current) {
+            let dropped = self.retain_owned(&mut batch.records);
+            if batch.records.is_empty() {
+                continue;
+            }
+            // Planned before a rebalance with devices decided locally (another consumer
+            // may have written them since), before the device cache was emptied, or with
+            // records that are gone now: plan it again, with only the guard deciding.
+            if dropped > 0
+                || (batch.unguarded && batch.trust != Some(current))
+                || (batch.local && batch.knowledge != knowledge)
+            {
                 let records = std::mem::take(&mut batch.records);
-                *batch = self.build_under(records, None);
+                batch = self.build_under(records, None);
             }
             batch.sent_at = Instant::now();
-            match self.judge(self.send(batch).await) {
+            let flight = self.send(&batch);
+            sent.push_front(batch);
+            let Some(replies) = self.unless_fenced(sent, flight).await else {
+                reason = "interrupted by a fence".into();
+                continue;
+            };
+            let verdict = match sent.front() {
+                Some(batch) => self.judge(batch, replies),
+                None => break,
+            };
+            match verdict {
                 Verdict::Answered(replies) => {
                     if let Some(batch) = sent.pop_front() {
                         self.complete(batch, replies).await;
@@ -436,6 +758,29 @@ where
             tracing::info!("Redis writes succeed again");
         }
     }
+
+    /// Removes this writer's field from `metacache:writers` on the way out (best effort:
+    /// a field left by a crash is a few bytes and harmless).
+    async fn sign_off(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut cmd = redis::cmd("HDEL");
+        cmd.arg(self.planner.keys().writers()).arg(&self.writer_id);
+        let hdel = cmd.query_async::<Value>(conn);
+        let _ = tokio::time::timeout(Duration::from_secs(1), hdel).await;
+    }
+}
+
+/// A field name no other writer uses: the process, the time it started, a random part.
+fn writer_id() -> String {
+    use std::hash::BuildHasher;
+    let random = std::collections::hash_map::RandomState::new().hash_one(std::process::id());
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("{}-{since_epoch}-{random:016x}", std::process::id())
 }
 
 /// Error replies that Redis or an operator clears in time (memory, replication, loading, a

@@ -1,0 +1,215 @@
+//! Which partitions this process owns right now, shared by the source (which changes it)
+//! and the writer (which obeys it).
+//!
+//! Every assignment of a partition gets a fresh *generation*; every record carries the
+//! generation it was consumed under. A record whose generation is no longer owned was
+//! given up: another consumer now owns its partition and replays it from the committed
+//! offset, so this process must never send it to Redis again, and its acknowledgement
+//! must not count (it would mark a record of the new generation with the same offset as
+//! done). One check — "is `(partition, generation)` still owned?" — covers every way a
+//! record can outlive its owner: a revoke whose drain timed out, a batch still being
+//! retried after the rebalance, an offset reset that rewound the partition.
+//!
+//! The check is free while nothing is revoked: the writer only re-examines its records
+//! when [`Ownership::revocations`] moved since it last looked.
+//!
+//! Bytes already handed to a connection cannot be called back. When a revoke gives up
+//! records that are still in flight, the source asks the writer for a *fence*
+//! ([`Ownership::request_fence`]): the writer drops every pipeline in flight and the
+//! connection under them, opens a new one, and confirms; only then does the source
+//! commit and let the partitions go. A dropped connection's unsent bytes are never
+//! written; bytes Redis had already received may still run, which the writer narrows
+//! with `CLIENT KILL` of the old connection on the new one (docs/reliability.md).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::model::TopicKind;
+
+/// A topic (by kind) and partition.
+pub type PartitionId = (TopicKind, i32);
+
+#[derive(Debug, Default)]
+pub struct Ownership {
+    owned: RwLock<HashMap<PartitionId, u64>>,
+    /// The last generation handed out; generations are unique within the process.
+    last_generation: AtomicU64,
+    /// Bumped on every revoke: the writer re-checks its records when it moved.
+    revocations: AtomicU64,
+    fence: Fence,
+}
+
+#[derive(Debug, Default)]
+struct Fence {
+    /// (requested, confirmed) tickets.
+    tickets: Mutex<(u64, u64)>,
+    confirmed: Condvar,
+    wanted: Notify,
+}
+
+impl Ownership {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The partition is (again) ours: a new generation, which records consumed from now
+    /// on carry. Earlier generations of it stop being owned.
+    pub fn assign(&self, id: PartitionId) -> u64 {
+        let generation = self.last_generation.fetch_add(1, Ordering::AcqRel) + 1;
+        let previous = self.write().insert(id, generation);
+        if previous.is_some() {
+            self.revocations.fetch_add(1, Ordering::AcqRel);
+        }
+        generation
+    }
+
+    /// The partitions are no longer ours.
+    pub fn revoke(&self, ids: &[PartitionId]) {
+        let mut owned = self.write();
+        for id in ids {
+            owned.remove(id);
+        }
+        drop(owned);
+        self.revocations.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The generation the partition is owned under, if it is owned.
+    pub fn generation(&self, id: PartitionId) -> Option<u64> {
+        self.read().get(&id).copied()
+    }
+
+    pub fn owns(&self, id: PartitionId, generation: u64) -> bool {
+        self.read().get(&id) == Some(&generation)
+    }
+
+    /// A view for checking many records under one lock.
+    pub fn view(&self) -> OwnedView<'_> {
+        OwnedView(self.read())
+    }
+
+    /// How many revokes happened so far: records checked after the latest one need no
+    /// second look until it moves.
+    pub fn revocations(&self) -> u64 {
+        self.revocations.load(Ordering::Acquire)
+    }
+
+    /// Asks the writer to drop every connection that may still carry records no longer
+    /// owned; returns the ticket to wait for.
+    pub fn request_fence(&self) -> u64 {
+        let ticket = {
+            let mut tickets = self.tickets();
+            tickets.0 += 1;
+            tickets.0
+        };
+        self.fence.wanted.notify_one();
+        ticket
+    }
+
+    /// The latest fence requested (the writer compares it with the last it served).
+    pub fn fence_requested(&self) -> u64 {
+        self.tickets().0
+    }
+
+    /// Resolves once a fence is requested after `served`.
+    pub async fn fence_wanted(&self, served: u64) {
+        loop {
+            let notified = self.fence.wanted.notified();
+            if self.fence_requested() > served {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// The writer served every fence up to `ticket`.
+    pub fn confirm_fence(&self, ticket: u64) {
+        let mut tickets = self.tickets();
+        tickets.1 = tickets.1.max(ticket);
+        drop(tickets);
+        self.fence.confirmed.notify_all();
+    }
+
+    /// Blocks (the source's thread) until fence `ticket` is confirmed or `timeout` passes.
+    pub fn wait_fenced(&self, ticket: u64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut tickets = self.tickets();
+        while tickets.1 < ticket {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            tickets = match self.fence.confirmed.wait_timeout(tickets, deadline - now) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        true
+    }
+
+    fn tickets(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
+        // Nothing panics while holding these locks; a poisoned one still holds valid data.
+        self.fence.tickets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<PartitionId, u64>> {
+        self.owned.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<PartitionId, u64>> {
+        self.owned.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The owned partitions, read-locked.
+pub struct OwnedView<'a>(std::sync::RwLockReadGuard<'a, HashMap<PartitionId, u64>>);
+
+impl OwnedView<'_> {
+    pub fn owns(&self, id: PartitionId, generation: u64) -> bool {
+        self.0.get(&id) == Some(&generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reassigned_partition_disowns_its_earlier_generation() {
+        let o = Ownership::new();
+        let p = (TopicKind::Device, 0);
+        let first = o.assign(p);
+        assert!(o.owns(p, first));
+        let before = o.revocations();
+        o.revoke(&[p]);
+        assert!(!o.owns(p, first));
+        assert!(o.revocations() > before);
+        let second = o.assign(p);
+        assert_ne!(first, second);
+        assert!(o.owns(p, second) && !o.owns(p, first));
+        // Assigned again without a revoke (an offset rewind): the old one goes too.
+        let revs = o.revocations();
+        let third = o.assign(p);
+        assert!(o.owns(p, third) && !o.owns(p, second));
+        assert!(o.revocations() > revs);
+        assert!(!o.owns((TopicKind::Metric, 0), third));
+    }
+
+    #[test]
+    fn a_fence_waits_for_its_confirmation() {
+        let o = std::sync::Arc::new(Ownership::new());
+        let ticket = o.request_fence();
+        assert!(!o.wait_fenced(ticket, Duration::from_millis(10)));
+        let writer = std::sync::Arc::clone(&o);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            writer.confirm_fence(ticket);
+        });
+        assert!(o.wait_fenced(ticket, Duration::from_secs(5)));
+        t.join().unwrap();
+        assert!(o.wait_fenced(ticket, Duration::ZERO));
+    }
+}
