@@ -6,6 +6,7 @@
 pub mod feed;
 pub mod model;
 pub mod process;
+pub mod proxy;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
