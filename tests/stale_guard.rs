@@ -42,8 +42,15 @@ impl Rig {
     async fn start(retry: RetryPolicy) -> Rig {
         init_logging();
         let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+        let url = redis.url();
+        Self::start_at(retry, redis, url).await
+    }
+
+    /// A writer that reaches `redis` through `url` (a proxy, say).
+    async fn start_at(retry: RetryPolicy, redis: EmbeddedRedis, url: String) -> Rig {
+        init_logging();
         let settings = RedisSettings {
-            url: redis.url(),
+            url,
             ..RedisSettings::default()
         };
         let conn = connect(&settings).await.expect("redis connects");
@@ -264,4 +271,106 @@ async fn a_batch_planned_before_a_rebalance_is_guarded_when_it_is_retried_after_
     assert_eq!(rig.calls("evalsha"), 2, "the retry went through the guard");
     assert_eq!(rig.calls("set"), 1);
     assert_eq!(rig.stats.snapshot().devices.stale, 1);
+}
+
+/// Redis forgot: the writer must forget too. Each case leaves Redis without the newest
+/// write the writer made; a later, older update must then be written (as the guard would
+/// write it to what Redis holds now), not skipped on the strength of what the writer
+/// remembers.
+async fn older_update_after(forget: impl FnOnce(&mut Rig)) -> (Rig, String, bool) {
+    let mut rig = Rig::start(RetryPolicy::new(
+        Duration::from_millis(20),
+        Duration::from_millis(200),
+    ))
+    .await;
+    rig.write("d", T10, true).await;
+    rig.write("d", T30, true).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:30.000Z");
+    forget(&mut rig);
+    let resets = rig
+        .stats
+        .guard_cache_resets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    rig.write("d", T20, true).await;
+    let reset = rig
+        .stats
+        .guard_cache_resets
+        .load(std::sync::atomic::Ordering::Relaxed)
+        > resets;
+    let stored = rig.stored("d");
+    (rig, stored, reset)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_cache_forgets_when_redis_restarts_empty() {
+    let (rig, stored, reset) = older_update_after(|rig| {
+        rig.redis.restart().expect("redis restarts");
+        assert_eq!(rig.conn().exists::<_, bool>("device:d").ok(), Some(false));
+    })
+    .await;
+    assert_eq!(stored, "2026-11-22T10:00:20.000Z");
+    assert_eq!(rig.stats.snapshot().devices.stale, 0);
+    assert!(reset, "the device cache was emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_cache_forgets_after_flushall() {
+    let (rig, stored, reset) = older_update_after(|rig| {
+        let _: () = redis::cmd("FLUSHALL")
+            .query(&mut rig.conn())
+            .expect("FLUSHALL");
+    })
+    .await;
+    assert_eq!(stored, "2026-11-22T10:00:20.000Z");
+    assert_eq!(rig.stats.snapshot().devices.stale, 0);
+    assert!(reset, "the device cache was emptied");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_cache_forgets_when_a_lagging_replica_is_promoted() {
+    use support::proxy::HoldingProxy;
+    let primary = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+    let port = primary.port().to_string();
+    let replica = EmbeddedRedis::start_with(&["--replicaof", "127.0.0.1", &port])
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The service address the writer uses, moved by the failover.
+    let proxy = HoldingProxy::start(primary.port()).await;
+    let mut rig = Rig::start_at(
+        RetryPolicy::new(Duration::from_millis(20), Duration::from_millis(200)),
+        primary,
+        proxy.url(),
+    )
+    .await;
+    let replica_conn = || {
+        redis::Client::open(replica.url())
+            .and_then(|c| c.get_connection())
+            .expect("replica connects")
+    };
+    rig.write("d", T10, true).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the replica to have d@10",
+        || async {
+            replica_conn()
+                .get::<_, Option<String>>("device:d")
+                .ok()
+                .flatten()
+                .is_some()
+        },
+    )
+    .await;
+    // The replica stops following before the newest write, and is promoted.
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query(&mut replica_conn())
+        .expect("promote");
+    rig.write("d", T30, true).await;
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:30.000Z");
+    proxy.switch_to(replica.port());
+    rig.write("d", T20, true).await;
+    let json: String = replica_conn().get("device:d").expect("device key");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("stored JSON");
+    assert_eq!(v["last_updated"], "2026-11-22T10:00:20.000Z");
+    assert_eq!(rig.stats.snapshot().devices.stale, 0);
 }

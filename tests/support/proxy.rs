@@ -6,7 +6,7 @@
 //! discards data not yet delivered: this is the network a fence relies on (bytes that never
 //! reached Redis never run once the connection is gone).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,6 +22,9 @@ struct State {
     /// Held bytes thrown away because their client closed first.
     bytes_discarded: AtomicU64,
     connections: AtomicU64,
+    upstream: AtomicU16,
+    /// Wakes every connection to close it (a failover moving the address elsewhere).
+    cut: Notify,
 }
 
 pub struct HoldingProxy {
@@ -36,12 +39,14 @@ impl HoldingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy binds");
         let port = listener.local_addr().expect("proxy address").port();
         let state = Arc::new(State::default());
+        state.upstream.store(upstream, Ordering::SeqCst);
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 let state = Arc::clone(&shared);
                 state.connections.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
+                    let upstream = state.upstream.load(Ordering::SeqCst);
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
                         pipe(client, server, state).await;
                     }
@@ -62,6 +67,13 @@ impl HoldingProxy {
     pub fn release(&self) {
         self.state.held.store(false, Ordering::SeqCst);
         self.state.released.notify_waiters();
+    }
+
+    /// Points the address at another server and closes every open connection, as a
+    /// failover that moves a service address does.
+    pub fn switch_to(&self, upstream: u16) {
+        self.state.upstream.store(upstream, Ordering::SeqCst);
+        self.state.cut.notify_waiters();
     }
 
     pub fn bytes_held(&self) -> u64 {
@@ -101,7 +113,9 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>) {
             buffer.clear();
         }
         let released = state.released.notified();
+        let cut = state.cut.notified();
         tokio::select! {
+            _ = cut => break,
             read = client_read.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => {
                     // The client is gone: what it sent and Redis never saw is dropped.

@@ -412,6 +412,21 @@ mod tests {
     }
 
     #[test]
+    fn forgetting_what_redis_held_keeps_the_guards_still_out() {
+        let now = Instant::now();
+        let mut v = KnownVersions::new(100, 0);
+        let known = guard_seq(v.decide("k", 10, E, now));
+        v.guard_answered("k", known, 10, E, true, now);
+        let out = guard_seq(v.decide("g", 10, E, now));
+        v.forget_known();
+        // What was known is gone: the guard decides again.
+        assert!(matches!(v.decide("k", 5, E, now), Decision::Guard { .. }));
+        // A guard still out runs on the Redis that is there now: its answer still teaches.
+        v.guard_answered("g", out, 10, E, true, now);
+        assert_eq!(v.decide("g", 9, E, now), Decision::Stale);
+    }
+
+    #[test]
     fn a_guard_that_skipped_leaves_the_device_unknown() {
         let now = Instant::now();
         let mut v = KnownVersions::new(100, 0);

@@ -461,17 +461,6 @@ where
             }
             Ok(replies) => replies,
         };
-        if replies.len() != batch.commands {
-            self.forget_all();
-            return Verdict::Retry {
-                reason: format!(
-                    "Redis answered {} replies to a pipeline of {} commands",
-                    replies.len(),
-                    batch.commands
-                ),
-                reload_scripts: false,
-            };
-        }
         let mut reload_scripts = false;
         let mut reason = None;
         for e in replies.iter().filter_map(|r| r.as_ref().err()) {
@@ -481,53 +470,38 @@ where
             reload_scripts |= e.code() == Some("NOSCRIPT");
             reason.get_or_insert_with(|| describe(e));
         }
-        if let Some(reason) = reason {
+        if let Some(reason) = reason.or_else(|| malformed(batch.commands, &batch.planned, &replies))
+        {
             self.forget_all();
             return Verdict::Retry {
                 reason,
                 reload_scripts,
             };
         }
-        let tail = &replies[batch.commands - TAIL..];
-        let (Ok(Value::Int(id)), Ok(Value::Int(created))) = (&tail[0], &tail[1]) else {
-            self.forget_all();
-            return Verdict::Retry {
-                reason: format!("unexpected replies to CLIENT ID and HSET: {tail:?}"),
-                reload_scripts: false,
-            };
+        let (id, created) = match &replies[batch.commands - TAIL..] {
+            [Ok(Value::Int(id)), Ok(Value::Int(created))] => (*id, *created == 1),
+            // `malformed` let only this shape through.
+            _ => (0, true),
         };
-        if self.conn_id != Some(*id) || *created == 1 {
+        if self.conn_id != Some(id) || created {
             // A new connection (maybe to another node) or a marker that was gone: what
-            // this writer knew about the keys may not hold.
-            if self.conn_id.is_some() || *created == 1 {
+            // this writer knew about the keys may not hold. (The first pipeline of a
+            // writer always looks so, with nothing known yet.)
+            if self.conn_id.is_some() {
                 tracing::info!(
-                    new_connection = self.conn_id != Some(*id),
-                    marker_recreated = *created == 1,
-                    "Redis may have lost data since the last pipeline; the device cache is emptied"
+                    new_connection = self.conn_id != Some(id),
+                    marker_recreated = created,
+                    "Redis may have lost data since the last pipeline (reconnect, restart, flush or failover); the device cache is emptied"
                 );
             }
             self.forget_all();
-            self.conn_id = Some(*id);
+            self.conn_id = Some(id);
         }
         if batch.local && batch.knowledge != self.knowledge {
             return Verdict::Retry {
                 reason: "Redis may have lost what this writer knew (reconnect, restart, flush or failover); planning the batch again through the stale guard".into(),
                 reload_scripts: false,
             };
-        }
-        for plan in &batch.planned {
-            if let Expect::Guarded { .. } = plan.expect {
-                match replies.get(plan.first) {
-                    Some(Ok(Value::Int(0 | 1))) | Some(Err(_)) => {}
-                    other => {
-                        self.forget_all();
-                        return Verdict::Retry {
-                            reason: format!("unexpected reply to the stale guard: {other:?}"),
-                            reload_scripts: false,
-                        };
-                    }
-                }
-            }
         }
         Verdict::Answered(replies)
     }
@@ -772,6 +746,44 @@ where
     }
 }
 
+/// Why `replies` is not a full, well-formed answer to a pipeline of `commands` commands
+/// planned as `planned` (its tail included), if it is not. Such an answer is retried,
+/// never acknowledged: a short reply vector would otherwise leave events without a reply
+/// to judge, and a guard answer other than 0 or 1 would be cached as "written".
+fn malformed(
+    commands: usize,
+    planned: &[Planned],
+    replies: &[RedisResult<Value>],
+) -> Option<String> {
+    if replies.len() != commands || commands < TAIL {
+        return Some(format!(
+            "Redis answered {} replies to a pipeline of {commands} commands",
+            replies.len()
+        ));
+    }
+    let tail = &replies[commands - TAIL..];
+    if !matches!(tail, [Ok(Value::Int(_)), Ok(Value::Int(0 | 1))]) {
+        return Some(format!(
+            "unexpected replies to CLIENT ID and HSET: {tail:?}"
+        ));
+    }
+    for plan in planned {
+        if plan.first + plan.commands > commands - TAIL
+            || plan.shared.is_some_and(|at| at >= commands - TAIL)
+        {
+            return Some("the plan does not fit the pipeline's replies".into());
+        }
+        if let Expect::Guarded { .. } = plan.expect {
+            match replies.get(plan.first) {
+                // An error reply is judged per event (refused for good, or retried).
+                Some(Ok(Value::Int(0 | 1))) | Some(Err(_)) => {}
+                other => return Some(format!("unexpected reply to the stale guard: {other:?}")),
+            }
+        }
+    }
+    None
+}
+
 /// A field name no other writer uses: the process, the time it started, a random part.
 fn writer_id() -> String {
     use std::hash::BuildHasher;
@@ -845,6 +857,61 @@ mod tests {
 
     fn server(code: &str) -> RedisError {
         redis::make_extension_error(code.to_owned(), Some("detail".to_owned()))
+    }
+
+    fn guarded(first: usize) -> Planned {
+        Planned {
+            first,
+            commands: 1,
+            shared: None,
+            expect: Expect::Guarded { seq: 1 },
+        }
+    }
+
+    fn tail() -> Vec<RedisResult<Value>> {
+        vec![Ok(Value::Int(7)), Ok(Value::Int(0))]
+    }
+
+    #[test]
+    fn a_full_answer_passes() {
+        let planned = [guarded(0), guarded(1)];
+        let mut replies = vec![Ok(Value::Int(1)), Err(server("WRONGTYPE"))];
+        replies.extend(tail());
+        assert_eq!(malformed(4, &planned, &replies), None);
+    }
+
+    #[test]
+    fn a_short_reply_vector_is_never_an_acknowledgement() {
+        let planned = [guarded(0), guarded(1)];
+        let mut replies = vec![Ok(Value::Int(1))];
+        replies.extend(tail());
+        let why = malformed(4, &planned, &replies).expect("refused");
+        assert!(why.contains("3 replies to a pipeline of 4"), "{why}");
+        assert!(malformed(4, &planned, &[]).is_some());
+    }
+
+    #[test]
+    fn a_guard_answer_other_than_0_or_1_is_retried_not_cached() {
+        for odd in [
+            Value::Okay,
+            Value::Nil,
+            Value::Int(2),
+            Value::SimpleString("1".into()),
+        ] {
+            let mut replies = vec![Ok(odd.clone())];
+            replies.extend(tail());
+            let why = malformed(3, &[guarded(0)], &replies).expect("refused");
+            assert!(why.contains("stale guard"), "{odd:?}: {why}");
+        }
+    }
+
+    #[test]
+    fn a_tail_that_is_not_an_id_and_a_flag_is_retried() {
+        let replies = vec![Ok(Value::Okay), Ok(Value::Int(0))];
+        assert!(malformed(2, &[], &replies).is_some());
+        let replies = vec![Ok(Value::Int(3)), Ok(Value::Int(5))];
+        assert!(malformed(2, &[], &replies).is_some());
+        assert_eq!(malformed(2, &[], &tail()), None);
     }
 
     #[test]
