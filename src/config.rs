@@ -375,6 +375,20 @@ impl Settings {
         check.between("janitor.batch", self.janitor.batch, 1, 10_000);
         self.writer.check(&mut check);
         check_limits(&self.limits, &mut check);
+        if self.kafka.dead_letter {
+            if let Some(raw) = self.kafka.client.get("message.max.bytes") {
+                let need = self.limits.max_message_bytes + DEAD_LETTER_OVERHEAD;
+                match raw.trim().parse::<usize>() {
+                    Ok(n) if n < need => check.fail(
+                        "kafka.client.message.max.bytes",
+                        format!(
+                            "must be at least limits.max_message_bytes + {DEAD_LETTER_OVERHEAD} ({need}) so that any event up to the limit that Redis refuses can be dead-lettered whole, got {n}"
+                        ),
+                    ),
+                    _ => {}
+                }
+            }
+        }
         check.between("shutdown.timeout_secs", self.shutdown.timeout_secs, 1, 3600);
         if self.http.listen.parse::<SocketAddr>().is_err() {
             check.fail(
@@ -1207,6 +1221,22 @@ impl WriterSettings {
     }
 }
 
+/// Room the dead-letter producer keeps beyond `limits.max_message_bytes` for the key, the
+/// headers and the record framing.
+pub const DEAD_LETTER_OVERHEAD: usize = 64 * 1024;
+
+impl KafkaSettings {
+    /// The dead-letter producer's `message.max.bytes`: the user's, or enough for any event
+    /// the limits accept (librdkafka's default of 1,000,000 is below the default limit of
+    /// 1 MiB, and an event it refuses would be retried forever).
+    pub fn dead_letter_max_bytes(&self, limits: &Limits) -> usize {
+        self.client
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| (limits.max_message_bytes + DEAD_LETTER_OVERHEAD).max(1_000_000))
+    }
+}
+
 fn check_limits(limits: &Limits, check: &mut Checks) {
     check.between(
         "limits.max_message_bytes",
@@ -1334,6 +1364,30 @@ mod tests {
 
     fn load(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
         Settings::load_from(file, &env(vars), no_fallback())
+    }
+
+    #[test]
+    fn the_dead_letter_producer_must_fit_any_event_the_limits_accept() {
+        let mut settings = Settings::default();
+        assert!(
+            settings.kafka.dead_letter_max_bytes(&settings.limits)
+                >= settings.limits.max_message_bytes + DEAD_LETTER_OVERHEAD
+        );
+        assert!(settings.validate().is_ok());
+        settings
+            .kafka
+            .client
+            .insert("message.max.bytes".into(), "1000000".into());
+        let found = problems(settings.validate().map(|_| Settings::default()));
+        assert!(
+            found
+                .iter()
+                .any(|(field, reason)| field == "kafka.client.message.max.bytes"
+                    && reason.contains("1114112")),
+            "{found:?}"
+        );
+        settings.kafka.dead_letter = false;
+        assert!(settings.validate().is_ok());
     }
 
     fn problems(result: Result<Settings, ConfigError>) -> Vec<(String, String)> {

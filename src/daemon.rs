@@ -94,6 +94,13 @@ pub async fn run(
 
     let producer = if settings.kafka.dead_letter {
         let producer: FutureProducer<ProducerLogContext> = client_config(&settings.kafka)
+            .set(
+                "message.max.bytes",
+                settings
+                    .kafka
+                    .dead_letter_max_bytes(&settings.limits)
+                    .to_string(),
+            )
             .set("acks", "all")
             .set("linger.ms", "5")
             .create_with_context(ProducerLogContext::default())?;
@@ -107,8 +114,14 @@ pub async fn run(
         device_dead_letter: settings.kafka.device_dlq(),
         metric_dead_letter: settings.kafka.metric_dlq(),
     };
-    let dead_letters =
-        DeadLetterStage::new(producer, topics, Arc::clone(&stats), acks_tx.clone(), retry);
+    let dead_letters = DeadLetterStage::new(
+        producer,
+        topics,
+        Arc::clone(&stats),
+        acks_tx.clone(),
+        retry,
+        settings.kafka.dead_letter_max_bytes(&settings.limits),
+    );
     let dead_letter_task = tokio::spawn(dead_letters.run(dead_rx));
 
     // `metacache bench` measures what the stale guard and the index cost by running the

@@ -65,6 +65,8 @@ pub struct Inputs {
     /// The writer's last transient Redis error (what it is retrying).
     pub last_redis_error: Option<String>,
     pub recent_dead_letters: u64,
+    /// Why dead letters cannot be produced right now.
+    pub dead_letter_error: Option<String>,
     /// The most lagging partition: (topic, partition, lag).
     pub max_lag: Option<(String, i32, i64)>,
     pub eviction_warning: Option<String>,
@@ -161,7 +163,15 @@ pub fn readiness(i: &Inputs, t: &Thresholds) -> Readiness {
     };
     checks.insert("lag", lag);
 
-    let dead = if i.recent_dead_letters > 0 {
+    let dead = if let Some(e) = &i.dead_letter_error {
+        Check::new(
+            Status::Degraded,
+            format!(
+                "{e} (retrying; refused for good is given up after {} s)",
+                crate::dead_letter::GIVE_UP_AFTER.as_secs()
+            ),
+        )
+    } else if i.recent_dead_letters > 0 {
         Check::new(
             Status::Degraded,
             format!(

@@ -156,6 +156,7 @@ pub fn inputs(stats: &Stats, observed: &Observed) -> Inputs {
         recent_redis_errors: o.recent_redis_errors,
         last_redis_error: stats.last_redis_error(),
         recent_dead_letters: o.recent_dead_letters,
+        dead_letter_error: stats.dead_letter_failing(),
         max_lag,
         eviction_warning: o.eviction_warning,
         paused: stats.paused.load(Relaxed),

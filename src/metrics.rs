@@ -152,6 +152,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "metacache_dead_letters_lost",
+            "Dead letters refused for good by the broker and given up (each logged at error level)",
+            s.dead_letters_lost.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "metacache_guard_cache_resets",
             "Times the device cache was emptied because Redis may have lost what it held (restart, flush, failover, retry)",
             s.guard_cache_resets.load(Relaxed),

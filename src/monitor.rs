@@ -75,7 +75,7 @@ pub fn eviction_risk(policy: &str, ttls_set: bool) -> Option<String> {
         Some(format!(
             "Redis maxmemory-policy is {policy}: when memory runs out Redis evicts cached entries \
              metacache wrote, and readers silently miss them; use noeviction (writes then fail \
-             and are retried) or give Redis more memory"
+             and are retried) or give Redis more memory. The writer's device cache stays on:              after an eviction it may skip an update older than the evicted one, which leaves              the key absent (a miss), never older than what the stream last wrote"
         ))
     } else {
         None

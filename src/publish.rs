@@ -398,6 +398,15 @@ impl Publisher {
         if !settings.kafka.client.contains_key("message.timeout.ms") {
             config.set("message.timeout.ms", DEFAULT_MESSAGE_TIMEOUT_MS);
         }
+        // Whatever the limits accept as valid must also be sendable (librdkafka's own
+        // default, 1,000,000 bytes, is below the default limit of 1 MiB).
+        config.set(
+            "message.max.bytes",
+            settings
+                .kafka
+                .dead_letter_max_bytes(&settings.limits)
+                .to_string(),
+        );
         let producer = config
             .set("acks", "all")
             .set("enable.idempotence", "true")

@@ -61,6 +61,10 @@ pub struct Stats {
     pub disowned: AtomicU64,
     /// Connections dropped so that records of given-up partitions could not land.
     pub fences: AtomicU64,
+    /// Dead letters given up after being refused for good (logged at error level).
+    pub dead_letters_lost: AtomicU64,
+    /// Why dead letters are failing right now (cleared by the next success).
+    pub dead_letter_failing: Mutex<Option<String>>,
     /// Times the device cache was emptied because Redis may have forgotten what it held.
     pub guard_cache_resets: AtomicU64,
     pub in_flight: AtomicU64,
@@ -104,6 +108,8 @@ impl Default for Stats {
             disowned: AtomicU64::new(0),
             fences: AtomicU64::new(0),
             guard_cache_resets: AtomicU64::new(0),
+            dead_letters_lost: AtomicU64::new(0),
+            dead_letter_failing: Mutex::new(None),
             in_flight: AtomicU64::new(0),
             pipeline_micros_total: AtomicU64::new(0),
             pipeline_micros_max: AtomicU64::new(0),
@@ -156,6 +162,19 @@ impl Stats {
                 *last = Some(reason.to_owned());
             }
         }
+    }
+
+    /// Remembers (or, with `None`, clears) why dead letters cannot be produced.
+    pub fn dead_letter_error(&self, reason: Option<&str>) {
+        if let Ok(mut failing) = self.dead_letter_failing.lock() {
+            if failing.as_deref() != reason {
+                *failing = reason.map(str::to_owned);
+            }
+        }
+    }
+
+    pub fn dead_letter_failing(&self) -> Option<String> {
+        self.dead_letter_failing.lock().ok().and_then(|f| f.clone())
     }
 
     pub fn last_redis_error(&self) -> Option<String> {
