@@ -272,7 +272,7 @@ pub fn parse_line(kind: TopicKind, line: &[u8], limits: &Limits) -> Result<Outgo
         record.validate(limits)?;
         return Ok(record);
     }
-    let key = match model::decode(kind, None, Some(line), limits)? {
+    let key = match model::decode_value(kind, line, limits)? {
         Event::DeviceUpsert(device) => device.device_id().to_owned(),
         Event::Metric(op) => op.namespace().to_owned(),
         // A value is never decoded as a deletion.
@@ -827,7 +827,7 @@ mod tests {
             // A value decodes to the same event without a key too.
             if let Some(payload) = &record.payload {
                 assert_eq!(
-                    model::decode(record.kind, None, Some(payload), &limits).unwrap(),
+                    model::decode_value(record.kind, payload, &limits).unwrap(),
                     event
                 );
             }

@@ -3,7 +3,35 @@
 //!
 //! Bounded for CI: 2,000 cases per property unless `PROPTEST_CASES` says otherwise.
 
-use metacache::model::{decode, DeviceMetadata, Event, Limits, MetricOp, RejectReason, TopicKind};
+use metacache::model::{
+    self, DeviceMetadata, Event, Limits, MetricOp, Reject, RejectReason, TopicKind,
+};
+
+/// The daemon's decoder; an unkeyed metric-catalog value (always refused as `missing_key`
+/// by the daemon, see `unkeyed_metric_events_are_missing_key`) is read as the producer
+/// side reads it, so these properties keep checking what the value itself says.
+fn decode(
+    kind: TopicKind,
+    key: Option<&[u8]>,
+    payload: Option<&[u8]>,
+    limits: &Limits,
+) -> Result<Event, Reject> {
+    match (kind, key, payload) {
+        (TopicKind::Metric, None, Some(value)) => model::decode_value(kind, value, limits),
+        _ => model::decode(kind, key, payload, limits),
+    }
+}
+
+#[test]
+fn unkeyed_metric_events_are_missing_key() {
+    let value = br#"{"op":"add","namespace":"ops","metric_names":["a"]}"#;
+    for key in [None, Some(&b""[..])] {
+        let r = model::decode(TopicKind::Metric, key, Some(value), &Limits::default())
+            .expect_err("refused");
+        assert_eq!(r.reason, RejectReason::MissingKey);
+        assert_eq!(r.field.as_deref(), Some("key"));
+    }
+}
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 

@@ -90,7 +90,9 @@ async fn metric_operations_land_in_the_documented_sets() {
             Some(r#"{"op":"remove","namespace":"billing","metric_names":["cpu"]}"#),
         ),
         (
-            Some(""),
+            // An empty namespace is the default one; the key must name it (an empty key
+            // is no key: refused as missing_key).
+            Some("default"),
             Some(r#"{"op":"replace","namespace":"","metric_names":["requests"]}"#),
         ),
         (

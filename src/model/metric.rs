@@ -52,6 +52,21 @@ pub(super) fn decode(
     let Some(payload) = payload else {
         return decode_tombstone(key, limits);
     };
+    decode_value(key, payload, limits, true)
+}
+
+/// What a value says whatever its key (the producer side decodes a value to learn the key
+/// it must be sent with).
+pub(super) fn decode_unkeyed(payload: &[u8], limits: &Limits) -> Result<Event, Reject> {
+    decode_value(None, payload, limits, false)
+}
+
+fn decode_value(
+    key: Option<&[u8]>,
+    payload: &[u8],
+    limits: &Limits,
+    require_key: bool,
+) -> Result<Event, Reject> {
     let text = parse::payload_str(payload, limits)?;
     let key = parse::key_str(key)?;
     let raw = parse::parse_object(text, MetricVisitor)?;
@@ -103,20 +118,31 @@ pub(super) fn decode(
         }
     };
 
-    if let Some(key) = key {
-        if key != namespace {
-            return Err(Reject::new(
-                RejectReason::KeyMismatch,
-                Some("namespace"),
-                format!(
-                    "expected the Kafka key to equal the namespace (empty = {DEFAULT_NAMESPACE:?}), \
-                     got key {} and namespace {}",
-                    parse::preview(key),
-                    parse::preview(&namespace)
-                ),
-            ));
-        }
-    }
+    // Kafka orders records only within a partition, and only the key keeps one
+    // namespace's events on one partition: two unkeyed `replace`s of a namespace could land
+    // on two partitions and apply in poll order, not in the order they were produced.
+    match key {
+        None if require_key => Err(Reject::new(
+            RejectReason::MissingKey,
+            Some("key"),
+            format!(
+                "metric-catalog events must carry the namespace as their Kafka key, got none or an empty one (namespace {}): without it, events of one namespace can land on different partitions and apply out of order",
+                parse::preview(&namespace)
+            ),
+        )),
+        None => Ok(()),
+        Some(key) if key != namespace => Err(Reject::new(
+            RejectReason::KeyMismatch,
+            Some("namespace"),
+            format!(
+                "expected the Kafka key to equal the namespace (empty = {DEFAULT_NAMESPACE:?}), \
+                 got key {} and namespace {}",
+                parse::preview(key),
+                parse::preview(&namespace)
+            ),
+        )),
+        Some(_) => Ok(()),
+    }?;
 
     let op = match op.as_str() {
         "replace" => MetricOp::Replace {
@@ -248,8 +274,34 @@ mod tests {
         }
     }
 
+    /// The value as the producer side reads it (keyed by its own namespace).
     fn ok(payload: &str) -> MetricOp {
-        ok_with_key(None, payload)
+        match decode_unkeyed(payload.as_bytes(), &limits()) {
+            Ok(Event::Metric(op)) => op,
+            other => panic!("expected a metric op, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_unkeyed_event_is_refused_as_missing_key() {
+        let r = err_with(
+            None,
+            Some(r#"{"op":"replace","namespace":"ops","metric_names":["a"]}"#),
+            &limits(),
+        );
+        assert_reject(
+            &r,
+            RejectReason::MissingKey,
+            Some("key"),
+            "must carry the namespace",
+        );
+        // Payload errors are still named first.
+        let r = err_with(
+            None,
+            Some(r#"{"op":"rename","metric_names":[]}"#),
+            &limits(),
+        );
+        assert_eq!(r.reason, RejectReason::UnknownOp);
     }
 
     fn err_with(key: Option<&[u8]>, payload: Option<&str>, limits: &Limits) -> Reject {
@@ -341,7 +393,10 @@ mod tests {
             };
             assert_eq!(ok(json), expected, "{json}");
             assert_eq!(ok_with_key(Some("default"), json), expected, "{json}");
-            assert_eq!(ok_with_key(Some(""), json), expected, "{json}");
+            // An empty key is no key: librdkafka's default partitioner spreads empty and
+            // missing keys alike at random.
+            let r = err_with(Some(b""), Some(json), &limits());
+            assert_eq!(r.reason, RejectReason::MissingKey, "{json}");
         }
     }
 
@@ -524,7 +579,7 @@ mod tests {
         };
         let json = r#"{"op":"replace","metric_names":["a","b","c"]}"#;
         assert!(matches!(
-            decode(None, Some(json.as_bytes()), &three),
+            decode_unkeyed(json.as_bytes(), &three),
             Ok(Event::Metric(MetricOp::Replace { .. }))
         ));
         let r = err_with(

@@ -50,6 +50,15 @@ pub fn decode(
     }
 }
 
+/// What a value says whatever its Kafka key: for the producer side, which decodes a value
+/// to learn the key it must be sent with. The daemon always uses [`decode`].
+pub fn decode_value(kind: TopicKind, payload: &[u8], limits: &Limits) -> Result<Event, Reject> {
+    match kind {
+        TopicKind::Device => device::decode(None, Some(payload), limits),
+        TopicKind::Metric => metric::decode_unkeyed(payload, limits),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
