@@ -43,6 +43,16 @@ pub enum DaemonError {
     Unacknowledged(usize),
 }
 
+/// Which daemon runs: the real one, or the benchmark's measuring variant.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Production,
+    /// Devices as plain `SET`s, without the stale guard and the index, so `metacache bench`
+    /// can price those two. Reachable only through the hidden `bench-plain-daemon`
+    /// command, never from `metacache run` or its environment.
+    BenchPlainDevices,
+}
+
 /// Runs the pipeline until `shutdown` trips, then drains and commits.
 ///
 /// Returns `Ok` when every record handed to the pipeline was acknowledged and committed.
@@ -50,6 +60,16 @@ pub async fn run(
     settings: Settings,
     stats: Arc<Stats>,
     shutdown: Shutdown,
+) -> Result<(), DaemonError> {
+    run_variant(settings, stats, shutdown, Variant::Production).await
+}
+
+/// [`run`], as `variant`.
+pub async fn run_variant(
+    settings: Settings,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+    variant: Variant,
 ) -> Result<(), DaemonError> {
     let retry = RetryPolicy::new(
         Duration::from_millis(settings.writer.retry_initial_ms),
@@ -124,11 +144,9 @@ pub async fn run(
     );
     let dead_letter_task = tokio::spawn(dead_letters.run(dead_rx));
 
-    // `metacache bench` measures what the stale guard and the index cost by running the
-    // daemon once without them; nothing else sets this.
-    let plain_devices = std::env::var_os("METACACHE_BENCH_PLAIN_DEVICES").is_some();
+    let plain_devices = variant == Variant::BenchPlainDevices;
     if plain_devices {
-        tracing::warn!("METACACHE_BENCH_PLAIN_DEVICES is set: no stale guard, no devices index (benchmark only)");
+        tracing::warn!("benchmark variant: no stale guard, no devices index");
     }
     let planner = Planner::new(
         KeyLayout::new(&settings.redis.key_prefix),

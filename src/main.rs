@@ -50,6 +50,10 @@ enum Command {
     /// Measure Kafka's and Redis's ceilings, a naive consumer, and metacache, on one
     /// machine; print a table and optionally write JSON.
     Bench(BenchArgs),
+    /// The daemon without the stale guard and the devices index, for `bench` to price
+    /// them. Out-of-order updates win here: never a production start.
+    #[command(hide = true)]
+    BenchPlainDaemon(ConfigArgs),
     /// Serve librdkafka's mock Kafka cluster until stdin closes (used by `bench`, which
     /// keeps the broker out of the daemon's CPU figures).
     #[command(hide = true)]
@@ -276,29 +280,8 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             }
         },
-        Command::Run(args) => {
-            let settings = match load(&args) {
-                Ok(s) => s,
-                Err(message) => {
-                    eprintln!("{message}");
-                    return ExitCode::from(2);
-                }
-            };
-            init_logging(cli.log_format, &settings.log.format, &settings.log.filter);
-            runtime(|shutdown| async move {
-                let stats = Arc::new(Stats::default());
-                match metacache::daemon::run(settings, stats, shutdown).await {
-                    Ok(()) => {
-                        tracing::info!("stopped cleanly");
-                        ExitCode::SUCCESS
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "stopped with an error");
-                        ExitCode::FAILURE
-                    }
-                }
-            })
-        }
+        Command::Run(args) => run_daemon(cli.log_format, &args, false),
+        Command::BenchPlainDaemon(args) => run_daemon(cli.log_format, &args, true),
         Command::Bench(args) => {
             init_logging(cli.log_format, "text", "warn");
             let stages = if args.stages.is_empty() {
@@ -784,6 +767,36 @@ fn load(args: &ConfigArgs) -> Result<Settings, String> {
     settings.validate().map_err(|e| e.to_string())?;
     metacache::source::kafka::check_client_properties(&settings.kafka)?;
     Ok(settings)
+}
+
+/// `metacache run` (and, with `plain_devices`, the benchmark's hidden variant).
+fn run_daemon(log_format: Option<LogFormat>, args: &ConfigArgs, plain_devices: bool) -> ExitCode {
+    let settings = match load(args) {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(log_format, &settings.log.format, &settings.log.filter);
+    let variant = if plain_devices {
+        metacache::daemon::Variant::BenchPlainDevices
+    } else {
+        metacache::daemon::Variant::Production
+    };
+    runtime(|shutdown| async move {
+        let stats = Arc::new(Stats::default());
+        match metacache::daemon::run_variant(settings, stats, shutdown, variant).await {
+            Ok(()) => {
+                tracing::info!("stopped cleanly");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "stopped with an error");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 fn runtime<F, Fut>(body: F) -> ExitCode

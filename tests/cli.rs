@@ -259,3 +259,45 @@ fn a_misspelt_librdkafka_property_is_named_without_its_value() {
         );
     }
 }
+
+/// The benchmark's unguarded mode is a hidden command of its own: a production start
+/// that inherits the variable an older benchmark used keeps the stale guard and the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_production_start_cannot_be_switched_to_the_benchmarks_unguarded_mode() {
+    let h = support::Harness::start(1);
+    let group = format!("plain-env-{}", std::process::id());
+    let mut daemon = h.spawn_daemon("plain", &group, &[("METACACHE_BENCH_PLAIN_DEVICES", "1")]);
+    let newer = support::device_json("p", "temperature", "2026-11-22T10:30:00Z");
+    let older = support::device_json("p", "temperature", "2026-11-22T09:00:00Z");
+    h.produce(
+        support::DEVICES,
+        &[
+            (Some("p"), Some(newer.as_str())),
+            (Some("p"), Some(older.as_str())),
+        ],
+    )
+    .await;
+    h.produce(
+        support::METRICS,
+        &[(
+            Some("n"),
+            Some(r#"{"op":"add","namespace":"n","metric_names":["m"]}"#),
+        )],
+    )
+    .await;
+    h.wait_all_committed(&group, std::time::Duration::from_secs(60))
+        .await;
+    let mut r = h.redis();
+    let stored: String = redis::Commands::get(&mut r, "device:p").expect("device written");
+    assert!(
+        stored.contains("10:30:00"),
+        "the older update won: {stored}"
+    );
+    let score: Option<i64> = redis::Commands::zscore(&mut r, "devices", "p").expect("ZSCORE");
+    assert!(score.is_some(), "the devices index is kept");
+    daemon.signal("TERM");
+    assert_eq!(
+        daemon.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0)
+    );
+}

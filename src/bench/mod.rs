@@ -595,11 +595,12 @@ impl Daemon {
                 cmd.env_remove(k);
             }
         }
-        if plain_devices {
-            cmd.env("METACACHE_BENCH_PLAIN_DEVICES", "1");
-        }
         let child = cmd
-            .arg("run")
+            .arg(if plain_devices {
+                "bench-plain-daemon"
+            } else {
+                "run"
+            })
             .current_dir(std::env::temp_dir())
             .env("METACACHE__KAFKA__BROKERS", bootstrap)
             .env("METACACHE__KAFKA__GROUP_ID", group)
