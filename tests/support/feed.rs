@@ -84,7 +84,7 @@ pub async fn publish(producer: &FutureProducer, records: &[Rec]) -> Vec<Landed> 
         }
         producer.send(record, Timeout::After(Duration::from_secs(120)))
     });
-    futures::future::join_all(sends)
+    let landed: Vec<Landed> = futures::future::join_all(sends)
         .await
         .into_iter()
         .map(|r| {
@@ -96,7 +96,28 @@ pub async fn publish(producer: &FutureProducer, records: &[Rec]) -> Vec<Landed> 
                 offset: d.offset,
             }
         })
-        .collect()
+        .collect();
+    assert_in_stream_order(records, &landed);
+    landed
+}
+
+/// The models apply records in the order they were generated; that is the stream's order
+/// only if Kafka holds each key's records in that order. A producer that reordered (a
+/// `QueueFull` retry lets a later record overtake an earlier one) would make the model,
+/// not the daemon, wrong: say so instead of reporting wrong keys.
+fn assert_in_stream_order(records: &[Rec], landed: &[Landed]) {
+    let mut last: HashMap<(&str, Option<&str>), (i32, i64)> = HashMap::new();
+    for (r, l) in records.iter().zip(landed) {
+        let at = (l.partition, l.offset);
+        if let Some(before) = last.insert((r.topic, r.key.as_deref()), at) {
+            assert!(
+                before.0 == at.0 && before.1 < at.1,
+                "the producer reordered key {:?} of {}: generated earlier at {before:?}, landed at {at:?}",
+                r.key,
+                r.topic
+            );
+        }
+    }
 }
 
 /// The records at offsets below `committed[(topic, partition)]`, in stream order: what a
