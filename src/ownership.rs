@@ -10,8 +10,9 @@
 //! record can outlive its owner: a revoke whose drain timed out, a batch still being
 //! retried after the rebalance, an offset reset that rewound the partition.
 //!
-//! The check is free while nothing is revoked: the writer only re-examines its records
-//! when [`Ownership::revocations`] moved since it last looked.
+//! The check costs one read lock per batch and one map lookup per run of records from one
+//! partition ([`OwnedView::owns_origin`]): records come in long runs, so a batch of a
+//! thousand events makes a handful of lookups.
 //!
 //! Bytes already handed to a connection cannot be called back. When a revoke gives up
 //! records that are still in flight, the source asks the writer for a *fence*
@@ -88,11 +89,13 @@ impl Ownership {
 
     /// A view for checking many records under one lock.
     pub fn view(&self) -> OwnedView<'_> {
-        OwnedView(self.read())
+        OwnedView {
+            owned: self.read(),
+            last: None,
+        }
     }
 
-    /// How many revokes happened so far: records checked after the latest one need no
-    /// second look until it moves.
+    /// How many revokes (and rewinds) happened so far.
     pub fn revocations(&self) -> u64 {
         self.revocations.load(Ordering::Acquire)
     }
@@ -164,12 +167,29 @@ impl Ownership {
     }
 }
 
-/// The owned partitions, read-locked.
-pub struct OwnedView<'a>(std::sync::RwLockReadGuard<'a, HashMap<PartitionId, u64>>);
+/// The owned partitions, read-locked, with the last answer kept for runs of records.
+pub struct OwnedView<'a> {
+    owned: std::sync::RwLockReadGuard<'a, HashMap<PartitionId, u64>>,
+    last: Option<((PartitionId, u64), bool)>,
+}
 
 impl OwnedView<'_> {
     pub fn owns(&self, id: PartitionId, generation: u64) -> bool {
-        self.0.get(&id) == Some(&generation)
+        self.owned.get(&id) == Some(&generation)
+    }
+
+    /// [`owns`](Self::owns) for a record, looking the map up only when its partition or
+    /// generation differs from the previous record's.
+    pub fn owns_origin(&mut self, origin: &crate::record::Origin) -> bool {
+        let key = (origin.partition_id(), origin.generation);
+        match self.last {
+            Some((k, owned)) if k == key => owned,
+            _ => {
+                let owned = self.owns(key.0, key.1);
+                self.last = Some((key, owned));
+                owned
+            }
+        }
     }
 }
 

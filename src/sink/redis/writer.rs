@@ -305,19 +305,8 @@ where
     fn retain_owned(&self, records: &mut Vec<Record>) -> usize {
         let before = records.len();
         {
-            let view = self.ownership.view();
-            let mut last: Option<((TopicKind, i32, u64), bool)> = None;
-            records.retain(|r| {
-                let key = (r.origin.topic, r.origin.partition, r.origin.generation);
-                match last {
-                    Some((k, owned)) if k == key => owned,
-                    _ => {
-                        let owned = view.owns(r.origin.partition_id(), r.origin.generation);
-                        last = Some((key, owned));
-                        owned
-                    }
-                }
-            });
+            let mut view = self.ownership.view();
+            records.retain(|r| view.owns_origin(&r.origin));
         }
         let dropped = before - records.len();
         if dropped > 0 {
@@ -331,16 +320,8 @@ where
     }
 
     fn all_owned(&self, records: &[Record]) -> bool {
-        let view = self.ownership.view();
-        let mut last = None;
-        records.iter().all(|r| {
-            let key = (r.origin.partition_id(), r.origin.generation);
-            if last == Some(key) {
-                return true;
-            }
-            last = Some(key);
-            view.owns(key.0, key.1)
-        })
+        let mut view = self.ownership.view();
+        records.iter().all(|r| view.owns_origin(&r.origin))
     }
 
     /// The source asked for a fence: if any pipeline in flight carries records of a
