@@ -557,7 +557,7 @@ impl CacheClient {
     /// # Ok(()) }
     /// ```
     pub async fn metric_names(&self, namespace: &str) -> Result<BTreeSet<String>> {
-        let key = self.keys.metric_names(resolve(namespace));
+        let key = self.catalog_key(namespace)?;
         let reply = self
             .query_at(&key, redis::cmd("SMEMBERS").arg(&key))
             .await?;
@@ -580,7 +580,7 @@ impl CacheClient {
     /// # Ok(()) }
     /// ```
     pub async fn is_valid_metric_name(&self, namespace: &str, name: &str) -> Result<bool> {
-        let key = self.keys.metric_names(resolve(namespace));
+        let key = self.catalog_key(namespace)?;
         let reply = self
             .query_at(&key, redis::cmd("SISMEMBER").arg(&key).arg(name))
             .await?;
@@ -609,7 +609,7 @@ impl CacheClient {
         if names.is_empty() {
             return Ok(Vec::new());
         }
-        let key = self.keys.metric_names(resolve(namespace));
+        let key = self.catalog_key(namespace)?;
         let mut cmd = redis::cmd("SMISMEMBER");
         cmd.arg(&key);
         for name in names {
@@ -648,6 +648,20 @@ impl CacheClient {
         let key = self.keys.metric_namespaces();
         let reply = self.query_at(key, redis::cmd("SMEMBERS").arg(key)).await?;
         Ok(reply::members(key, reply)?.into_iter().collect())
+    }
+}
+
+impl CacheClient {
+    /// The catalog key of `namespace`; a namespace the daemon refuses (one in the device
+    /// key space) is refused here too, so a read never lands on a device's key.
+    fn catalog_key(&self, namespace: &str) -> Result<String> {
+        let namespace = resolve(namespace);
+        match crate::sink::redis::keys::reserved_namespace(namespace) {
+            None => Ok(self.keys.metric_names(namespace)),
+            Some(space) => Err(ClientError::InvalidArgument(format!(
+                "namespace {namespace:?} starts with the reserved {space:?}; metacache never writes such a namespace"
+            ))),
+        }
     }
 }
 

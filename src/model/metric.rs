@@ -7,6 +7,7 @@ use serde_json::Value;
 
 use super::parse::{self, FieldKey};
 use super::{Event, Limits, Reject, RejectReason};
+use crate::sink::redis::keys;
 
 /// The namespace an empty namespace (or empty Kafka key) stands for.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -96,12 +97,14 @@ fn decode_value(
     let namespace = match raw.namespace {
         None | Some(Value::Null) => DEFAULT_NAMESPACE.to_owned(),
         Some(Value::String(ns)) if ns.is_empty() => DEFAULT_NAMESPACE.to_owned(),
-        Some(Value::String(ns)) => {
-            parse::check_text("namespace", &ns, limits, false)?;
-            ns
-        }
+        Some(Value::String(ns)) => ns,
         Some(other) => return Err(parse::wrong_type("namespace", "a string or null", &other)),
     };
+    // The default namespace is checked too: with a `limits.max_id_bytes` below its length
+    // it would otherwise be the one namespace that escapes the limit (a tombstone with an
+    // empty key is already checked the same way).
+    parse::check_text("namespace", &namespace, limits, false)?;
+    check_not_reserved("namespace", &namespace)?;
 
     let metric_names = match raw.metric_names {
         Some(Value::Array(items)) => metric_names(items, limits)?,
@@ -161,6 +164,25 @@ fn decode_value(
     Ok(Event::Metric(op))
 }
 
+/// Refuses a namespace whose catalog key would sit in the device key space (or the
+/// daemon's own), where it could overwrite or delete a device: see the layout's argument in
+/// [`crate::sink::redis::keys`].
+fn check_not_reserved(field: &str, namespace: &str) -> Result<(), Reject> {
+    match keys::reserved_namespace(namespace) {
+        None => Ok(()),
+        Some(space) => Err(Reject::new(
+            RejectReason::InvalidValue,
+            Some(field),
+            format!(
+                "namespace {} starts with the reserved {space:?}: its key {} would be in the {} key space",
+                parse::preview(namespace),
+                parse::preview(&format!("{namespace}#metric_names")),
+                if space == "device:" { "device" } else { "daemon's own" },
+            ),
+        )),
+    }
+}
+
 const OP_EXPECTED: &str = "one of \"replace\", \"add\", \"remove\"";
 
 fn decode_tombstone(key: Option<&[u8]>, limits: &Limits) -> Result<Event, Reject> {
@@ -174,6 +196,7 @@ fn decode_tombstone(key: Option<&[u8]>, limits: &Limits) -> Result<Event, Reject
     // An empty key is the default namespace, as an empty namespace field is.
     let namespace = parse::key_str(key)?.unwrap_or(DEFAULT_NAMESPACE);
     parse::check_text("key", namespace, limits, false)?;
+    check_not_reserved("key", namespace)?;
     Ok(Event::Metric(MetricOp::Delete {
         namespace: namespace.to_owned(),
     }))
@@ -397,6 +420,45 @@ mod tests {
             // missing keys alike at random.
             let r = err_with(Some(b""), Some(json), &limits());
             assert_eq!(r.reason, RejectReason::MissingKey, "{json}");
+        }
+    }
+
+    #[test]
+    fn namespaces_in_the_device_key_space_are_refused() {
+        for ns in ["device:h", "device:victim", "metacache:writers"] {
+            let json = format!(r#"{{"op":"replace","namespace":"{ns}","metric_names":["x"]}}"#);
+            let r = err_with(Some(ns.as_bytes()), Some(&json), &limits());
+            assert_eq!(r.reason, RejectReason::InvalidValue, "{r:?}");
+            assert_eq!(r.field.as_deref(), Some("namespace"));
+            assert!(r.message.contains("reserved"), "{}", r.message);
+            let r = err_with(Some(ns.as_bytes()), None, &limits());
+            assert_eq!(r.reason, RejectReason::InvalidValue, "{r:?}");
+            assert_eq!(r.field.as_deref(), Some("key"));
+        }
+        // Only the start counts: these are ordinary namespaces.
+        for ns in ["devices", "x:device:y", "device"] {
+            let json = format!(r#"{{"op":"add","namespace":"{ns}","metric_names":[]}}"#);
+            assert!(decode(Some(ns.as_bytes()), Some(json.as_bytes()), &limits()).is_ok());
+        }
+    }
+
+    #[test]
+    fn the_default_namespace_obeys_the_id_limit_too() {
+        let tight = Limits {
+            max_id_bytes: 3,
+            ..limits()
+        };
+        for json in [
+            r#"{"op":"replace","metric_names":[]}"#,
+            r#"{"op":"replace","namespace":"","metric_names":[]}"#,
+        ] {
+            for r in [
+                err_with(Some(b"default"), Some(json), &tight),
+                decode_unkeyed(json.as_bytes(), &tight).expect_err("too long"),
+            ] {
+                assert_eq!(r.reason, RejectReason::InvalidValue, "{json}: {r:?}");
+                assert_eq!(r.field.as_deref(), Some("namespace"), "{json}");
+            }
         }
     }
 

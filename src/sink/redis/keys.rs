@@ -11,6 +11,24 @@
 //!
 //! Every command metacache sends touches exactly one of these keys, so the layout works on
 //! Redis Cluster without hash tags.
+//!
+//! No two of these keys can be equal, whatever the ids and the prefix: every device key
+//! starts with `device:`; every catalog key ends with `#metric_names`; the three fixed keys
+//! do neither. So a device key could only equal a catalog key if the namespace itself
+//! started with `device:` (a shorter namespace puts its `#` where `device:` has a letter),
+//! and the decoder refuses such namespaces ([`reserved_namespace`]). `metacache:` is
+//! refused the same way, so the daemon's own keys can grow without meeting a namespace.
+
+/// Key spaces a namespace may not start with: a namespace `device:x` would make its
+/// catalog key `device:x#metric_names`, which is the key of device `x#metric_names`.
+pub const RESERVED_NAMESPACE_PREFIXES: [&str; 2] = ["device:", "metacache:"];
+
+/// The reserved key space `namespace` starts with, if any.
+pub fn reserved_namespace(namespace: &str) -> Option<&'static str> {
+    RESERVED_NAMESPACE_PREFIXES
+        .into_iter()
+        .find(|p| namespace.starts_with(p))
+}
 
 /// Builds the keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -98,6 +116,22 @@ mod tests {
         assert_eq!(keys.devices(), "devices");
         assert_eq!(keys.metric_names("billing"), "billing#metric_names");
         assert_eq!(keys.metric_namespaces(), "metric_namespaces");
+    }
+
+    #[test]
+    fn namespaces_in_the_device_or_daemon_key_space_are_reserved() {
+        assert_eq!(reserved_namespace("device:h"), Some("device:"));
+        assert_eq!(reserved_namespace("metacache:writers"), Some("metacache:"));
+        for ok in [
+            "device",
+            "devices",
+            "dev",
+            "Device:x",
+            "x:device:y",
+            "metacache",
+        ] {
+            assert_eq!(reserved_namespace(ok), None, "{ok}");
+        }
     }
 
     #[test]
