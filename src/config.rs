@@ -223,6 +223,10 @@ impl Default for ShutdownSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpSettings {
     pub listen: String,
+    /// A second listener that serves only `/healthz` and `/readyz`, with its own
+    /// connection slots, so that clients flooding `listen` cannot starve the kubelet's
+    /// probes. Empty: none (the probes are served on `listen` as well, always).
+    pub probe_listen: String,
     /// Redis unreachable for longer than this makes `/readyz` unhealthy (503); shorter
     /// outages only make it degraded, so a Redis failover does not flap the pods.
     pub redis_grace_secs: u64,
@@ -239,6 +243,7 @@ impl Default for HttpSettings {
     fn default() -> Self {
         HttpSettings {
             listen: "0.0.0.0:8080".into(),
+            probe_listen: String::new(),
             redis_grace_secs: 10,
             wedged_after_secs: 120,
             lag_degraded: 100_000,
@@ -398,6 +403,24 @@ impl Settings {
                     self.http.listen
                 ),
             );
+        }
+        if !self.http.probe_listen.is_empty() {
+            match self.http.probe_listen.parse::<SocketAddr>() {
+                Err(_) => check.fail(
+                    "http.probe_listen",
+                    format!(
+                        "must be empty or an IP address and port such as 0.0.0.0:8081, got {:?}",
+                        self.http.probe_listen
+                    ),
+                ),
+                Ok(probe) if probe.port() != 0 && Some(probe) == self.http.listen.parse().ok() => {
+                    check.fail(
+                        "http.probe_listen",
+                        format!("must differ from http.listen, got {probe} for both"),
+                    )
+                }
+                Ok(_) => {}
+            }
         }
         check.between("http.redis_grace_secs", self.http.redis_grace_secs, 1, 3600);
         check.between(
@@ -1943,5 +1966,22 @@ mod tests {
         assert!(found[0].1.starts_with("cannot parse "), "{}", found[0].1);
         assert!(found[0].1.contains("line 2"), "{}", found[0].1);
         assert!(!found[0].1.contains("hunter2"), "{}", found[0].1);
+    }
+
+    #[test]
+    fn the_probe_listener_is_an_address_apart_from_the_main_one() {
+        let mut settings = Settings::default();
+        settings.http.probe_listen = "0.0.0.0:8081".into();
+        assert!(settings.validate().is_ok());
+        for (probe, why) in [
+            ("localhost:8081", "IP address and port"),
+            ("0.0.0.0:8080", "must differ from http.listen"),
+        ] {
+            settings.http.probe_listen = probe.into();
+            let found = problems(settings.validate().map(|()| Settings::default()));
+            assert_eq!(found.len(), 1, "{found:?}");
+            assert_eq!(found[0].0, "http.probe_listen");
+            assert!(found[0].1.contains(why), "{}", found[0].1);
+        }
     }
 }

@@ -90,9 +90,9 @@ pub async fn run_variant(
         shutdown.clone(),
     )
     .await
-    .map_err(|error| DaemonError::Http {
-        listen: settings.http.listen.clone(),
-        error,
+    .map_err(|e| DaemonError::Http {
+        listen: e.listen,
+        error: e.error,
     })?;
     tokio::spawn(crate::monitor::run(
         settings.clone(),

@@ -6,13 +6,21 @@
 //! It faces whatever can reach the port, so it defends itself: a client must send its
 //! request head within [`HEADER_READ_TIMEOUT`] (idle keep-alive connections are closed after
 //! the same time), a head larger than [`MAX_HEAD_BYTES`] is refused with 431, request
-//! bodies are never read, and at most [`MAX_CONNECTIONS`] connections are served at once
-//! (more are closed at once), so slow or hostile clients cannot pile up sockets or memory.
+//! bodies are never read, and at most [`MAX_CONNECTIONS`] connections are open at once, so
+//! slow or hostile clients cannot pile up sockets or memory. When all are taken, the
+//! oldest is closed to admit the new one: turning new clients away instead let a few
+//! hundred stalled connections starve the kubelet's probes (2 of 57 answered under such a
+//! flood), while a probe, which sends its request at once, is done long before 512 newer
+//! connections push it out. `http.probe_listen` adds a listener with slots of its own
+//! that serves only the probes.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+use tokio::sync::Notify;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -31,12 +39,13 @@ use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats, StatsSnapshot};
 
 /// How long a client may take to send a request head (and how long an idle keep-alive
-/// connection stays open).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// connection stays open). Probes and scrapers send theirs at once.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// The largest request head accepted (request line and headers); larger ones get 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
-/// Connections served at once; more are closed as soon as they are accepted.
-pub const MAX_CONNECTIONS: usize = 256;
+/// Connections open at once, per listener; a new one beyond closes the oldest. Kept well
+/// below the common 1,024 open-files soft limit, with the Kafka and Redis sockets beside.
+pub const MAX_CONNECTIONS: usize = 512;
 
 struct AppState {
     stats: Arc<Stats>,
@@ -46,16 +55,38 @@ struct AppState {
     topics: [String; 2],
 }
 
-/// Binds `http.listen` (so a port in use stops start-up with a clear error) and serves
-/// until shutdown. Returns the bound address.
+/// A listener that could not be bound: the address asked for, and why.
+#[derive(Debug)]
+pub struct BindError {
+    pub listen: String,
+    pub error: std::io::Error,
+}
+
+async fn bind(listen: &str) -> Result<(tokio::net::TcpListener, SocketAddr), BindError> {
+    let failed = |error| BindError {
+        listen: listen.to_owned(),
+        error,
+    };
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(failed)?;
+    let addr = listener.local_addr().map_err(failed)?;
+    Ok((listener, addr))
+}
+
+/// Binds `http.listen` and `http.probe_listen` if set (so a port in use stops start-up
+/// with a clear error) and serves until shutdown. Returns the main address.
 pub async fn start(
     settings: &Settings,
     stats: Arc<Stats>,
     observed: Arc<Observed>,
     shutdown: Shutdown,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(&settings.http.listen).await?;
-    let addr = listener.local_addr()?;
+) -> Result<SocketAddr, BindError> {
+    let (listener, addr) = bind(&settings.http.listen).await?;
+    let probes = match settings.http.probe_listen.as_str() {
+        "" => None,
+        listen => Some(bind(listen).await?),
+    };
     let _ = stats.http_addr.set(addr);
     let topics = [
         settings.kafka.device_topic.clone(),
@@ -72,20 +103,84 @@ pub async fn start(
         thresholds: thresholds(settings),
         topics,
     });
-    let app = Router::new()
+    let evicted = Arc::clone(&state.stats);
+    let probe_routes = Router::new()
         .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let app = probe_routes
+        .clone()
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
-        .with_state(state);
-    tokio::spawn(serve(listener, app, shutdown));
+        .with_state(Arc::clone(&state));
+    if let Some((listener, probe_addr)) = probes {
+        let _ = state.stats.probe_addr.set(probe_addr);
+        let app = probe_routes.with_state(Arc::clone(&state));
+        tokio::spawn(serve(listener, app, Arc::clone(&evicted), shutdown.clone()));
+        tracing::info!(addr = %probe_addr, "serving /healthz /readyz (http.probe_listen)");
+    }
+    tokio::spawn(serve(listener, app, evicted, shutdown));
     tracing::info!(%addr, "serving /healthz /readyz /stats /metrics");
     Ok(addr)
 }
 
+/// The open connections of one listener, oldest first, each with the means to close it.
+#[derive(Default)]
+struct Slots {
+    open: Mutex<(u64, BTreeMap<u64, Arc<Notify>>)>,
+}
+
+/// One admitted connection: closed when notified, forgotten when dropped.
+struct Slot {
+    id: u64,
+    close: Arc<Notify>,
+    slots: Arc<Slots>,
+}
+
+impl Slots {
+    /// Admits a connection, closing the oldest when all [`MAX_CONNECTIONS`] are taken.
+    /// Returns whether one was closed.
+    fn admit(self: &Arc<Self>) -> (Slot, bool) {
+        let close = Arc::new(Notify::new());
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let evicted = if open.1.len() >= MAX_CONNECTIONS {
+            // `notify_one` keeps a permit, so a connection not yet waiting closes too.
+            open.1
+                .pop_first()
+                .inspect(|(_, oldest)| oldest.notify_one())
+        } else {
+            None
+        };
+        let id = open.0;
+        open.0 += 1;
+        open.1.insert(id, Arc::clone(&close));
+        let slot = Slot {
+            id,
+            close,
+            slots: Arc::clone(self),
+        };
+        (slot, evicted.is_some())
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut open = self
+            .slots
+            .open
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        open.1.remove(&self.id);
+    }
+}
+
 /// The accept loop: one task per connection, each bounded in time and size.
-async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: Shutdown) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    stats: Arc<Stats>,
+    shutdown: Shutdown,
+) {
+    let slots = Arc::new(Slots::default());
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -107,19 +202,20 @@ async fn serve(listener: tokio::net::TcpListener, app: Router, shutdown: Shutdow
                 continue;
             }
         };
-        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
-            tracing::debug!("http: too many connections; closing a new one");
-            continue;
-        };
+        let (slot, evicted) = slots.admit();
+        if evicted {
+            stats.http_evicted.fetch_add(1, Relaxed);
+            tracing::debug!("http: all connections taken; closed the oldest");
+        }
         let service = TowerToHyperService::new(app.clone());
         let builder = Arc::clone(&builder);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _slot = slot;
             let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
+                _ = slot.close.notified() => {}
                 _ = shutdown.wait() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;

@@ -152,6 +152,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "metacache_http_connections_evicted",
+            "HTTP connections closed to make room for a new one, oldest first (many means a flood of clients)",
+            s.http_evicted.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "metacache_dead_letters_lost",
             "Dead letters refused for good by the broker and given up (each logged at error level)",
             s.dead_letters_lost.load(Relaxed),

@@ -93,6 +93,10 @@ pub struct Stats {
     recent_latencies: Mutex<VecDeque<u32>>,
     /// Where the HTTP side listens, once bound (port 0 picks a free one).
     pub http_addr: OnceLock<SocketAddr>,
+    /// Where `http.probe_listen` listens, once bound, when it is set.
+    pub probe_addr: OnceLock<SocketAddr>,
+    /// HTTP connections closed to make room for a new one (the oldest goes first).
+    pub http_evicted: AtomicU64,
 }
 
 impl Default for Stats {
@@ -127,6 +131,8 @@ impl Default for Stats {
             pipeline_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 14)),
             recent_latencies: Mutex::new(VecDeque::with_capacity(LATENCY_SAMPLES)),
             http_addr: OnceLock::new(),
+            probe_addr: OnceLock::new(),
+            http_evicted: AtomicU64::new(0),
         }
     }
 }

@@ -517,3 +517,107 @@ async fn the_side_server_survives_slow_clients_and_junk_and_exposes_nothing_writ
     daemon.wait_finished(1, Duration::from_secs(30)).await;
     daemon.stop().await.expect("clean stop");
 }
+
+/// One probe as the kubelet sends it: a full request, an answer within `timeout`.
+async fn probe(addr: std::net::SocketAddr, path: &str, timeout: Duration) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut raw = Vec::new();
+        stream.read_to_end(&mut raw).await.ok()?;
+        Some(status_of(&String::from_utf8_lossy(&raw)) == Some(200))
+    };
+    matches!(tokio::time::timeout(timeout, attempt).await, Ok(Some(true)))
+}
+
+/// Clients that each send half a request head and stall: `held` at once, and `churn` more
+/// every second, until `until`.
+async fn flood(addr: std::net::SocketAddr, held: usize, churn: usize, until: Instant) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let mut open = Vec::new();
+    let mut opened = 0;
+    let mut batch = held;
+    while Instant::now() < until {
+        for _ in 0..batch {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+                let _ = s
+                    .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                    .await;
+                open.push(s);
+                opened += 1;
+            }
+        }
+        batch = churn;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Keep at most `held + churn` sockets on our side; the server closes the rest.
+        let excess = open.len().saturating_sub(held + churn);
+        open.drain(..excess);
+    }
+    opened
+}
+
+/// The report: ~300 connections holding half a request, and 260 new ones every few
+/// seconds, made probes fail (2 of 57 answered before the fix). The kubelet's probes (the
+/// chart's `timeoutSeconds: 2`) must keep answering, on `http.listen` under the flood and
+/// on `http.probe_listen` beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_keep_answering_under_a_connection_flood() {
+    let h = Harness::start(1);
+    let mut settings = h.settings();
+    settings.http.probe_listen = "127.0.0.1:0".into();
+    let daemon = h.start_daemon(settings);
+    let addr = daemon.http().await;
+    let probe_addr = *daemon.stats.probe_addr.get().expect("probe listener bound");
+    wait_for(Duration::from_secs(30), "partitions assigned", || async {
+        daemon.stats.snapshot().kafka_assigned_partitions > 0
+    })
+    .await;
+    // The probe listener serves the probes and nothing else.
+    assert_eq!(http_get(probe_addr, "/readyz").await.0, 200);
+    assert_eq!(http_get(probe_addr, "/stats").await.0, 404);
+    assert_eq!(http_get(probe_addr, "/metrics").await.0, 404);
+
+    let until = Instant::now() + Duration::from_secs(12);
+    let attack = tokio::spawn(flood(addr, 600, 260, until));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (mut asked, mut on_listen, mut on_probe) = (0, 0, 0);
+    while Instant::now() < until {
+        asked += 1;
+        let timeout = Duration::from_secs(2);
+        let (a, b) = tokio::join!(
+            probe(addr, "/healthz", timeout),
+            probe(probe_addr, "/healthz", timeout)
+        );
+        on_listen += usize::from(a);
+        on_probe += usize::from(b);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let opened = attack.await.expect("the flood ran");
+    let evicted = daemon
+        .stats
+        .http_evicted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    println!(
+        "flood: {opened} stalled connections, {evicted} closed to make room; /healthz answered: http.listen {on_listen} of {asked}, http.probe_listen {on_probe} of {asked}"
+    );
+    // The flood really filled the listener.
+    assert!(opened >= 600 + 260 * 5, "the flood opened only {opened}");
+    assert!(
+        evicted > 0,
+        "the flood never filled the {} slots",
+        metacache::http::MAX_CONNECTIONS
+    );
+    assert_eq!(
+        on_listen, asked,
+        "probes on http.listen failed under the flood"
+    );
+    assert_eq!(on_probe, asked, "probes on http.probe_listen failed");
+    let scrape = http_get(addr, "/metrics").await.1;
+    assert!(
+        scrape.contains("metacache_http_connections_evicted_total"),
+        "{scrape}"
+    );
+    daemon.stop().await.expect("clean stop");
+}

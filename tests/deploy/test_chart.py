@@ -123,14 +123,28 @@ def test_notes_tell_how_to_check(chart):
 
 
 def test_probes_point_at_health_endpoints(chart):
+    # By default the probes have a listener of their own, which a flood of clients on the
+    # main port cannot starve.
     c = container(render(chart))
-    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
-    assert config_toml(render(chart))["http"]["listen"] == "0.0.0.0:8080"
-    docs = render(chart, {"containerPort": 9100})
-    assert container(docs)["ports"][0]["containerPort"] == 9100
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "probes", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    http = config_toml(render(chart))["http"]
+    assert (http["listen"], http["probe_listen"]) == ("0.0.0.0:8080", "0.0.0.0:8081")
+    docs = render(chart, {"containerPort": 9100, "probePort": 9101})
+    assert [p["containerPort"] for p in container(docs)["ports"]] == [9100, 9101]
     assert config_toml(docs)["http"]["listen"] == "0.0.0.0:9100"
+    assert config_toml(docs)["http"]["probe_listen"] == "0.0.0.0:9101"
+    # probePort 0: the probes go to the main port, and no probe listener is configured.
+    docs = render(chart, {"probePort": 0})
+    c = container(docs)
+    assert c["livenessProbe"]["httpGet"]["port"] == "http"
+    assert c["readinessProbe"]["httpGet"]["port"] == "http"
+    assert [p["name"] for p in c["ports"]] == ["http"]
+    assert "probe_listen" not in config_toml(docs)["http"]
 
 
 @pytest.mark.parametrize("timeout", [30, 5, 600])
@@ -239,7 +253,9 @@ def test_config_toml_matches_values(chart):
     values = chart.merge_values(overrides)
     toml = config_toml(render(chart, overrides))
     expected = copy.deepcopy(values["config"])
-    expected["http"] = {"listen": "0.0.0.0:8080", **values["config"]["http"]}
+    expected["http"] = {
+        "listen": "0.0.0.0:8080", "probe_listen": "0.0.0.0:8081", **values["config"]["http"],
+    }
     assert toml == expected
     assert toml["kafka"]["client"]["client.id"] == 'say "hi"\\'
     assert isinstance(toml["writer"]["max_batch"], int)
@@ -294,6 +310,7 @@ BAD_VALUES = {
     "not a Redis URL": {"config": {"redis": {"url": "http://r:6379"}}},
     "secret without key": {"secrets": {"redisPassword": {"name": "x", "key": ""}}},
     "privileged port": {"containerPort": 80},
+    "privileged probe port": {"probePort": 443},
     "probe path override": {"livenessProbe": {"httpGet": {"path": "/"}}},
     "unknown top-level key": {"replicas": 2},
     "PDB blocking drains": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}},
@@ -312,6 +329,7 @@ def test_bad_values_are_rejected_by_the_schema(chart, values):
     ({"config": {"kafka": {"metric_topic": "device-metadata"}}}, "must differ"),
     ({"config": {"writer": {"retry_initial_ms": 20000}}}, "retry_initial_ms"),
     ({"autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}}, "minReplicas"),
+    ({"containerPort": 9000, "probePort": 9000}, "probePort"),
 ])
 def test_inconsistent_values_fail_to_render(chart, values, message):
     chart.validate_schema(values)

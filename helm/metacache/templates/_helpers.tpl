@@ -50,7 +50,8 @@ Numbers arrive as float64 (values pass through JSON); the schema allows only int
 
 {{/*
 The settings file: every section of .Values.config, scalar keys first, then its sub-tables
-(kafka.client, whose dotted librdkafka names are quoted), then http.listen.
+(kafka.client, whose dotted librdkafka names are quoted), then http.listen and
+http.probe_listen.
 */}}
 {{- define "metacache.configToml" -}}
 # metacache settings, rendered by the Helm chart from .Values.config.
@@ -78,6 +79,9 @@ The settings file: every section of .Values.config, scalar keys first, then its 
 
 [http]
 listen = {{ printf "0.0.0.0:%d" (int .Values.containerPort) | toJson }}
+{{- if .Values.probePort }}
+probe_listen = {{ printf "0.0.0.0:%d" (int .Values.probePort) | toJson }}
+{{- end }}
 {{- range $key, $value := .Values.config.http }}
 {{ $key }} = {{ include "metacache.tomlValue" $value }}
 {{- end }}
@@ -96,6 +100,9 @@ listen = {{ printf "0.0.0.0:%d" (int .Values.containerPort) | toJson }}
 {{- end }}
 {{- if and $c.writer (gt (int64 ($c.writer.retry_initial_ms | default 100)) (int64 ($c.writer.retry_max_ms | default 10000))) }}
 {{- fail "config.writer.retry_initial_ms must not exceed config.writer.retry_max_ms" }}
+{{- end }}
+{{- if and .Values.probePort (eq (int .Values.probePort) (int .Values.containerPort)) }}
+{{- fail "probePort must differ from containerPort (or be 0)" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
