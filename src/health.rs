@@ -114,7 +114,7 @@ pub fn readiness(i: &Inputs, t: &Thresholds) -> Readiness {
             Check::new(
                 status,
                 format!(
-                    "Redis unreachable for {} s: {}",
+                    "Redis not usable for {} s: {}",
                     down_for.as_secs(),
                     i.redis_error.as_deref().unwrap_or("no answer")
                 ),
@@ -273,7 +273,7 @@ mod tests {
     fn redis_outage_is_degraded_then_unhealthy_after_the_grace_period() {
         let mut i = healthy();
         i.redis_reachable = Some(false);
-        i.redis_error = Some("connection refused".into());
+        i.redis_error = Some("unreachable: connection refused".into());
         i.redis_down_for = Some(Duration::from_secs(3));
         let r = readiness(&i, &thresholds());
         assert_eq!(r.status, Status::Degraded);
@@ -283,7 +283,7 @@ mod tests {
         assert_eq!(r.status, Status::Unhealthy);
         assert!(
             r.message
-                .contains("redis: Redis unreachable for 10 s: connection refused"),
+                .contains("redis: Redis not usable for 10 s: unreachable: connection refused"),
             "{}",
             r.message
         );

@@ -131,14 +131,17 @@ pub async fn run(
         });
 
         if conn.is_none() {
-            conn = open(&settings).await.ok();
+            match open(&settings).await {
+                Ok(c) => conn = Some(c),
+                Err(e) => {
+                    mark_down(&observed, crate::sink::redis::connect_trouble(&e));
+                    continue;
+                }
+            }
         }
-        let Some(c) = conn.as_mut() else {
-            mark_down(&observed, "cannot connect".into());
-            continue;
-        };
+        let Some(c) = conn.as_mut() else { continue };
         if let Err(e) = redis::cmd("PING").query_async::<String>(c).await {
-            mark_down(&observed, crate::sink::redis::describe_error(&e));
+            mark_down(&observed, crate::sink::redis::connect_trouble(&e));
             continue;
         }
         let figures = refresh(c, &keys).await;

@@ -240,9 +240,13 @@ async fn readiness_follows_a_redis_outage_while_liveness_stays_up() {
         body["message"]
             .as_str()
             .unwrap()
-            .contains("Redis unreachable"),
+            .contains("Redis not usable for"),
         "{body:#}"
     );
+    let redis_says = body["checks"]["redis"]["message"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(redis_says.contains(": unreachable: "), "{body:#}");
     let (code, live) = json(addr, "/healthz").await;
     assert_eq!(code, 200, "liveness must not depend on Redis: {live}");
 
@@ -250,6 +254,125 @@ async fn readiness_follows_a_redis_outage_while_liveness_stays_up() {
     let (code, _) = ready("healthy").await;
     assert_eq!(code, 200);
     daemon.stop().await.expect("clean stop");
+}
+
+/// A wrong password used to read "cannot connect" on `/readyz` and `/stats`, sending the
+/// operator after the network. Each way Redis can refuse says what to fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_says_why_redis_is_not_usable() {
+    let h = Harness::start(1);
+    let redis = metacache::embedded::EmbeddedRedis::start().expect("a second redis-server");
+    let mut admin = redis::Client::open(redis.url())
+        .and_then(|c| c.get_connection())
+        .expect("admin connection");
+    let mut acl = |args: &[&str]| {
+        redis::cmd("ACL")
+            .arg(args)
+            .query::<()>(&mut admin)
+            .expect("ACL SETUSER");
+    };
+    acl(&["SETUSER", "writer", "on", ">right-pw", "~*", "+@all"]);
+    // A user that may log in but run nothing.
+    acl(&[
+        "SETUSER", "idle", "on", ">idle-pw", "~*", "-@all", "+auth", "+hello",
+    ]);
+    let closed = metacache::embedded::free_port().expect("a free port");
+    let port = redis.port();
+    // A TLS port whose self-signed certificate the client does not trust.
+    let certs = tempfile::tempdir().expect("a temp dir");
+    let (cert, key) = (certs.path().join("c.pem"), certs.path().join("k.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let tls_port = metacache::embedded::free_port().expect("a free port");
+    let (tls_port_arg, cert_arg, key_arg) = (
+        tls_port.to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let _tls_redis = metacache::embedded::EmbeddedRedis::start_with(&[
+        "--tls-port",
+        &tls_port_arg,
+        "--tls-cert-file",
+        &cert_arg,
+        "--tls-key-file",
+        &key_arg,
+        "--tls-ca-cert-file",
+        &cert_arg,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with a TLS port");
+    for (url, user, password, expected) in [
+        (
+            format!("redis://127.0.0.1:{closed}/0"),
+            None,
+            None,
+            "unreachable: ",
+        ),
+        (
+            format!("redis://127.0.0.1:{port}/0"),
+            Some("writer"),
+            Some("wrong-pw"),
+            "authentication failed: ",
+        ),
+        (
+            format!("redis://127.0.0.1:{port}/0"),
+            Some("idle"),
+            Some("idle-pw"),
+            "permission denied: NOPERM",
+        ),
+        (
+            format!("rediss://127.0.0.1:{tls_port}/0"),
+            None,
+            None,
+            "TLS failed: ",
+        ),
+    ] {
+        let mut settings = h.settings();
+        settings.redis.url = url.clone();
+        settings.redis.username = user.map(str::to_owned);
+        settings.redis.password = password.map(str::to_owned);
+        let daemon = h.start_daemon(settings);
+        let addr = daemon.http().await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let check = loop {
+            let (_, body) = json(addr, "/readyz").await;
+            let message = body["checks"]["redis"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            if message.contains("not usable") {
+                break message;
+            }
+            assert!(Instant::now() < deadline, "{url}: never refused: {body:#}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        println!("{url} as {user:?}: {check}");
+        assert!(check.contains(expected), "{url} as {user:?}: {check}");
+        let (_, stats) = json(addr, "/stats").await;
+        let shown = stats.to_string();
+        assert!(shown.contains(expected), "{url}: /stats says {shown}");
+        for secret in ["wrong-pw", "idle-pw", "right-pw"] {
+            assert!(
+                !shown.contains(secret) && !check.contains(secret),
+                "{secret} shown"
+            );
+        }
+        daemon.stop().await.expect("clean stop");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

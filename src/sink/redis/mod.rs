@@ -21,3 +21,44 @@ pub fn describe_error(e: &::redis::RedisError) -> String {
         _ => e.to_string(),
     }
 }
+
+/// Why Redis cannot be used, led by what an operator must fix: `authentication failed`
+/// (wrong user or password), `permission denied` (an ACL rule), `TLS failed` (certificate,
+/// or TLS against a plain port), or `unreachable` (nothing listening, a timeout, a name
+/// that does not resolve); then Redis's or the client's own words. A wrong password used
+/// to read "cannot connect" on `/readyz`, sending the operator after the network.
+pub fn connect_trouble(e: &::redis::RedisError) -> String {
+    format!("{}: {}", trouble_kind(e), describe_error(e))
+}
+
+fn trouble_kind(e: &::redis::RedisError) -> &'static str {
+    use ::redis::ErrorKind;
+    let code = e.code().unwrap_or_default();
+    if matches!(code, "WRONGPASS" | "NOAUTH") || e.kind() == ErrorKind::AuthenticationFailed {
+        return "authentication failed";
+    }
+    if code == "NOPERM" {
+        return "permission denied";
+    }
+    if e.kind() == ErrorKind::InvalidClientConfig {
+        return "invalid settings";
+    }
+    let text = e.to_string().to_ascii_lowercase();
+    // rustls words its failures in its own terms; none of these appear in plain I/O errors.
+    if [
+        "tls",
+        "certificate",
+        "handshake",
+        "invalidcontenttype",
+        "corrupt message",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+    {
+        return "TLS failed";
+    }
+    if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() {
+        return "unreachable";
+    }
+    "refused"
+}
