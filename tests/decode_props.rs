@@ -294,6 +294,33 @@ fn device() -> impl Strategy<Value = DeviceMetadata> {
                 .iter()
                 .all(|s| s.len() <= limits.max_id_bytes)
         })
+        .prop_filter("ids that print as what they are", |d| {
+            [&d.device_id, &d.datatype_id, &d.datatype_name]
+                .into_iter()
+                .chain(d.datatype_unit.as_ref())
+                .all(|s| prints_as_itself(s))
+        })
+}
+
+/// The README's id rules beyond `\PC` (which already leaves out control and format
+/// characters): no whitespace at either end, no line or paragraph separator, no filler.
+fn prints_as_itself(s: &str) -> bool {
+    !s.starts_with(char::is_whitespace)
+        && !s.ends_with(char::is_whitespace)
+        && !s.chars().any(|c| {
+            matches!(
+                c,
+                '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{115F}'
+                    | '\u{1160}'
+                    | '\u{3164}'
+                    | '\u{FFA0}'
+                    | '\u{034F}'
+                    | '\u{17B4}'
+                    | '\u{17B5}'
+            )
+        })
 }
 
 proptest! {

@@ -309,6 +309,14 @@ fn parse_device<'a>(text: &'a str, limits: &Limits) -> Result<ParsedDevice<'a>, 
                 ),
             ));
         }
+        // One rule for the whole document: a name twice in any object is refused, since
+        // readers disagree on which one wins (serde_json and Python keep the last, others
+        // the first) and the stored text keeps both.
+        if shape.objects {
+            if let Some(path) = nested_duplicate(&extra.name, raw_text) {
+                return Err(parse::duplicate(&path));
+            }
+        }
         // Capturing the text only checks its syntax; a JSON reader also refuses lone
         // surrogates in `\u` escapes and numbers out of range. Check the few values that
         // could hold either, as a reader would.
@@ -639,10 +647,12 @@ struct Shape {
     /// It has a `\u` escape or a number with an exponent or of 300+ characters: the only
     /// places a syntactically valid value can still be refused by a reader.
     suspect: bool,
+    /// It holds an object, which may name a key twice.
+    objects: bool,
 }
 
 fn inspect(raw: &str) -> Shape {
-    let (mut depth, mut deepest, mut suspect) = (0usize, 0usize, false);
+    let (mut depth, mut deepest, mut suspect, mut objects) = (0usize, 0usize, false, false);
     let (mut in_string, mut escaped, mut number_len) = (false, false, 0usize);
     for &b in raw.as_bytes() {
         if in_string {
@@ -666,6 +676,7 @@ fn inspect(raw: &str) -> Shape {
         match b {
             b'"' => in_string = true,
             b'{' | b'[' => {
+                objects |= b == b'{';
                 depth += 1;
                 deepest = deepest.max(depth);
             }
@@ -676,7 +687,91 @@ fn inspect(raw: &str) -> Shape {
     Shape {
         depth: deepest,
         suspect,
+        objects,
     }
+}
+
+/// Where a container stands while [`nested_duplicate`] walks it.
+enum Frame {
+    Object {
+        keys: Vec<String>,
+        expecting_key: bool,
+    },
+    Array {
+        index: usize,
+    },
+}
+
+/// The first name that appears twice in one object anywhere in `raw` (a syntactically
+/// valid JSON value of field `field`), as a path such as `meta.a` or `list[2].b`. Names
+/// are compared unescaped, as a reader compares them.
+fn nested_duplicate(field: &str, raw: &str) -> Option<String> {
+    let bytes = raw.as_bytes();
+    let mut stack: Vec<Frame> = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'{' => stack.push(Frame::Object {
+                keys: Vec::new(),
+                expecting_key: true,
+            }),
+            b'[' => stack.push(Frame::Array { index: 0 }),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => match stack.last_mut() {
+                Some(Frame::Object { expecting_key, .. }) => *expecting_key = true,
+                Some(Frame::Array { index }) => *index += 1,
+                None => {}
+            },
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(Frame::Object {
+                    keys,
+                    expecting_key: expecting @ true,
+                }) = stack.last_mut()
+                {
+                    *expecting = false;
+                    let quoted = raw.get(start..=i)?;
+                    let key = if quoted.contains('\\') {
+                        serde_json::from_str::<String>(quoted).ok()?
+                    } else {
+                        quoted[1..quoted.len() - 1].to_owned()
+                    };
+                    if keys.contains(&key) {
+                        return Some(path_of(field, &stack, &key));
+                    }
+                    keys.push(key);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// `field`, then each container's current key or index, then `last`.
+fn path_of(field: &str, stack: &[Frame], last: &str) -> String {
+    let mut path = field.to_owned();
+    for (depth, frame) in stack.iter().enumerate() {
+        match frame {
+            Frame::Array { index } => path.push_str(&format!("[{index}]")),
+            // The innermost object's current key is the duplicate itself.
+            Frame::Object { keys, .. } if depth + 1 < stack.len() => {
+                path.push('.');
+                path.push_str(keys.last().map_or("", String::as_str));
+            }
+            Frame::Object { .. } => {}
+        }
+    }
+    path.push('.');
+    path.push_str(last);
+    path
 }
 
 /// Reads a JSON value the way a reader building a tree would, keeping nothing: strings
@@ -1028,6 +1123,33 @@ mod tests {
     }
 
     #[test]
+    fn a_leap_second_is_stored_as_the_last_millisecond_before_the_next_minute() {
+        // RFC 3339 allows second 60; Unix time has no such second. Refusing it would
+        // dead-letter a valid event, so it becomes 23:59:59.999, which still orders after
+        // every earlier instant of that minute and before the next one.
+        for leap in [
+            "2016-12-31T23:59:60Z",
+            "2016-12-31T23:59:60.5Z",
+            "2017-01-01T00:59:60+01:00",
+        ] {
+            let d = ok(&with("last_updated", Some(json!(leap))));
+            assert_eq!(
+                d.last_updated_rfc3339(),
+                "2016-12-31T23:59:59.999Z",
+                "{leap}"
+            );
+        }
+        let before = ok(&with(
+            "last_updated",
+            Some(json!("2016-12-31T23:59:59.998Z")),
+        ));
+        let after = ok(&with("last_updated", Some(json!("2017-01-01T00:00:00Z"))));
+        let leap = ok(&with("last_updated", Some(json!("2016-12-31T23:59:60Z"))));
+        assert!(before.last_updated_ms < leap.last_updated_ms);
+        assert!(leap.last_updated_ms < after.last_updated_ms);
+    }
+
+    #[test]
     fn malformed_timestamps_are_rejected() {
         for bad in [
             "2026-11-22T10:00:00",
@@ -1205,6 +1327,32 @@ mod tests {
         // Spaces, unicode, `#` and `:` are fine.
         let d = ok(&with("device_id", Some(json!("plant 3:dev#42 — ünï"))));
         assert_eq!(d.device_id, "plant 3:dev#42 — ünï");
+    }
+
+    #[test]
+    fn duplicate_names_inside_nested_objects_are_rejected_too() {
+        for (nested, field) in [
+            (r#"{"a":1,"a":2}"#, "meta.a"),
+            (r#"{"a":1,"\u0061":2}"#, "meta.a"),
+            (r#"{"x":{"y":[1,{"k":1,"j":{},"k":2}]}}"#, "meta.x.y[1].k"),
+            (r#"[{"a":1},{"b":1,"c":[],"b":2}]"#, "meta[1].b"),
+        ] {
+            let r = err(&EXAMPLE.replace(r#""site": "plant-3""#, &format!(r#""meta": {nested}"#)));
+            assert_reject(
+                &r,
+                RejectReason::DuplicateField,
+                Some(field),
+                "more than once",
+            );
+        }
+        // The same name in sibling objects, or as a string value, is no duplicate.
+        for nested in [
+            r#"{"a":{"a":1},"b":{"a":1}}"#,
+            r#"[{"a":1},{"a":2}]"#,
+            r#"{"a":"a","b":"a,\"a\":"}"#,
+        ] {
+            ok(&EXAMPLE.replace(r#""site": "plant-3""#, &format!(r#""meta": {nested}"#)));
+        }
     }
 
     #[test]
@@ -1492,14 +1640,15 @@ mod tests {
     fn normalized_json_round_trips() {
         let mut d = device(EXAMPLE_MS + 7);
         d.device_id = "quote\" back\\slash ünï 🚀 #:".into();
-        d.datatype_name = "<script>\u{2028}".into();
+        d.datatype_name = "<script>".into();
         d.datatype_unit = None;
         d.persist = false;
         d.additional_properties.insert(
             "deep".into(),
             json!({"a": [1, -2.5, 1e300, u64::MAX, null, true, {"b": "\u{1}"}]}),
         );
-        d.additional_properties.insert("é\"k".into(), json!("v"));
+        d.additional_properties
+            .insert("é\"k".into(), json!("v\u{2028}"));
         let json = d.to_normalized_json();
         assert!(
             json.starts_with(r#"{"device_id":"quote\" back\\slash ünï 🚀 #:","#),

@@ -164,23 +164,83 @@ pub(super) fn check_text(
             ),
         ));
     }
-    // Printable ASCII has no control characters; only other text needs the char walk.
+    // Printable ASCII has no control or invisible characters; only other text needs the
+    // char walk.
     let printable_ascii = value.bytes().all(|b| (0x20..0x7f).contains(&b));
     if let Some((at, c)) = (!printable_ascii)
-        .then(|| value.char_indices().find(|(_, c)| c.is_control()))
+        .then(|| {
+            value
+                .char_indices()
+                .find(|&(_, c)| c.is_control() || invisible(c))
+        })
         .flatten()
     {
+        let what = if c.is_control() {
+            "control characters"
+        } else {
+            "invisible or text-direction characters"
+        };
         return Err(Reject::new(
             RejectReason::InvalidValue,
             Some(field),
             format!(
-                "expected no control characters, got U+{:04X} at byte {at} in {}",
+                "expected no {what}, got U+{:04X} at byte {at} in {}",
                 u32::from(c),
                 preview(value)
             ),
         ));
     }
+    // " dev-42" prints as "dev-42" does: a reader could not tell them apart.
+    if value.starts_with(char::is_whitespace) || value.ends_with(char::is_whitespace) {
+        return Err(Reject::new(
+            RejectReason::InvalidValue,
+            Some(field),
+            format!(
+                "expected no whitespace at either end, got {}",
+                preview(value)
+            ),
+        ));
+    }
     Ok(())
+}
+
+/// Characters that print as nothing or reorder the text around them, so two ids that
+/// differ only in them look the same (`h-\u{200b}` and `h-`), or one looks like another
+/// (`h-\u{202e}live` prints as `h-evil`): Unicode's format characters (category Cf: zero
+/// widths and joiners, direction marks, embeddings, overrides and isolates, the BOM, the
+/// soft hyphen, tags), the line and paragraph separators, and the filler characters.
+/// Variation selectors stay allowed: they only pick a glyph (an emoji's colour form).
+/// Written out rather than taken from a Unicode crate: the Cf list is short and stable.
+pub(super) fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x0600..=0x0605
+            | 0x061C
+            | 0x06DD
+            | 0x070F
+            | 0x0890..=0x0891
+            | 0x08E2
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180E
+            | 0x200B..=0x200F
+            | 0x2028..=0x202E
+            | 0x2060..=0x2064
+            | 0x2066..=0x206F
+            | 0x3164
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF9..=0xFFFB
+            | 0x110BD
+            | 0x110CD
+            | 0x13430..=0x1343F
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0001
+            | 0xE0020..=0xE007F
+    )
 }
 
 /// A Kafka key as text: `None` for no key or an empty one (both mean "not given").
@@ -213,6 +273,28 @@ mod tests {
     fn a_duplicate_empty_name_is_named_as_json() {
         assert_eq!(duplicate("").field.as_deref(), Some("\"\""));
         assert_eq!(duplicate("site").field.as_deref(), Some("site"));
+    }
+
+    #[test]
+    fn ids_that_print_invisibly_or_misleadingly_are_refused() {
+        let limits = Limits::default();
+        for (id, why) in [
+            (" ", "whitespace at either end"),
+            (" dev-42", "whitespace at either end"),
+            ("dev-42\u{a0}", "whitespace at either end"),
+            ("h-\u{202e}evil", "U+202E"),
+            ("h-\u{200b}", "U+200B"),
+            ("\u{feff}h", "U+FEFF"),
+            ("a\u{2066}b", "U+2066"),
+            ("a\u{e0041}", "U+E0041"),
+        ] {
+            let r = check_text("device_id", id, &limits, false).expect_err(id);
+            assert_eq!(r.reason, RejectReason::InvalidValue);
+            assert!(r.message.contains(why), "{id:?}: {}", r.message);
+        }
+        for id in ["plant 3:dev#42", "ünï — ok", "日本語", "a b", "emoji 🙂"] {
+            assert!(check_text("device_id", id, &limits, false).is_ok(), "{id}");
+        }
     }
 
     #[test]
