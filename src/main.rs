@@ -2,7 +2,7 @@
 //! look-ups (`get`, `check-metric`, `info`), `produce`, `resync` and `bench`.
 
 use std::io::Read;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -100,6 +100,7 @@ struct BenchArgs {
     /// Partitions per topic (the mock broker keeps ~5 MiB per partition).
     #[arg(long, default_value_t = 8)]
     partitions: i32,
+    /// The stream to produce.
     #[arg(long, value_enum, default_value = "devices")]
     workload: metacache::bench::workload::Workload,
     /// writer.max_batch for the daemon and the Redis ceiling's pipelines.
@@ -120,7 +121,8 @@ struct BenchArgs {
     /// Duration of the latency phase, seconds.
     #[arg(long, default_value_t = 5)]
     latency_secs: u64,
-    /// Only these stages (comma-separated; all by default). The backlog is always produced.
+    /// Only these stages (comma-separated; all by default; the README's Performance
+    /// section says what each measures). The backlog is always produced.
     #[arg(long, value_enum, value_delimiter = ',')]
     stages: Vec<metacache::bench::Stage>,
     /// A daemon setting for the runs of metacache, as `section.name=value` (repeatable),
@@ -157,7 +159,8 @@ enum GetCommand {
     },
     /// A page of the devices index, newest first.
     Devices(DevicesArgs),
-    /// The valid metric names of a namespace (an empty one means `default`).
+    /// The valid metric names of a namespace (an empty one means `default`); exit 1 when
+    /// the namespace is unknown.
     Metrics {
         /// The namespace.
         namespace: String,
@@ -169,8 +172,12 @@ enum GetCommand {
 /// Where to read from, and how to print it.
 #[derive(Debug, Args)]
 struct LookupArgs {
-    #[command(flatten)]
-    config: ConfigArgs,
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Redis URL (overrides `redis.url`).
+    #[arg(long)]
+    redis_url: Option<String>,
     /// Print JSON for scripts instead of text for people.
     #[arg(long)]
     json: bool,
@@ -204,17 +211,17 @@ struct CheckMetricArgs {
     lookup: LookupArgs,
 }
 
+// No doc comments on the variants: clap would switch `produce --help` to its long layout.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum ProduceTopic {
-    /// `kafka.device_topic`
     Devices,
-    /// `kafka.metric_topic`
     Metrics,
 }
 
 #[derive(Debug, Args)]
 struct ProduceArgs {
-    /// Which configured topic the events are for.
+    /// Which configured topic the events are for: devices (`kafka.device_topic`) or
+    /// metrics (`kafka.metric_topic`).
     #[arg(long, value_enum)]
     topic: ProduceTopic,
     /// A JSON Lines file: one event per line, or {"tombstone": "<key>"}; `-` or nothing
@@ -223,15 +230,20 @@ struct ProduceArgs {
     /// Send the valid lines even when some are invalid (the invalid ones are reported).
     #[arg(long)]
     skip_invalid: bool,
-    #[command(flatten)]
-    config: ConfigArgs,
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long)]
+    brokers: Option<String>,
 }
 
 /// Exit codes of the look-ups and `produce`.
 mod exit {
-    /// The answer is no: not cached, not a valid metric name, invalid input lines.
+    /// The answer is no: not cached, not a valid metric name, an unknown namespace,
+    /// invalid input lines.
     pub const NO: u8 = 1;
-    /// Configuration problems.
+    /// Configuration or usage problems (such as a malformed `--pattern`).
     pub const CONFIG: u8 = 2;
     /// Redis or Kafka failed, or the cache holds a corrupt entry.
     pub const UNAVAILABLE: u8 = 3;
@@ -248,6 +260,16 @@ struct ConfigArgs {
     /// Redis URL (overrides `redis.url`).
     #[arg(long)]
     redis_url: Option<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Settings, String> {
+        load(
+            self.config.as_deref(),
+            self.brokers.as_deref(),
+            self.redis_url.as_deref(),
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -269,7 +291,7 @@ struct DemoArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig(args) => match load(&args) {
+        Command::CheckConfig(args) => match args.load() {
             Ok(settings) => {
                 print!("{}", settings.redacted().to_toml_string());
                 eprintln!("configuration is valid");
@@ -410,7 +432,7 @@ where
     F: FnOnce(CacheClient, bool) -> Fut,
     Fut: std::future::Future<Output = Result<bool, ClientError>>,
 {
-    let settings = match load(&args.config) {
+    let settings = match load(args.config.as_deref(), None, args.redis_url.as_deref()) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("{message}");
@@ -430,6 +452,10 @@ where
         match body(client, json).await {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::from(exit::NO),
+            Err(ClientError::InvalidArgument(why)) => {
+                eprintln!("usage: {why}");
+                ExitCode::from(exit::CONFIG)
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 ExitCode::from(exit::UNAVAILABLE)
@@ -534,17 +560,27 @@ async fn get_metrics(
     json: bool,
 ) -> Result<bool, ClientError> {
     let names = client.metric_names(namespace).await?;
+    // Empty and unknown differ: `replace []` leaves a listed namespace without names, a
+    // namespace never written (or deleted, or a typo) is not listed at all.
+    let known = !names.is_empty() || client.has_namespace(namespace).await?;
     if json {
         println!("{}", json!(names));
     } else {
         for name in &names {
             println!("{name}");
         }
-        if names.is_empty() {
-            eprintln!("namespace {namespace:?} has no metric names");
-        }
     }
-    Ok(true)
+    let shown = if namespace.is_empty() {
+        metacache::model::DEFAULT_NAMESPACE
+    } else {
+        namespace
+    };
+    if !known {
+        eprintln!("unknown namespace {shown:?}: not in metric_namespaces");
+    } else if names.is_empty() {
+        eprintln!("namespace {shown:?} is known and has no metric names");
+    }
+    Ok(known)
 }
 
 async fn check_metric(
@@ -633,7 +669,7 @@ fn cache_text(cache: &CacheInfo) -> String {
 }
 
 fn produce(log_format: Option<LogFormat>, args: &ProduceArgs) -> ExitCode {
-    let settings = match load(&args.config) {
+    let settings = match load(args.config.as_deref(), args.brokers.as_deref(), None) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("{message}");
@@ -707,12 +743,7 @@ fn read_stdin() -> std::io::Result<Vec<u8>> {
 /// configuration problems or a missing `--yes` without a terminal.
 fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
     use std::io::{IsTerminal, Write};
-    let config = ConfigArgs {
-        config: args.config,
-        brokers: args.brokers,
-        redis_url: None,
-    };
-    let mut settings = match load(&config) {
+    let mut settings = match load(args.config.as_deref(), args.brokers.as_deref(), None) {
         Ok(s) => s,
         Err(message) => {
             eprintln!("{message}");
@@ -756,13 +787,17 @@ fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
 }
 
 /// Settings from file and environment, then the command-line overrides, validated again.
-fn load(args: &ConfigArgs) -> Result<Settings, String> {
-    let mut settings = Settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
-    if let Some(brokers) = &args.brokers {
-        settings.kafka.brokers = brokers.clone();
+fn load(
+    file: Option<&Path>,
+    brokers: Option<&str>,
+    redis_url: Option<&str>,
+) -> Result<Settings, String> {
+    let mut settings = Settings::load(file).map_err(|e| e.to_string())?;
+    if let Some(brokers) = brokers {
+        settings.kafka.brokers = brokers.to_owned();
     }
-    if let Some(url) = &args.redis_url {
-        settings.redis.url = url.clone();
+    if let Some(url) = redis_url {
+        settings.redis.url = url.to_owned();
     }
     settings.validate().map_err(|e| e.to_string())?;
     metacache::source::kafka::check_client_properties(&settings.kafka)?;
@@ -771,7 +806,7 @@ fn load(args: &ConfigArgs) -> Result<Settings, String> {
 
 /// `metacache run` (and, with `plain_devices`, the benchmark's hidden variant).
 fn run_daemon(log_format: Option<LogFormat>, args: &ConfigArgs, plain_devices: bool) -> ExitCode {
-    let settings = match load(args) {
+    let settings = match args.load() {
         Ok(s) => s,
         Err(message) => {
             eprintln!("{message}");

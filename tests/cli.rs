@@ -301,3 +301,51 @@ async fn a_production_start_cannot_be_switched_to_the_benchmarks_unguarded_mode(
         Some(0)
     );
 }
+
+/// Each subcommand offers only the options it uses, in clap's short layout (one line per
+/// option), as the README's Commands section shows them.
+#[test]
+fn each_subcommand_takes_only_what_it_uses_in_one_help_layout() {
+    let help = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_metacache"))
+            .args(args)
+            .arg("--help")
+            .output()
+            .expect("metacache runs");
+        assert!(out.status.success(), "{args:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let all: &[&[&str]] = &[
+        &["run"],
+        &["check-config"],
+        &["demo"],
+        &["bench"],
+        &["get", "device"],
+        &["get", "devices"],
+        &["get", "metrics"],
+        &["check-metric"],
+        &["info"],
+        &["produce"],
+        &["resync"],
+    ];
+    for args in all {
+        let text = help(args);
+        // The long layout puts each description on its own line, indented ten spaces.
+        assert!(
+            !text
+                .lines()
+                .any(|l| l.starts_with("          ") && !l.trim().is_empty()),
+            "{args:?} uses the long help layout:\n{text}"
+        );
+        let reads_redis = !matches!(args, ["produce"] | ["resync"] | ["bench"]);
+        let reads_kafka = matches!(args, ["run"] | ["check-config"] | ["produce"] | ["resync"]);
+        if !matches!(args, ["demo"] | ["bench"]) {
+            assert_eq!(
+                text.contains("--redis-url"),
+                reads_redis,
+                "{args:?}:\n{text}"
+            );
+        }
+        assert_eq!(text.contains("--brokers"), reads_kafka, "{args:?}:\n{text}");
+    }
+}

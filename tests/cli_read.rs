@@ -140,6 +140,14 @@ fn get_devices_pages_filters_and_orders() {
     );
     let out = lookup(&url, &["get", "devices", "--limit", "x"]);
     assert_eq!(out.status.code(), Some(2), "a usage error");
+    // A class never closed is a typo, not an empty page.
+    for typo in ["h-[", "dev-4[34", "dev\\"] {
+        let out = lookup(&url, &["get", "devices", "--pattern", typo]);
+        assert_eq!(out.status.code(), Some(2), "{typo}: {}", stdout(&out));
+        assert!(stderr(&out).contains("usage: pattern"), "{}", stderr(&out));
+        assert_eq!(stdout(&out), "", "{typo}");
+    }
+    assert_eq!(ids(&["--pattern", "dev-4\\[34]"]), Vec::<String>::new());
 }
 
 #[test]
@@ -156,9 +164,35 @@ fn get_metrics_and_check_metric() {
         json!(["errors", "requests"]),
         "empty = default"
     );
+    // Unknown and empty differ: exit 1 for a namespace metacache never wrote.
     let out = lookup(&url, &["get", "metrics", "nope", "--json"]);
-    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.status.code(), Some(1));
     assert_eq!(json_of(&out), json!([]));
+    assert!(
+        stderr(&out).contains("unknown namespace \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+    let mut conn = redis::Client::open(url.as_str())
+        .and_then(|c| c.get_connection())
+        .expect("redis");
+    // What `replace []` leaves: listed, no set key.
+    let _: () = redis::cmd("SADD")
+        .arg("metric_namespaces")
+        .arg("emptied")
+        .query(&mut conn)
+        .expect("SADD");
+    let out = lookup(&url, &["get", "metrics", "emptied"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    assert!(
+        stderr(&out).contains("is known and has no metric names"),
+        "{}",
+        stderr(&out)
+    );
+    // A namespace metacache refuses to write is a usage error.
+    let out = lookup(&url, &["get", "metrics", "device:dev-42"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
 
     let out = lookup(&url, &["check-metric", "billing", "disk"]);
     assert_eq!(out.status.code(), Some(0));

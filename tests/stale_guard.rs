@@ -367,8 +367,21 @@ async fn the_device_cache_forgets_when_a_lagging_replica_is_promoted() {
         .expect("promote");
     rig.write("d", T30, true).await;
     assert_eq!(rig.stored("d"), "2026-11-22T10:00:30.000Z");
+    let resets_before = rig
+        .stats
+        .guard_cache_resets
+        .load(std::sync::atomic::Ordering::Relaxed);
     proxy.switch_to(replica.port());
     rig.write("d", T20, true).await;
+    // The failover really happened: the writer noticed a new connection and forgot.
+    let resets = rig
+        .stats
+        .guard_cache_resets
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        resets > resets_before,
+        "the writer never saw the new server"
+    );
     let json: String = replica_conn().get("device:d").expect("device key");
     let v: serde_json::Value = serde_json::from_str(&json).expect("stored JSON");
     assert_eq!(v["last_updated"], "2026-11-22T10:00:20.000Z");

@@ -66,25 +66,26 @@ pub struct BenchOptions {
     pub redis_url: Option<String>,
 }
 
-/// The measurements a run can make; the backlog is always produced first.
+/// The measurements a run can make; the backlog is always produced first. (Plain comments
+/// on the variants: doc comments would switch `bench --help` to clap's long layout.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Stage {
-    /// Consume ceiling: an rdkafka consumer that discards.
+    // Consume ceiling: an rdkafka consumer that discards.
     Ceiling,
-    /// Redis ceiling: pipelined plain SETs of the same keys and values.
+    // Redis ceiling: pipelined plain SETs of the same keys and values.
     Redis,
-    /// Naive baseline: decode, one awaited SET, a synchronous commit per message.
+    // Naive baseline: decode, one awaited SET, a synchronous commit per message.
     Naive,
-    /// metacache's own work without I/O (decode, plan, encode) on one core.
+    // metacache's own work without I/O (decode, plan, encode) on one core.
     Codec,
-    /// The daemon draining the backlog.
+    // The daemon draining the backlog.
     Drain,
-    /// The daemon draining the backlog without the stale guard and the index.
+    // The daemon draining the backlog without the stale guard and the index.
     Plain,
-    /// The daemon consuming while a fresh stream is produced.
+    // The daemon consuming while a fresh stream is produced.
     Steady,
-    /// Publish-to-visible latency at a steady rate.
+    // Publish-to-visible latency at a steady rate.
     Latency,
 }
 

@@ -58,6 +58,31 @@ impl Glob {
     /// assert!(Glob::new(r"\[").matches("["));
     /// ```
     pub fn new(pattern: &str) -> Glob {
+        Self::compile(pattern).0
+    }
+
+    /// Compiles `pattern`, refusing what is almost surely a typo although Redis would take
+    /// it: a `[` class never closed (`h-[` matches nothing a user meant) and a lone `\` at
+    /// the end. What the look-ups use, so a typo is a usage error, not an empty page.
+    ///
+    /// ```
+    /// use metacache::client::Glob;
+    ///
+    /// assert!(Glob::parse("dev-[34]*").is_ok());
+    /// assert!(Glob::parse("h-[").unwrap_err().contains("never closed"));
+    /// assert!(Glob::parse(r"50\[").is_ok()); // an escaped bracket is a literal
+    /// ```
+    pub fn parse(pattern: &str) -> Result<Glob, String> {
+        let (glob, problem) = Self::compile(pattern);
+        match problem {
+            None => Ok(glob),
+            Some(problem) => Err(format!("pattern {pattern:?}: {problem}")),
+        }
+    }
+
+    /// The compiled pattern, and what a strict reading refuses in it.
+    fn compile(pattern: &str) -> (Glob, Option<String>) {
+        let mut problem = None;
         let chars: Vec<char> = pattern.chars().collect();
         let mut tokens = Vec::new();
         let mut i = 0;
@@ -74,7 +99,13 @@ impl Glob {
                     i += 1;
                 }
                 '[' => {
-                    let (token, next) = class(&chars, i + 1);
+                    let (token, next, closed) = class(&chars, i + 1);
+                    if !closed && problem.is_none() {
+                        problem = Some(format!(
+                            "the [ at character {} is never closed (a literal [ is written \\[)",
+                            i + 1
+                        ));
+                    }
                     tokens.push(token);
                     i = next;
                 }
@@ -82,13 +113,20 @@ impl Glob {
                     tokens.push(Token::Literal(chars[i + 1]));
                     i += 2;
                 }
+                '\\' => {
+                    problem.get_or_insert_with(|| {
+                        "it ends with a lone \\ (a literal \\ is written \\\\)".to_owned()
+                    });
+                    tokens.push(Token::Literal('\\'));
+                    i += 1;
+                }
                 c => {
                     tokens.push(Token::Literal(c));
                     i += 1;
                 }
             }
         }
-        Glob { tokens }
+        (Glob { tokens }, problem)
     }
 
     /// True when the pattern matches the whole of `text`.
@@ -160,12 +198,15 @@ fn one(token: &Token, c: char) -> bool {
 /// Parses a bracket class whose body starts at `chars[i]`; returns it and the index after
 /// it. Follows Redis: `]` ends the class even first, `\` escapes, `x-y` is a range when a
 /// character follows the `-` (even a `]`), and the pattern's end closes an open class.
-fn class(chars: &[char], mut i: usize) -> (Token, usize) {
+/// A `[...]` class from just after its `[`: the token, where it ends, and whether a `]`
+/// closed it.
+fn class(chars: &[char], mut i: usize) -> (Token, usize, bool) {
     let negated = chars.get(i) == Some(&'^');
     if negated {
         i += 1;
     }
     let mut ranges = Vec::new();
+    let mut closed = false;
     while i < chars.len() {
         let c = chars[i];
         if c == '\\' && i + 1 < chars.len() {
@@ -173,6 +214,7 @@ fn class(chars: &[char], mut i: usize) -> (Token, usize) {
             i += 2;
         } else if c == ']' {
             i += 1;
+            closed = true;
             break;
         } else if i + 2 < chars.len() && chars[i + 1] == '-' {
             let (a, b) = (c, chars[i + 2]);
@@ -183,7 +225,7 @@ fn class(chars: &[char], mut i: usize) -> (Token, usize) {
             i += 1;
         }
     }
-    (Token::Class { negated, ranges }, i)
+    (Token::Class { negated, ranges }, i, closed)
 }
 
 #[cfg(test)]
@@ -192,6 +234,16 @@ mod tests {
 
     fn m(pattern: &str, text: &str) -> bool {
         Glob::new(pattern).matches(text)
+    }
+
+    #[test]
+    fn a_strict_parse_refuses_what_is_surely_a_typo() {
+        for bad in ["h-[", "[abc", "a[^", "x\\", "[a\\]"] {
+            assert!(Glob::parse(bad).is_err(), "{bad}");
+        }
+        for good in ["h-\\[", "[abc]", "*", "", "a\\\\", "[]]"] {
+            assert!(Glob::parse(good).is_ok(), "{good}");
+        }
     }
 
     #[test]

@@ -340,7 +340,7 @@ impl CacheClient {
         }
         let glob = match options.pattern.as_deref() {
             None | Some("*") => None,
-            Some(pattern) => Some(Glob::new(pattern)),
+            Some(pattern) => Some(Glob::parse(pattern).map_err(ClientError::InvalidArgument)?),
         };
         let Some(glob) = glob else {
             return self
@@ -628,6 +628,19 @@ impl CacheClient {
             )));
         }
         Ok(answers)
+    }
+
+    /// Whether `namespace` is listed in `metric_namespaces` (an empty one means `default`):
+    /// tells a namespace emptied by `replace []` from one never written or deleted.
+    pub async fn has_namespace(&self, namespace: &str) -> Result<bool> {
+        let key = self.keys.metric_namespaces();
+        let reply = self
+            .query_at(
+                key,
+                redis::cmd("SISMEMBER").arg(key).arg(resolve(namespace)),
+            )
+            .await?;
+        Ok(reply::int(key, reply)? == 1)
     }
 
     /// Every namespace listed in `metric_namespaces`, sorted. A namespace emptied by

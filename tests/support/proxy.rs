@@ -23,7 +23,11 @@ struct State {
     bytes_discarded: AtomicU64,
     connections: AtomicU64,
     upstream: AtomicU16,
-    /// Wakes every connection to close it (a failover moving the address elsewhere).
+    /// Bumped by every switch: a connection opened under an older value is cut. A counter,
+    /// not only a wake-up, since a connection busy reading when the wake-up came would
+    /// miss it (`notify_waiters` keeps no permit) and forward to the old server.
+    switches: AtomicU64,
+    /// Wakes every connection to look at `switches`.
     cut: Notify,
 }
 
@@ -46,9 +50,11 @@ impl HoldingProxy {
                 let state = Arc::clone(&shared);
                 state.connections.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
+                    // Read before the upstream: a switch in between cuts this one too.
+                    let switches = state.switches.load(Ordering::SeqCst);
                     let upstream = state.upstream.load(Ordering::SeqCst);
                     if let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)).await {
-                        pipe(client, server, state).await;
+                        pipe(client, server, state, switches).await;
                     }
                 });
             }
@@ -73,6 +79,7 @@ impl HoldingProxy {
     /// failover that moves a service address does.
     pub fn switch_to(&self, upstream: u16) {
         self.state.upstream.store(upstream, Ordering::SeqCst);
+        self.state.switches.fetch_add(1, Ordering::SeqCst);
         self.state.cut.notify_waiters();
     }
 
@@ -95,7 +102,7 @@ impl Drop for HoldingProxy {
     }
 }
 
-async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>) {
+async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>, switches: u64) {
     let (mut client_read, mut client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     // Replies: straight through.
@@ -105,6 +112,12 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>) {
     let mut buffer: Vec<u8> = Vec::new();
     let mut chunk = vec![0u8; 64 * 1024];
     loop {
+        let cut = state.cut.notified();
+        if state.switches.load(Ordering::SeqCst) != switches {
+            // The address moved: what this connection still holds never reaches the old
+            // server, as with a connection reset.
+            break;
+        }
         let held = state.held.load(Ordering::SeqCst);
         if !held && !buffer.is_empty() {
             if server_write.write_all(&buffer).await.is_err() {
@@ -113,8 +126,8 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>) {
             buffer.clear();
         }
         let released = state.released.notified();
-        let cut = state.cut.notified();
         tokio::select! {
+            biased;
             _ = cut => break,
             read = client_read.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => {
