@@ -323,33 +323,35 @@ impl Settings {
         env: &[(OsString, OsString)],
         fallback: &Path,
     ) -> Result<Settings, ConfigError> {
-        let mut problems = Vec::new();
-        let file = choose_file(file, env, fallback, &mut problems);
-        let file_missing = !problems.is_empty();
-        let env = EnvSettings::collect(env, &mut problems);
+        let mut found = Found::default();
+        let file = choose_file(file, env, fallback, &mut found.problems);
+        let file_missing = !found.problems.is_empty();
+        let env = EnvSettings::collect(env, &mut found.problems);
         if file_missing {
             // Checking the rest against defaults would report problems that aren't there.
-            return Err(ConfigError { problems });
+            return Err(ConfigError {
+                problems: found.problems,
+            });
         }
-        let tree = merge_sources(file.as_deref(), env).map_err(|mut e| {
-            problems.append(&mut e.problems);
-            ConfigError {
-                problems: std::mem::take(&mut problems),
+        let tree = match merge_sources(file.as_deref(), env) {
+            Ok(tree) => tree,
+            Err(mut e) => {
+                found.problems.append(&mut e.problems);
+                return Err(ConfigError {
+                    problems: found.problems,
+                });
             }
-        })?;
-        let settings = from_tree(tree, &mut problems);
+        };
+        let settings = from_tree(tree, &mut found);
 
         // A field that failed to deserialize was left at its default: checking that
-        // default would only add noise.
-        let broken: BTreeSet<String> = problems.iter().map(|p| p.field.clone()).collect();
-        if let Err(invalid) = settings.validate() {
-            problems.extend(
-                invalid
-                    .problems
-                    .into_iter()
-                    .filter(|p| !broken.contains(&p.field)),
-            );
-        }
+        // default, alone or against other fields, would only add noise.
+        let known = Known {
+            broken: found.problems.iter().map(|p| p.field.clone()).collect(),
+            sources: std::mem::take(&mut found.sources),
+        };
+        let mut problems = found.problems;
+        problems.extend(settings.problems(&known));
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -360,7 +362,18 @@ impl Settings {
     /// Checks the values against each other and the ranges the daemon supports; public so
     /// that callers applying command-line overrides can check again.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut check = Checks::default();
+        let problems = self.problems(&Known::default());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Every semantic problem, each with the source of the settings it names; fields in
+    /// `known.broken` are neither checked nor compared with others.
+    fn problems(&self, known: &Known) -> Vec<Problem> {
+        let mut check = Checks::new(known);
         self.kafka.check(&mut check);
         self.redis.check(&mut check);
         check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
@@ -375,12 +388,15 @@ impl Settings {
         check.between("janitor.batch", self.janitor.batch, 1, 10_000);
         self.writer.check(&mut check);
         check_limits(&self.limits, &mut check);
-        if self.kafka.dead_letter {
+        const MAX_BYTES: &str = "kafka.client.message.max.bytes";
+        let involved = [MAX_BYTES, "limits.max_message_bytes", "kafka.dead_letter"];
+        if self.kafka.dead_letter && check.usable(&involved) {
             if let Some(raw) = self.kafka.client.get("message.max.bytes") {
                 let need = self.limits.max_message_bytes + DEAD_LETTER_OVERHEAD;
                 match raw.trim().parse::<usize>() {
-                    Ok(n) if n < need => check.fail(
-                        "kafka.client.message.max.bytes",
+                    Ok(n) if n < need => check.fail_at(
+                        MAX_BYTES,
+                        &involved,
                         format!(
                             "must be at least limits.max_message_bytes + {DEAD_LETTER_OVERHEAD} ({need}) so that any event up to the limit that Redis refuses can be dead-lettered whole, got {n}"
                         ),
@@ -422,7 +438,7 @@ impl Settings {
                 format!("is not a valid filter ({e}), got {:?}", self.log.filter),
             );
         }
-        check.finish()
+        check.problems
     }
 
     /// A copy safe to print: passwords, secrets and keys replaced by `***`.
@@ -462,7 +478,11 @@ impl RedisSettings {
 
 const ENV_PREFIX: &str = "metacache__";
 const CLIENT_ENV_PREFIX: &str = "metacache__kafka__client__";
+/// The `config` crate's origin for every environment value.
 const ENV_ORIGIN: &str = "the environment";
+/// Starts the origin of a value that one environment variable or command-line option
+/// gave, followed by its name. No file path holds a NUL byte.
+const NAMED_ORIGIN: &str = "\0";
 
 /// The file named on the command line, else by `METACACHE_CONFIG`, else the fallback if
 /// it exists. A named file must exist: silently running on defaults would hide a typo.
@@ -514,7 +534,6 @@ impl EnvSettings {
             general: Map::new(),
             client: Map::new(),
         };
-        let origin = ENV_ORIGIN.to_string();
         for (name, value) in env {
             // Like the config crate: names are matched in any case, non-Unicode ones skipped.
             let Some(name) = name.to_str() else { continue };
@@ -539,6 +558,7 @@ impl EnvSettings {
                             format!("environment variable {name} names no property"),
                         ));
                     } else {
+                        let origin = format!("{NAMED_ORIGIN}{name}");
                         found
                             .client
                             .insert(property, Value::new(Some(&origin), value.to_string()));
@@ -636,7 +656,28 @@ fn single(field: &str, reason: String) -> ConfigError {
 /// Optional settings (no default to learn the type from) that hold integers.
 const OPTIONAL_INTEGERS: &[&str] = &["redis.db"];
 
-fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Settings {
+/// What reading the merged tree found: problems, and where each setting given came from.
+#[derive(Default)]
+struct Found {
+    problems: Vec<Problem>,
+    /// By dotted name: `in FILE` or `from VARIABLE`, for settings not left at their default.
+    sources: BTreeMap<String, String>,
+}
+
+impl Found {
+    fn problem(&mut self, field: &str, reason: String) {
+        self.problems.push(Problem::new(field, reason));
+    }
+
+    /// Remembers where `field` came from, for the checks that run later.
+    fn note(&mut self, field: &str, value: &Value) {
+        if let Some(source) = source_of(field, value) {
+            self.sources.insert(field.to_string(), source);
+        }
+    }
+}
+
+fn from_tree(mut tree: Map<String, Value>, found: &mut Found) -> Settings {
     let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
     let sections = json_keys(&defaults);
     for (name, value) in sorted(&tree) {
@@ -651,47 +692,45 @@ fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Setti
             Some(section) => format!("unknown section (did you mean `{section}.{name}`?)"),
             None => unknown(name, &sections, "section"),
         };
-        problems.push(Problem::new(
-            name.clone(),
-            reason + &source_hint(name, value),
-        ));
+        found.problem(name, reason + &source_hint(name, value));
     }
     if let Some(kafka) = tree.get_mut("kafka") {
-        flatten_client(kafka, problems);
+        flatten_client(kafka, found);
     }
     let mut take = |name: &str| tree.remove(name);
     Settings {
-        kafka: section("kafka", take("kafka"), problems),
-        redis: section("redis", take("redis"), problems),
-        devices: section("devices", take("devices"), problems),
-        metrics: section("metrics", take("metrics"), problems),
-        writer: section("writer", take("writer"), problems),
-        limits: section("limits", take("limits"), problems),
-        shutdown: section("shutdown", take("shutdown"), problems),
-        janitor: section("janitor", take("janitor"), problems),
-        http: section("http", take("http"), problems),
-        log: section("log", take("log"), problems),
+        kafka: section("kafka", take("kafka"), found),
+        redis: section("redis", take("redis"), found),
+        devices: section("devices", take("devices"), found),
+        metrics: section("metrics", take("metrics"), found),
+        writer: section("writer", take("writer"), found),
+        limits: section("limits", take("limits"), found),
+        shutdown: section("shutdown", take("shutdown"), found),
+        janitor: section("janitor", take("janitor"), found),
+        http: section("http", take("http"), found),
+        log: section("log", take("log"), found),
     }
 }
 
 /// Deserializes one section, reporting each unknown key and each bad value by name: the
 /// config crate's own deserialization stops at the first error.
-fn section<T>(name: &str, value: Option<Value>, problems: &mut Vec<Problem>) -> T
+fn section<T>(name: &str, value: Option<Value>, found: &mut Found) -> T
 where
     T: Default + Serialize + DeserializeOwned,
 {
     let Some(value) = value else {
         return T::default();
     };
+    found.note(name, &value);
     let hint = source_hint(name, &value);
     let table = match value.kind {
         ValueKind::Table(table) => table,
         other => {
             let shown = show(&Value::new(None, other), false);
-            problems.push(Problem::new(
+            found.problem(
                 name,
                 format!("expected a table of settings, got {shown}{hint}"),
-            ));
+            );
             return T::default();
         }
     };
@@ -703,18 +742,17 @@ where
     let mut good = Map::new();
     for (key, value) in sorted(&table) {
         let field = format!("{name}.{key}");
+        found.note(&field, value);
         match defaults.get(key) {
-            None => problems.push(Problem::new(
+            None => found.problem(
                 &field,
                 unknown(key, &known, "setting") + &source_hint(&field, value),
-            )),
+            ),
             Some(default) => match check_kind(&field, default, value) {
                 Ok(()) => {
                     good.insert(key.clone(), value.clone());
                 }
-                Err(reason) => {
-                    problems.push(Problem::new(&field, reason + &source_hint(&field, value)))
-                }
+                Err(reason) => found.problem(&field, reason + &source_hint(&field, value)),
             },
         }
     }
@@ -727,15 +765,15 @@ where
         let mut alone = Map::new();
         alone.insert(key.clone(), value.clone());
         if let Err(e) = T::deserialize(Value::from(alone)) {
-            problems.push(Problem::new(
+            found.problem(
                 &field,
                 serde_reason(&field, value, &e) + &source_hint(&field, value),
-            ));
+            );
             good.remove(key);
         }
     }
     T::deserialize(Value::from(good)).unwrap_or_else(|e| {
-        problems.push(Problem::new(name, e.to_string()));
+        found.problem(name, e.to_string());
         T::default()
     })
 }
@@ -811,7 +849,7 @@ fn serde_reason(field: &str, value: &Value, error: &::config::ConfigError) -> St
 
 /// `kafka.client` holds librdkafka properties, whose names have dots: a TOML file writing
 /// `sasl.mechanism = "PLAIN"` unquoted means the same as `"sasl.mechanism" = "PLAIN"`.
-fn flatten_client(kafka: &mut Value, problems: &mut Vec<Problem>) {
+fn flatten_client(kafka: &mut Value, found: &mut Found) {
     let ValueKind::Table(kafka) = &mut kafka.kind else {
         return;
     };
@@ -822,7 +860,7 @@ fn flatten_client(kafka: &mut Value, problems: &mut Vec<Problem>) {
         return;
     };
     let mut flat = Map::new();
-    flatten_into("", entries, &mut flat, problems);
+    flatten_into("", entries, &mut flat, found);
     client.kind = ValueKind::Table(flat);
 }
 
@@ -830,7 +868,7 @@ fn flatten_into(
     prefix: &str,
     entries: &Map<String, Value>,
     flat: &mut Map<String, Value>,
-    problems: &mut Vec<Problem>,
+    found: &mut Found,
 ) {
     let name = |key: &str| {
         if prefix.is_empty() {
@@ -843,21 +881,23 @@ fn flatten_into(
     // one) wins over the same name spelled as nested keys.
     for (key, value) in sorted(entries) {
         if let ValueKind::Table(inner) = &value.kind {
-            flatten_into(&name(key), inner, flat, problems);
+            flatten_into(&name(key), inner, flat, found);
         }
     }
     for (key, value) in sorted(entries) {
         let property = name(key);
+        let field = format!("kafka.client.{property}");
         match &value.kind {
             ValueKind::Table(_) => {}
-            ValueKind::Array(_) | ValueKind::Nil => problems.push(Problem::new(
-                format!("kafka.client.{property}"),
+            ValueKind::Array(_) | ValueKind::Nil => found.problem(
+                &field,
                 format!(
                     "expected a string, got {} (librdkafka lists are comma-separated strings)",
                     show(value, false)
-                ),
-            )),
+                ) + &source_hint(&field, value),
+            ),
             _ => {
+                found.note(&field, value);
                 flat.insert(property, value.clone());
             }
         }
@@ -907,23 +947,30 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Where a value came from, so a typo in a Helm chart's env list is found quickly.
+/// Where a value came from, so a typo in a Helm chart's env list is found quickly: ` (in
+/// FILE)`, ` (from VARIABLE)`, or nothing for a default.
 fn source_hint(field: &str, value: &Value) -> String {
-    match origin_of(value) {
-        Some(ENV_ORIGIN) if field.starts_with("kafka.client.") => {
-            " (from a METACACHE__KAFKA__CLIENT__* variable)".to_string()
-        }
-        Some(ENV_ORIGIN) => {
-            let name = format!("METACACHE__{}", field.to_uppercase().replace('.', "__"));
-            if matches!(value.kind, ValueKind::Table(_)) {
-                format!(" (from {name}__* variables)")
-            } else {
-                format!(" (from {name})")
-            }
-        }
-        Some(file) => format!(" (in {file})"),
+    match source_of(field, value) {
+        Some(source) => format!(" ({source})"),
         None => String::new(),
     }
+}
+
+/// `in FILE` or `from VARIABLE`; `None` for a built-in default.
+fn source_of(field: &str, value: &Value) -> Option<String> {
+    let origin = origin_of(value)?;
+    if let Some(name) = origin.strip_prefix(NAMED_ORIGIN) {
+        return Some(format!("from {name}"));
+    }
+    if origin != ENV_ORIGIN {
+        return Some(format!("in {origin}"));
+    }
+    let name = format!("METACACHE__{}", field.to_uppercase().replace('.', "__"));
+    Some(if matches!(value.kind, ValueKind::Table(_)) {
+        format!("from {name}__* variables")
+    } else {
+        format!("from {name}")
+    })
 }
 
 fn origin_of(value: &Value) -> Option<&str> {
@@ -980,12 +1027,64 @@ const RESERVED_CLIENT_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// What loading learnt before the checks run.
 #[derive(Default)]
-struct Checks(Vec<Problem>);
+struct Known {
+    /// Fields that failed to load (left at their defaults): not checked.
+    broken: BTreeSet<String>,
+    /// Where each setting given came from, as in [`Found::sources`].
+    sources: BTreeMap<String, String>,
+}
 
-impl Checks {
+struct Checks<'a> {
+    problems: Vec<Problem>,
+    known: &'a Known,
+}
+
+impl<'a> Checks<'a> {
+    fn new(known: &'a Known) -> Checks<'a> {
+        Checks {
+            problems: Vec::new(),
+            known,
+        }
+    }
+
     fn fail(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.push(Problem::new(field, reason));
+        self.fail_at(field, &[field], reason);
+    }
+
+    /// A problem reported at `field` about the settings `involved` (`field` among them),
+    /// with their sources; dropped if one of them failed to load.
+    fn fail_at(&mut self, field: &str, involved: &[&str], reason: impl Into<String>) {
+        if !self.usable(involved) || !self.usable(&[field]) {
+            return;
+        }
+        let reason = reason.into() + &self.sources(field, involved);
+        self.problems.push(Problem::new(field, reason));
+    }
+
+    /// Whether all these fields loaded, so that checking them says something about the
+    /// user's settings rather than about defaults standing in for broken ones.
+    fn usable(&self, fields: &[&str]) -> bool {
+        fields.iter().all(|f| !self.known.broken.contains(*f))
+    }
+
+    /// ` (in FILE)` when the settings came from one place, else each with its own; the
+    /// ones at their defaults are not named.
+    fn sources(&self, field: &str, involved: &[&str]) -> String {
+        let given: Vec<(&str, &String)> = involved
+            .iter()
+            .filter_map(|f| self.known.sources.get(*f).map(|s| (*f, s)))
+            .collect();
+        let own = self.known.sources.get(field);
+        match (own, given.first()) {
+            (_, None) => String::new(),
+            (Some(own), _) if given.iter().all(|(_, s)| *s == own) => format!(" ({own})"),
+            _ => {
+                let each: Vec<String> = given.iter().map(|(f, s)| format!("{f} {s}")).collect();
+                format!(" ({})", each.join(", "))
+            }
+        }
     }
 
     fn between<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, lo: T, hi: T) {
@@ -1033,14 +1132,6 @@ impl Checks {
         self.fail(field, reason);
         false
     }
-
-    fn finish(self) -> Result<(), ConfigError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: self.0 })
-        }
-    }
 }
 
 impl KafkaSettings {
@@ -1065,40 +1156,54 @@ impl KafkaSettings {
             &self.auto_offset_reset,
             &["earliest", "latest"],
         );
-        let device_ok = check.topic("kafka.device_topic", &self.device_topic);
-        let metric_ok = check.topic("kafka.metric_topic", &self.metric_topic);
+        const DEVICE: &str = "kafka.device_topic";
+        const METRIC: &str = "kafka.metric_topic";
+        const DEAD_LETTER: &str = "kafka.dead_letter";
+        // A topic that failed to load stands at its default: comparing others with it
+        // would report problems that aren't there.
+        let device_ok = check.topic(DEVICE, &self.device_topic) && check.usable(&[DEVICE]);
+        let metric_ok = check.topic(METRIC, &self.metric_topic) && check.usable(&[METRIC]);
         if self.device_topic == self.metric_topic && device_ok {
-            check.fail(
-                "kafka.metric_topic",
+            check.fail_at(
+                METRIC,
+                &[METRIC, DEVICE],
                 format!(
                     "must differ from kafka.device_topic, both are {:?}",
                     self.metric_topic
                 ),
             );
         }
-        for (field, explicit, derived, source_ok) in [
+        // Whether dead letters are on is unknown when `kafka.dead_letter` failed to load.
+        let dead_letter = self.dead_letter && check.usable(&[DEAD_LETTER]);
+        for (field, explicit, derived, source, source_ok) in [
             (
                 "kafka.device_dead_letter_topic",
                 &self.device_dead_letter_topic,
                 self.device_dlq(),
+                DEVICE,
                 device_ok,
             ),
             (
                 "kafka.metric_dead_letter_topic",
                 &self.metric_dead_letter_topic,
                 self.metric_dlq(),
+                METRIC,
                 metric_ok,
             ),
         ] {
+            if !check.usable(&[field]) {
+                continue;
+            }
             if !explicit.is_empty() {
                 if !check.topic(field, explicit) {
                     continue;
                 }
-            } else if !self.dead_letter || !source_ok {
+            } else if !dead_letter || !source_ok {
                 continue;
             } else if derived.len() > 249 {
-                check.fail(
+                check.fail_at(
                     field,
+                    &[field, source],
                     format!(
                         "the derived name would have {} characters, more than Kafka's 249; \
                          set this explicitly",
@@ -1107,9 +1212,14 @@ impl KafkaSettings {
                 );
                 continue;
             }
-            if self.dead_letter && (derived == self.device_topic || derived == self.metric_topic) {
-                check.fail(
+            let compared = [field, DEVICE, METRIC, DEAD_LETTER];
+            if dead_letter
+                && check.usable(&compared)
+                && (derived == self.device_topic || derived == self.metric_topic)
+            {
+                check.fail_at(
                     field,
+                    &compared,
                     format!("must differ from the source topics, got {derived:?}"),
                 );
             }
@@ -1130,8 +1240,9 @@ impl KafkaSettings {
             {
                 check.fail(&field, format!("must not be set here: {instead}"));
             } else if property.is_empty() || property.contains(char::is_whitespace) {
-                check.fail(
+                check.fail_at(
                     "kafka.client",
+                    &[&field],
                     format!("{property:?} is not a librdkafka property name"),
                 );
             }
@@ -1210,8 +1321,9 @@ impl WriterSettings {
         check.between("writer.max_in_flight", self.max_in_flight, 1, 64);
         check.at_least("writer.retry_initial_ms", self.retry_initial_ms, 1);
         if self.retry_initial_ms > self.retry_max_ms {
-            check.fail(
+            check.fail_at(
                 "writer.retry_initial_ms",
+                &["writer.retry_initial_ms", "writer.retry_max_ms"],
                 format!(
                     "must not exceed writer.retry_max_ms ({}), got {}",
                     self.retry_max_ms, self.retry_initial_ms
@@ -1610,70 +1722,114 @@ mod tests {
         let path = file.path().display().to_string();
         let found = problems(load(Some(file.path()), &[]));
         let expected: Vec<(String, String)> = [
-            (
-                "writr",
-                format!("unknown section (did you mean `writer`?) (in {path})"),
-            ),
-            (
-                "redis.db",
-                format!("expected an integer, got \"zero\" (in {path})"),
-            ),
-            (
-                "writer.linger_ms",
-                format!("expected an integer, got 5.5 (in {path})"),
-            ),
+            // Type and name problems first, as the sections are read, then the checks.
+            ("writr", "unknown section (did you mean `writer`?)"),
+            ("redis.db", "expected an integer, got \"zero\""),
+            ("writer.linger_ms", "expected an integer, got 5.5"),
             (
                 "writer.max_bach",
-                format!("unknown setting (did you mean `max_batch`?) (in {path})"),
+                "unknown setting (did you mean `max_batch`?)",
             ),
-            (
-                "limits.max_id_bytes",
-                format!("expected an integer, got \"lots\" (in {path})"),
-            ),
+            ("limits.max_id_bytes", "expected an integer, got \"lots\""),
             (
                 "limits.max_metric_names",
-                format!("expected a non-negative 64-bit integer, got -1 (in {path})"),
+                "expected a non-negative 64-bit integer, got -1",
             ),
             (
                 "kafka.auto_offset_reset",
-                "must be one of earliest, latest, got \"oldest\"".to_string(),
+                "must be one of earliest, latest, got \"oldest\"",
             ),
             (
                 "kafka.client.enable.auto.commit",
                 "must not be set here: metacache commits offsets itself, after Redis \
-                 acknowledged the writes; remove it"
-                    .to_string(),
+                 acknowledged the writes; remove it",
             ),
             (
                 "kafka.client.group.id",
-                "must not be set here: use kafka.group_id instead".to_string(),
+                "must not be set here: use kafka.group_id instead",
             ),
             (
                 "redis.url",
-                "scheme must be redis, rediss, redis+unix or unix, got \"http\"".to_string(),
+                "scheme must be redis, rediss, redis+unix or unix, got \"http\"",
             ),
-            (
-                "writer.max_batch",
-                "must be between 1 and 100000, got 0".to_string(),
-            ),
-            (
-                "shutdown.timeout_secs",
-                "must be between 1 and 3600, got 0".to_string(),
-            ),
+            ("writer.max_batch", "must be between 1 and 100000, got 0"),
+            ("shutdown.timeout_secs", "must be between 1 and 3600, got 0"),
             (
                 "http.listen",
-                "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\""
+                "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\"",
+            ),
+            ("log.format", "must be one of text, json, got \"xml\""),
+        ]
+        .into_iter()
+        // Each names the file, semantic checks too.
+        .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn checks_name_the_source_of_every_setting_they_involve() {
+        let file = toml_file(
+            "[writer]\nretry_initial_ms = 5000\nmax_batch = \"abc\"\n[kafka]\nauto_offset_reset = \"x\"\n",
+        );
+        let path = file.path().display().to_string();
+        let found = problems(load(
+            Some(file.path()),
+            &[
+                ("METACACHE__WRITER__RETRY_MAX_MS", "100"),
+                ("METACACHE__LOG__FORMAT", "xml"),
+                ("METACACHE__KAFKA__CLIENT__ENABLE_AUTO_COMMIT", "true"),
+            ],
+        ));
+        let expected: Vec<(String, String)> = [
+            (
+                "writer.max_batch",
+                format!("expected an integer, got \"abc\" (in {path})"),
+            ),
+            (
+                "kafka.auto_offset_reset",
+                format!("must be one of earliest, latest, got \"x\" (in {path})"),
+            ),
+            (
+                "kafka.client.enable.auto.commit",
+                "must not be set here: metacache commits offsets itself, after Redis \
+                 acknowledged the writes; remove it (from \
+                 METACACHE__KAFKA__CLIENT__ENABLE_AUTO_COMMIT)"
                     .to_string(),
+            ),
+            // A cross-field check runs although another writer setting failed, and names
+            // where each of its settings came from.
+            (
+                "writer.retry_initial_ms",
+                format!(
+                    "must not exceed writer.retry_max_ms (100), got 5000 \
+                     (writer.retry_initial_ms in {path}, writer.retry_max_ms from \
+                     METACACHE__WRITER__RETRY_MAX_MS)"
+                ),
             ),
             (
                 "log.format",
-                "must be one of text, json, got \"xml\"".to_string(),
+                "must be one of text, json, got \"xml\" (from METACACHE__LOG__FORMAT)".to_string(),
             ),
         ]
         .into_iter()
         .map(|(f, r)| (f.to_string(), r))
         .collect();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn a_cross_field_check_is_skipped_only_when_one_of_its_own_fields_failed() {
+        // retry_max_ms stands at its default (10000) after failing: comparing with it
+        // would invent a problem.
+        let file = toml_file(
+            "[writer]\nretry_initial_ms = 20000\nretry_max_ms = \"abc\"\n\
+             [kafka]\ndevice_topic = [\"x\"]\nmetric_topic = \"device-metadata\"\n",
+        );
+        assert_eq!(
+            fields(load(Some(file.path()), &[])),
+            ["kafka.device_topic", "writer.retry_max_ms"]
+        );
     }
 
     #[test]
