@@ -786,8 +786,11 @@ enum Kind {
     Table,
 }
 
-/// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to 1): accept
-/// what a person would mean, and strings for everything since environment values are.
+/// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to true, 42
+/// to "42"): accept what a person would mean, and strings where environment values are.
+///
+/// Booleans have one rule: a TOML `true` or `false`, or from the environment the string
+/// `true` or `false` (in any case). Nothing else, not `"yes"`, `"off"`, 1 or `"0"`.
 fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result<(), String> {
     let kind = match default {
         serde_json::Value::Number(_) => Kind::Integer,
@@ -802,12 +805,17 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
         (Kind::Integer, ValueKind::U64(_) | ValueKind::U128(_)) => true,
         (Kind::Integer, ValueKind::String(s)) => s.parse::<i128>().is_ok(),
         (Kind::Bool, ValueKind::Boolean(_)) => true,
-        (Kind::Bool, ValueKind::String(s)) => matches!(
-            s.to_lowercase().as_str(),
-            "true" | "false" | "yes" | "no" | "on" | "off" | "1" | "0"
-        ),
-        (Kind::Text, ValueKind::Table(_) | ValueKind::Array(_)) => false,
-        (Kind::Text, _) => true,
+        (Kind::Bool, ValueKind::String(s)) => {
+            let word = s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false");
+            if word && value.origin() != Some(ENV_ORIGIN) {
+                return Err(format!(
+                    "expected a boolean (true or false), got the string {s:?} (write it \
+                     without quotes)"
+                ));
+            }
+            word
+        }
+        (Kind::Text, ValueKind::String(_)) => true,
         (Kind::Table, ValueKind::Table(_)) => true,
         _ => false,
     };
@@ -816,7 +824,7 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
     }
     let expected = match kind {
         Kind::Integer => "an integer",
-        Kind::Bool => "true or false",
+        Kind::Bool => "a boolean (true or false)",
         Kind::Text => "a string",
         Kind::Table => "a table",
     };
@@ -1833,6 +1841,80 @@ mod tests {
     }
 
     #[test]
+    fn booleans_are_true_or_false_and_nothing_else() {
+        for (written, got) in [
+            ("\"yes\"", "\"yes\""),
+            ("\"no\"", "\"no\""),
+            ("\"off\"", "\"off\""),
+            ("\"on\"", "\"on\""),
+            ("0", "0"),
+            ("1", "1"),
+        ] {
+            let file = toml_file(&format!("[kafka]\ndead_letter = {written}\n"));
+            let path = file.path().display();
+            assert_eq!(
+                problems(load(Some(file.path()), &[])),
+                [(
+                    "kafka.dead_letter".to_string(),
+                    format!("expected a boolean (true or false), got {got} (in {path})")
+                )],
+                "{written}"
+            );
+        }
+        let file = toml_file("[kafka]\ndead_letter = \"false\"\n");
+        assert_eq!(
+            problems(load(Some(file.path()), &[])),
+            [(
+                "kafka.dead_letter".to_string(),
+                format!(
+                    "expected a boolean (true or false), got the string \"false\" (write it \
+                     without quotes) (in {})",
+                    file.path().display()
+                )
+            )]
+        );
+        // Environment values are strings: the words true and false, in any case.
+        for (value, expected) in [("true", true), ("FALSE", false), ("True", true)] {
+            let settings = load(None, &[("METACACHE__KAFKA__DEAD_LETTER", value)]).unwrap();
+            assert_eq!(settings.kafka.dead_letter, expected, "{value}");
+        }
+        for value in ["yes", "no", "off", "1", "0", ""] {
+            assert_eq!(
+                problems(load(None, &[("METACACHE__KAFKA__DEAD_LETTER", value)])),
+                [(
+                    "kafka.dead_letter".to_string(),
+                    format!(
+                        "expected a boolean (true or false), got {value:?} (from \
+                         METACACHE__KAFKA__DEAD_LETTER)"
+                    )
+                )],
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_are_not_made_from_numbers_or_booleans() {
+        let file = toml_file(
+            "[kafka]\nbrokers = 42\ngroup_id = true\n[redis]\npassword = 123456\nkey_prefix = 1.5\n",
+        );
+        let path = file.path().display().to_string();
+        assert_eq!(
+            problems(load(Some(file.path()), &[])),
+            [
+                ("kafka.brokers", "expected a string, got 42"),
+                ("kafka.group_id", "expected a string, got true"),
+                ("redis.key_prefix", "expected a string, got 1.5"),
+                (
+                    "redis.password",
+                    "expected a string, got a value (not shown: secret)"
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        );
+    }
+
+    #[test]
     fn values_the_config_crate_would_coerce_are_rejected() {
         let file = toml_file(
             r#"
@@ -1855,7 +1937,7 @@ mod tests {
                 ("kafka.client", "expected a table, got an array".to_string()),
                 (
                     "kafka.dead_letter",
-                    "expected true or false, got 1".to_string()
+                    "expected a boolean (true or false), got 1".to_string()
                 ),
                 (
                     "writer.max_batch",
@@ -1896,7 +1978,8 @@ mod tests {
                 ),
                 (
                     "kafka.dead_letter".to_string(),
-                    "expected true or false, got \"2\" (from METACACHE__KAFKA__DEAD_LETTER)"
+                    "expected a boolean (true or false), got \"2\" (from \
+                     METACACHE__KAFKA__DEAD_LETTER)"
                         .to_string()
                 ),
                 (
