@@ -1155,6 +1155,12 @@ impl KafkaSettings {
                 "kafka.brokers",
                 format!("has an empty entry in the comma-separated list {brokers:?}"),
             );
+        } else {
+            for entry in brokers.split(',').map(str::trim) {
+                if let Err(reason) = check_broker(entry) {
+                    check.fail("kafka.brokers", format!("entry {entry:?}: {reason}"));
+                }
+            }
         }
         if self.group_id.trim().is_empty() {
             check.fail("kafka.group_id", "must not be empty");
@@ -1255,6 +1261,60 @@ impl KafkaSettings {
                 );
             }
         }
+    }
+}
+
+/// One `kafka.brokers` entry: `host:port` or `[IPv6]:port`. librdkafka would take a port
+/// it cannot read as 0 (`kafka:abc` is logged as `kafka:0`) and a scheme as part of the
+/// host name, and then retry a broker that cannot exist forever.
+fn check_broker(entry: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "(e.g. \"kafka:9092\")";
+    if let Some((scheme, rest)) = entry.split_once("://") {
+        let rest = rest.trim_end_matches('/');
+        return Err(format!(
+            "must be host:port without a URL scheme (did you mean {rest:?}?); {scheme}:// is \
+             not part of a broker address (the protocol is kafka.client's security.protocol)"
+        ));
+    }
+    let port = if let Some(bracketed) = entry.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return Err("has an unclosed '[' (IPv6 addresses are written [::1]:9092)".into());
+        };
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "{address:?} in brackets is not an IPv6 address (written [::1]:9092)"
+            ));
+        }
+        match after.strip_prefix(':') {
+            Some(port) => port,
+            None if after.is_empty() => return Err(format!("has no port {EXAMPLE}")),
+            None => return Err(format!("has {after:?} after ']' where :port belongs")),
+        }
+    } else {
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(format!("has no port {EXAMPLE}"));
+        };
+        if host.contains(':') {
+            return Err(
+                "has several ':'; an IPv6 address goes in brackets, e.g. [::1]:9092".into(),
+            );
+        }
+        if host.is_empty() {
+            return Err(format!("has no host {EXAMPLE}"));
+        }
+        let host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if !host.chars().all(host_char) {
+            return Err(format!(
+                "the host may only contain ASCII letters, digits, '.', '-' and '_', got {host:?}"
+            ));
+        }
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(format!(
+            "the port must be a number from 1 to 65535, got {port:?}"
+        )),
     }
 }
 
@@ -1663,13 +1723,13 @@ mod tests {
                 &[
                     ("METACACHE__REDIS__PASSWORD", password),
                     ("METACACHE__KAFKA__GROUP_ID", "007"),
-                    ("METACACHE__KAFKA__BROKERS", "9092"),
+                    ("METACACHE__KAFKA__DEVICE_TOPIC", "9092"),
                 ],
             )
             .unwrap();
             assert_eq!(settings.redis.password.as_deref(), Some(password));
             assert_eq!(settings.kafka.group_id, "007");
-            assert_eq!(settings.kafka.brokers, "9092");
+            assert_eq!(settings.kafka.device_topic, "9092");
         }
     }
 
@@ -1911,6 +1971,95 @@ mod tests {
                 ),
             ]
             .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        );
+    }
+
+    #[test]
+    fn brokers_are_host_port_entries() {
+        let mut settings = Settings::default();
+        for good in [
+            "localhost:9092",
+            "k1:9092,k2:9092",
+            "k1:9092, k2:9092",
+            "127.0.0.1:12345,127.0.0.1:12346",
+            "[::1]:9092",
+            "[fe80::1]:9093,kafka-0.kafka.kafka.svc:9093",
+            "my_kafka:1",
+        ] {
+            settings.kafka.brokers = good.into();
+            assert!(settings.validate().is_ok(), "{good}");
+        }
+        for (bad, reason) in [
+            (
+                "kafka:abc",
+                "the port must be a number from 1 to 65535, got \"abc\"",
+            ),
+            (
+                "kafka:99999",
+                "the port must be a number from 1 to 65535, got \"99999\"",
+            ),
+            (
+                "kafka:0",
+                "the port must be a number from 1 to 65535, got \"0\"",
+            ),
+            (
+                "kafka:",
+                "the port must be a number from 1 to 65535, got \"\"",
+            ),
+            ("kafka", "has no port (e.g. \"kafka:9092\")"),
+            (":9092", "has no host (e.g. \"kafka:9092\")"),
+            (
+                "http://kafka:9092",
+                "must be host:port without a URL scheme (did you mean \"kafka:9092\"?); \
+                 http:// is not part of a broker address (the protocol is kafka.client's \
+                 security.protocol)",
+            ),
+            (
+                "::1:9092",
+                "has several ':'; an IPv6 address goes in brackets, e.g. [::1]:9092",
+            ),
+            ("[::1]", "has no port (e.g. \"kafka:9092\")"),
+            (
+                "[kafka]:9092",
+                "\"kafka\" in brackets is not an IPv6 address (written [::1]:9092)",
+            ),
+            (
+                "kafka 1:9092",
+                "the host may only contain ASCII letters, digits, '.', '-' and '_', got \
+                 \"kafka 1\"",
+            ),
+        ] {
+            settings.kafka.brokers = format!("ok:9092,{bad}");
+            assert_eq!(
+                problems(settings.validate().map(|()| Settings::default())),
+                [(
+                    "kafka.brokers".to_string(),
+                    format!("entry {bad:?}: {reason}")
+                )],
+                "{bad}"
+            );
+        }
+        // Each bad entry is its own problem, and names where the list came from.
+        let found = problems(load(
+            None,
+            &[("METACACHE__KAFKA__BROKERS", "kafka:abc,kafka:99999,ok:1")],
+        ));
+        assert_eq!(
+            found,
+            [
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:abc\": the port must be a number from 1 to 65535, got \
+                     \"abc\" (from METACACHE__KAFKA__BROKERS)"
+                        .to_string()
+                ),
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:99999\": the port must be a number from 1 to 65535, got \
+                     \"99999\" (from METACACHE__KAFKA__BROKERS)"
+                        .to_string()
+                ),
+            ]
         );
     }
 
