@@ -15,6 +15,8 @@ use url::Url;
 
 use crate::model::Limits;
 
+mod librdkafka;
+
 /// Read when no file is named; a deployment without it runs on defaults and environment.
 pub const DEFAULT_FILE: &str = "config/default.toml";
 
@@ -889,7 +891,17 @@ fn flatten_into(
     // one) wins over the same name spelled as nested keys.
     for (key, value) in sorted(entries) {
         if let ValueKind::Table(inner) = &value.kind {
-            flatten_into(&name(key), inner, flat, found);
+            let property = name(key);
+            if is_misplaced_table(&property, inner) {
+                let field = format!("kafka.client.{property}");
+                found.problem(
+                    &field,
+                    format!("expected a string, got {}", show(value, false))
+                        + &source_hint(&field, value),
+                );
+            } else {
+                flatten_into(&property, inner, flat, found);
+            }
         }
     }
     for (key, value) in sorted(entries) {
@@ -912,6 +924,29 @@ fn flatten_into(
     }
 }
 
+/// A table under a librdkafka property's own name (`"ssl.key.password" = { ... }`) is a
+/// value in the wrong shape, unless it spells longer property names as nested keys
+/// (`group.protocol` and `group.protocol.type` both exist), correctly or nearly so.
+fn is_misplaced_table(property: &str, inner: &Map<String, Value>) -> bool {
+    fn leaves(prefix: &str, table: &Map<String, Value>, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}.{key}");
+            match &value.kind {
+                ValueKind::Table(inner) => leaves(&name, inner, out),
+                _ => out.push(name),
+            }
+        }
+    }
+    if librdkafka::property_type(property).is_none() {
+        return false;
+    }
+    let mut names = Vec::new();
+    leaves(property, inner, &mut names);
+    !names.iter().any(|name| {
+        librdkafka::property_type(name).is_some() || librdkafka::nearest(name).is_some()
+    })
+}
+
 /// The field names of a settings struct, as serde sees them.
 fn json_keys<T: Serialize>(value: &T) -> BTreeSet<String> {
     match serde_json::to_value(value) {
@@ -926,16 +961,20 @@ fn sorted(map: &Map<String, Value>) -> BTreeMap<&String, &Value> {
 
 /// "unknown setting", with the nearest known name when it looks like a typo.
 fn unknown(key: &str, known: &BTreeSet<String>, what: &str) -> String {
-    let nearest = known
-        .iter()
-        .map(|k| (edit_distance(&key.to_lowercase(), k), k))
-        .min();
-    match nearest {
-        Some((distance, name)) if distance <= 2 && distance * 3 <= key.len() => {
-            format!("unknown {what} (did you mean `{name}`?)")
-        }
-        _ => format!("unknown {what}"),
+    match nearest(key, known.iter().map(String::as_str)) {
+        Some(name) => format!("unknown {what} (did you mean `{name}`?)"),
+        None => format!("unknown {what}"),
     }
+}
+
+/// The known name `key` most likely misspells: at most two edits, and few for its length.
+fn nearest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let key = key.to_lowercase();
+    let (distance, name) = known
+        .into_iter()
+        .map(|k| (edit_distance(&key, k), k))
+        .min()?;
+    (distance <= 2 && distance * 3 <= key.len()).then_some(name)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -1246,7 +1285,7 @@ impl KafkaSettings {
             1,
             2_097_151,
         );
-        for property in self.client.keys() {
+        for (property, value) in &self.client {
             let field = format!("kafka.client.{property}");
             if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
                 .iter()
@@ -1259,6 +1298,10 @@ impl KafkaSettings {
                     &[&field],
                     format!("{property:?} is not a librdkafka property name"),
                 );
+            } else if let Some(reason) =
+                librdkafka::refusal(property, value, is_secret_property(property))
+            {
+                check.fail(&field, reason);
             }
         }
     }
@@ -2060,6 +2103,63 @@ mod tests {
                         .to_string()
                 ),
             ]
+        );
+    }
+
+    #[test]
+    fn every_bad_librdkafka_property_is_reported_in_one_run() {
+        let file = toml_file(
+            r#"
+            [kafka.client]
+            "sasl.pasword" = "secret-typo-1"
+            "socket.timeout.ms" = "abc"
+            "sasl.password" = ["secret-array-2"]
+            "ssl.key.password" = { file = "secret-table-3" }
+            # Longer property names spelt as nested keys under a shorter one.
+            group.protocol.type = "consumer"
+            "fetch.wait.max.ms" = 10
+            "#,
+        );
+        let path = file.path().display().to_string();
+        let error = load(
+            Some(file.path()),
+            &[("METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "soon")],
+        )
+        .expect_err("rejected");
+        let printed = error.to_string();
+        assert!(!printed.contains("secret-"), "{printed}");
+        assert_eq!(
+            problems(Err(error)),
+            [
+                (
+                    "kafka.client.ssl.key.password",
+                    format!("expected a string, got a table (in {path})"),
+                ),
+                (
+                    "kafka.client.sasl.password",
+                    format!(
+                        "expected a string, got an array (librdkafka lists are \
+                         comma-separated strings) (in {path})"
+                    ),
+                ),
+                (
+                    "kafka.client.sasl.pasword",
+                    format!(
+                        "unknown librdkafka property (did you mean `sasl.password`?) (in {path})"
+                    ),
+                ),
+                (
+                    "kafka.client.session.timeout.ms",
+                    "expected an integer, got \"soon\" (from \
+                     METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS)"
+                        .to_string(),
+                ),
+                (
+                    "kafka.client.socket.timeout.ms",
+                    format!("expected an integer, got \"abc\" (in {path})"),
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), r))
         );
     }
 
