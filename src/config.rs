@@ -309,13 +309,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A setting given as a command-line option (`--brokers`): the last layer, over the file
+/// and the environment, and checked with them.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Dotted name, e.g. `kafka.brokers`.
+    pub field: &'static str,
+    /// How problem reports name its source, e.g. `--brokers`.
+    pub option: &'static str,
+    pub value: String,
+}
+
 impl Settings {
     /// Loads defaults, then `file` (else the file named by `METACACHE_CONFIG`, else
     /// `config/default.toml` when present), then `METACACHE__SECTION__KEY` variables, and
     /// validates the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with(file, &[])
+    }
+
+    /// `load` with command-line options over everything else.
+    pub fn load_with(file: Option<&Path>, overrides: &[Override]) -> Result<Settings, ConfigError> {
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        Settings::load_from(file, &env, Path::new(DEFAULT_FILE))
+        Settings::load_from(file, &env, Path::new(DEFAULT_FILE), overrides)
     }
 
     /// `load` with the environment and fallback file passed in, so tests need not share
@@ -324,6 +340,7 @@ impl Settings {
         file: Option<&Path>,
         env: &[(OsString, OsString)],
         fallback: &Path,
+        overrides: &[Override],
     ) -> Result<Settings, ConfigError> {
         let mut found = Found::default();
         let file = choose_file(file, env, fallback, &mut found.problems);
@@ -335,7 +352,7 @@ impl Settings {
                 problems: found.problems,
             });
         }
-        let tree = match merge_sources(file.as_deref(), env) {
+        let tree = match merge_sources(file.as_deref(), env, overrides) {
             Ok(tree) => tree,
             Err(mut e) => {
                 found.problems.append(&mut e.problems);
@@ -589,8 +606,12 @@ impl Source for Parsed {
     }
 }
 
-/// Defaults, file, environment: later sources win key by key.
-fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Value>, ConfigError> {
+/// Defaults, file, environment, command line: later sources win key by key.
+fn merge_sources(
+    file: Option<&Path>,
+    env: EnvSettings,
+    overrides: &[Override],
+) -> Result<Map<String, Value>, ConfigError> {
     let defaults = Config::try_from(&Settings::default())
         .map_err(|e| single("config", format!("built-in defaults: {e}")))?;
     let mut builder = Config::builder().add_source(defaults);
@@ -612,6 +633,18 @@ fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Va
         let mut kafka = Map::new();
         kafka.insert("kafka".to_string(), Value::from(client));
         builder = builder.add_source(Parsed(kafka));
+    }
+    if !overrides.is_empty() {
+        let mut given = Map::new();
+        for option in overrides {
+            let origin = format!("{NAMED_ORIGIN}{}", option.option);
+            // A dotted key is a path: `kafka.brokers` sets `brokers` in `kafka`.
+            given.insert(
+                option.field.to_string(),
+                Value::new(Some(&origin), option.value.clone()),
+            );
+        }
+        builder = builder.add_source(Parsed(given));
     }
     builder
         .build()
@@ -1586,7 +1619,7 @@ mod tests {
     }
 
     fn load(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::load_from(file, &env(vars), no_fallback())
+        Settings::load_from(file, &env(vars), no_fallback(), &[])
     }
 
     #[test]
@@ -1672,11 +1705,11 @@ mod tests {
     #[test]
     fn the_fallback_file_is_used_only_when_nothing_is_named() {
         let fallback = toml_file("[writer]\nmax_batch = 7\n");
-        let settings = Settings::load_from(None, &[], fallback.path()).unwrap();
+        let settings = Settings::load_from(None, &[], fallback.path(), &[]).unwrap();
         assert_eq!(settings.writer.max_batch, 7);
 
         let named = toml_file("[writer]\nmax_batch = 8\n");
-        let settings = Settings::load_from(Some(named.path()), &[], fallback.path()).unwrap();
+        let settings = Settings::load_from(Some(named.path()), &[], fallback.path(), &[]).unwrap();
         assert_eq!(settings.writer.max_batch, 8);
     }
 
@@ -2161,6 +2194,44 @@ mod tests {
             ]
             .map(|(f, r)| (f.to_string(), r))
         );
+    }
+
+    #[test]
+    fn command_line_options_win_and_are_named_as_the_source() {
+        let file = toml_file("[kafka]\nbrokers = \"kafka:abc\"\n");
+        let option = |value: &str| Override {
+            field: "kafka.brokers",
+            option: "--brokers",
+            value: value.to_string(),
+        };
+        let vars = env(&[("METACACHE__REDIS__URL", "redis://h:6379/x")]);
+        let found = problems(Settings::load_from(
+            Some(file.path()),
+            &vars,
+            no_fallback(),
+            &[option("kafka:99999")],
+        ));
+        assert_eq!(
+            found,
+            [
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:99999\": the port must be a number from 1 to 65535, got \
+                     \"99999\" (from --brokers)"
+                        .to_string()
+                ),
+                (
+                    "redis.url".to_string(),
+                    "the path must be a database number, got \"x\" (from METACACHE__REDIS__URL)"
+                        .to_string()
+                ),
+            ]
+        );
+        // A good option replaces the file's bad value before anything is checked.
+        let settings =
+            Settings::load_from(Some(file.path()), &[], no_fallback(), &[option("k:9092")])
+                .unwrap();
+        assert_eq!(settings.kafka.brokers, "k:9092");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use metacache::client::{
     CacheClient, CacheInfo, ClientError, DeviceEntry, HealthStatus, ListOptions, Order,
 };
-use metacache::config::Settings;
+use metacache::config::{Override, Settings};
 use metacache::demo::DemoOptions;
 use metacache::model::{DeviceMetadata, TopicKind};
 use metacache::publish::{self, Outgoing, Publisher};
@@ -755,16 +755,26 @@ fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-/// Settings from file and environment, then the command-line overrides, validated again.
+/// Settings from file, environment and the command-line overrides, checked together so
+/// that one run reports every problem.
 fn load(args: &ConfigArgs) -> Result<Settings, String> {
-    let mut settings = Settings::load(args.config.as_deref()).map_err(|e| e.to_string())?;
+    let mut overrides = Vec::new();
     if let Some(brokers) = &args.brokers {
-        settings.kafka.brokers = brokers.clone();
+        overrides.push(Override {
+            field: "kafka.brokers",
+            option: "--brokers",
+            value: brokers.clone(),
+        });
     }
     if let Some(url) = &args.redis_url {
-        settings.redis.url = url.clone();
+        overrides.push(Override {
+            field: "redis.url",
+            option: "--redis-url",
+            value: url.clone(),
+        });
     }
-    settings.validate().map_err(|e| e.to_string())?;
+    let settings =
+        Settings::load_with(args.config.as_deref(), &overrides).map_err(|e| e.to_string())?;
     metacache::source::kafka::check_client_properties(&settings.kafka)?;
     Ok(settings)
 }
