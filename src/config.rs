@@ -378,8 +378,10 @@ impl Settings {
         }
     }
 
-    /// Checks the values against each other and the ranges the daemon supports; public so
-    /// that callers applying command-line overrides can check again.
+    /// Checks the values against each other and the ranges the daemon supports, and hands
+    /// each `kafka.client` property to librdkafka; public for settings built in code
+    /// (loading runs the same checks, with sources, and `load_with` takes command-line
+    /// options).
     pub fn validate(&self) -> Result<(), ConfigError> {
         let problems = self.problems(&Known::default());
         if problems.is_empty() {
@@ -1144,9 +1146,14 @@ impl<'a> Checks<'a> {
     }
 
     /// Whether all these fields loaded, so that checking them says something about the
-    /// user's settings rather than about defaults standing in for broken ones.
+    /// user's settings rather than about defaults standing in for broken ones. The fields
+    /// of a section that failed as a whole (`writer = 5`) did not load either.
     fn usable(&self, fields: &[&str]) -> bool {
-        fields.iter().all(|f| !self.known.broken.contains(*f))
+        let broken = &self.known.broken;
+        !fields.iter().any(|field| {
+            let section = field.split_once('.').map_or(*field, |(section, _)| section);
+            broken.contains(*field) || broken.contains(section)
+        })
     }
 
     /// ` (in FILE)` when the settings came from one place, else each with its own; the

@@ -235,10 +235,12 @@ pub(super) fn refusal(property: &str, value: &str, secret: bool) -> Option<Strin
         Err(KafkaError::Nul(_)) => return Some("must not contain a NUL character".into()),
         Err(other) => other.to_string(),
     };
-    let numeric = value.trim().parse::<f64>().is_ok();
+    let integer = value.trim().parse::<i64>().is_ok();
+    let number = value.trim().parse::<f64>().is_ok();
     Some(match kind {
-        Some(Integer) if !numeric => format!("expected an integer, got {shown}"),
-        Some(Float) if !numeric => format!("expected a number, got {shown}"),
+        // "1e3" too: librdkafka reads 1 and then reports that 1 is out of range.
+        Some(Integer) if !integer => format!("expected an integer, got {shown}"),
+        Some(Float) if !number => format!("expected a number, got {shown}"),
         Some(Boolean) => format!("expected true or false, got {shown}"),
         _ if secret => "librdkafka refuses the value (not shown: secret)".to_string(),
         _ => format!("librdkafka refuses it: {}", description.trim()),
@@ -283,6 +285,19 @@ mod tests {
                 Some("expected an integer, got \"abc\""),
             ),
             ("socket.timeout.ms", "30000", false, None),
+            (
+                "socket.timeout.ms",
+                "1e3",
+                false,
+                Some("expected an integer, got \"1e3\""),
+            ),
+            ("linger.ms", "0.5", false, None),
+            (
+                "linger.ms",
+                "soon",
+                false,
+                Some("expected a number, got \"soon\""),
+            ),
             (
                 "socket.timeout.ms",
                 "30s",
