@@ -15,6 +15,8 @@ use url::Url;
 
 use crate::model::Limits;
 
+mod librdkafka;
+
 /// Read when no file is named; a deployment without it runs on defaults and environment.
 pub const DEFAULT_FILE: &str = "config/default.toml";
 
@@ -312,13 +314,29 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// A setting given as a command-line option (`--brokers`): the last layer, over the file
+/// and the environment, and checked with them.
+#[derive(Debug, Clone)]
+pub struct Override {
+    /// Dotted name, e.g. `kafka.brokers`.
+    pub field: &'static str,
+    /// How problem reports name its source, e.g. `--brokers`.
+    pub option: &'static str,
+    pub value: String,
+}
+
 impl Settings {
     /// Loads defaults, then `file` (else the file named by `METACACHE_CONFIG`, else
     /// `config/default.toml` when present), then `METACACHE__SECTION__KEY` variables, and
     /// validates the result.
     pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        Settings::load_with(file, &[])
+    }
+
+    /// `load` with command-line options over everything else.
+    pub fn load_with(file: Option<&Path>, overrides: &[Override]) -> Result<Settings, ConfigError> {
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        Settings::load_from(file, &env, Path::new(DEFAULT_FILE))
+        Settings::load_from(file, &env, Path::new(DEFAULT_FILE), overrides)
     }
 
     /// `load` with the environment and fallback file passed in, so tests need not share
@@ -327,34 +345,37 @@ impl Settings {
         file: Option<&Path>,
         env: &[(OsString, OsString)],
         fallback: &Path,
+        overrides: &[Override],
     ) -> Result<Settings, ConfigError> {
-        let mut problems = Vec::new();
-        let file = choose_file(file, env, fallback, &mut problems);
-        let file_missing = !problems.is_empty();
-        let env = EnvSettings::collect(env, &mut problems);
+        let mut found = Found::default();
+        let file = choose_file(file, env, fallback, &mut found.problems);
+        let file_missing = !found.problems.is_empty();
+        let env = EnvSettings::collect(env, &mut found.problems);
         if file_missing {
             // Checking the rest against defaults would report problems that aren't there.
-            return Err(ConfigError { problems });
+            return Err(ConfigError {
+                problems: found.problems,
+            });
         }
-        let tree = merge_sources(file.as_deref(), env).map_err(|mut e| {
-            problems.append(&mut e.problems);
-            ConfigError {
-                problems: std::mem::take(&mut problems),
+        let tree = match merge_sources(file.as_deref(), env, overrides) {
+            Ok(tree) => tree,
+            Err(mut e) => {
+                found.problems.append(&mut e.problems);
+                return Err(ConfigError {
+                    problems: found.problems,
+                });
             }
-        })?;
-        let settings = from_tree(tree, &mut problems);
+        };
+        let settings = from_tree(tree, &mut found);
 
         // A field that failed to deserialize was left at its default: checking that
-        // default would only add noise.
-        let broken: BTreeSet<String> = problems.iter().map(|p| p.field.clone()).collect();
-        if let Err(invalid) = settings.validate() {
-            problems.extend(
-                invalid
-                    .problems
-                    .into_iter()
-                    .filter(|p| !broken.contains(&p.field)),
-            );
-        }
+        // default, alone or against other fields, would only add noise.
+        let known = Known {
+            broken: found.problems.iter().map(|p| p.field.clone()).collect(),
+            sources: std::mem::take(&mut found.sources),
+        };
+        let mut problems = found.problems;
+        problems.extend(settings.problems(&known));
         if problems.is_empty() {
             Ok(settings)
         } else {
@@ -362,10 +383,23 @@ impl Settings {
         }
     }
 
-    /// Checks the values against each other and the ranges the daemon supports; public so
-    /// that callers applying command-line overrides can check again.
+    /// Checks the values against each other and the ranges the daemon supports, and hands
+    /// each `kafka.client` property to librdkafka; public for settings built in code
+    /// (loading runs the same checks, with sources, and `load_with` takes command-line
+    /// options).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let mut check = Checks::default();
+        let problems = self.problems(&Known::default());
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+
+    /// Every semantic problem, each with the source of the settings it names; fields in
+    /// `known.broken` are neither checked nor compared with others.
+    fn problems(&self, known: &Known) -> Vec<Problem> {
+        let mut check = Checks::new(known);
         self.kafka.check(&mut check);
         self.redis.check(&mut check);
         check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
@@ -380,12 +414,15 @@ impl Settings {
         check.between("janitor.batch", self.janitor.batch, 1, 10_000);
         self.writer.check(&mut check);
         check_limits(&self.limits, &mut check);
-        if self.kafka.dead_letter {
+        const MAX_BYTES: &str = "kafka.client.message.max.bytes";
+        let involved = [MAX_BYTES, "limits.max_message_bytes", "kafka.dead_letter"];
+        if self.kafka.dead_letter && check.usable(&involved) {
             if let Some(raw) = self.kafka.client.get("message.max.bytes") {
                 let need = self.limits.max_message_bytes + DEAD_LETTER_OVERHEAD;
                 match raw.trim().parse::<usize>() {
-                    Ok(n) if n < need => check.fail(
-                        "kafka.client.message.max.bytes",
+                    Ok(n) if n < need => check.fail_at(
+                        MAX_BYTES,
+                        &involved,
                         format!(
                             "must be at least limits.max_message_bytes + {DEAD_LETTER_OVERHEAD} ({need}) so that any event up to the limit that Redis refuses can be dead-lettered whole, got {n}"
                         ),
@@ -445,7 +482,7 @@ impl Settings {
                 format!("is not a valid filter ({e}), got {:?}", self.log.filter),
             );
         }
-        check.finish()
+        check.problems
     }
 
     /// A copy safe to print: passwords, secrets and keys replaced by `***`.
@@ -485,7 +522,11 @@ impl RedisSettings {
 
 const ENV_PREFIX: &str = "metacache__";
 const CLIENT_ENV_PREFIX: &str = "metacache__kafka__client__";
+/// The `config` crate's origin for every environment value.
 const ENV_ORIGIN: &str = "the environment";
+/// Starts the origin of a value that one environment variable or command-line option
+/// gave, followed by its name. No file path holds a NUL byte.
+const NAMED_ORIGIN: &str = "\0";
 
 /// The file named on the command line, else by `METACACHE_CONFIG`, else the fallback if
 /// it exists. A named file must exist: silently running on defaults would hide a typo.
@@ -537,7 +578,6 @@ impl EnvSettings {
             general: Map::new(),
             client: Map::new(),
         };
-        let origin = ENV_ORIGIN.to_string();
         for (name, value) in env {
             // Like the config crate: names are matched in any case, non-Unicode ones skipped.
             let Some(name) = name.to_str() else { continue };
@@ -562,6 +602,7 @@ impl EnvSettings {
                             format!("environment variable {name} names no property"),
                         ));
                     } else {
+                        let origin = format!("{NAMED_ORIGIN}{name}");
                         found
                             .client
                             .insert(property, Value::new(Some(&origin), value.to_string()));
@@ -590,8 +631,12 @@ impl Source for Parsed {
     }
 }
 
-/// Defaults, file, environment: later sources win key by key.
-fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Value>, ConfigError> {
+/// Defaults, file, environment, command line: later sources win key by key.
+fn merge_sources(
+    file: Option<&Path>,
+    env: EnvSettings,
+    overrides: &[Override],
+) -> Result<Map<String, Value>, ConfigError> {
     let defaults = Config::try_from(&Settings::default())
         .map_err(|e| single("config", format!("built-in defaults: {e}")))?;
     let mut builder = Config::builder().add_source(defaults);
@@ -613,6 +658,18 @@ fn merge_sources(file: Option<&Path>, env: EnvSettings) -> Result<Map<String, Va
         let mut kafka = Map::new();
         kafka.insert("kafka".to_string(), Value::from(client));
         builder = builder.add_source(Parsed(kafka));
+    }
+    if !overrides.is_empty() {
+        let mut given = Map::new();
+        for option in overrides {
+            let origin = format!("{NAMED_ORIGIN}{}", option.option);
+            // A dotted key is a path: `kafka.brokers` sets `brokers` in `kafka`.
+            given.insert(
+                option.field.to_string(),
+                Value::new(Some(&origin), option.value.clone()),
+            );
+        }
+        builder = builder.add_source(Parsed(given));
     }
     builder
         .build()
@@ -659,7 +716,28 @@ fn single(field: &str, reason: String) -> ConfigError {
 /// Optional settings (no default to learn the type from) that hold integers.
 const OPTIONAL_INTEGERS: &[&str] = &["redis.db"];
 
-fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Settings {
+/// What reading the merged tree found: problems, and where each setting given came from.
+#[derive(Default)]
+struct Found {
+    problems: Vec<Problem>,
+    /// By dotted name: `in FILE` or `from VARIABLE`, for settings not left at their default.
+    sources: BTreeMap<String, String>,
+}
+
+impl Found {
+    fn problem(&mut self, field: &str, reason: String) {
+        self.problems.push(Problem::new(field, reason));
+    }
+
+    /// Remembers where `field` came from, for the checks that run later.
+    fn note(&mut self, field: &str, value: &Value) {
+        if let Some(source) = source_of(field, value) {
+            self.sources.insert(field.to_string(), source);
+        }
+    }
+}
+
+fn from_tree(mut tree: Map<String, Value>, found: &mut Found) -> Settings {
     let defaults = serde_json::to_value(Settings::default()).unwrap_or_default();
     let sections = json_keys(&defaults);
     for (name, value) in sorted(&tree) {
@@ -674,47 +752,45 @@ fn from_tree(mut tree: Map<String, Value>, problems: &mut Vec<Problem>) -> Setti
             Some(section) => format!("unknown section (did you mean `{section}.{name}`?)"),
             None => unknown(name, &sections, "section"),
         };
-        problems.push(Problem::new(
-            name.clone(),
-            reason + &source_hint(name, value),
-        ));
+        found.problem(name, reason + &source_hint(name, value));
     }
     if let Some(kafka) = tree.get_mut("kafka") {
-        flatten_client(kafka, problems);
+        flatten_client(kafka, found);
     }
     let mut take = |name: &str| tree.remove(name);
     Settings {
-        kafka: section("kafka", take("kafka"), problems),
-        redis: section("redis", take("redis"), problems),
-        devices: section("devices", take("devices"), problems),
-        metrics: section("metrics", take("metrics"), problems),
-        writer: section("writer", take("writer"), problems),
-        limits: section("limits", take("limits"), problems),
-        shutdown: section("shutdown", take("shutdown"), problems),
-        janitor: section("janitor", take("janitor"), problems),
-        http: section("http", take("http"), problems),
-        log: section("log", take("log"), problems),
+        kafka: section("kafka", take("kafka"), found),
+        redis: section("redis", take("redis"), found),
+        devices: section("devices", take("devices"), found),
+        metrics: section("metrics", take("metrics"), found),
+        writer: section("writer", take("writer"), found),
+        limits: section("limits", take("limits"), found),
+        shutdown: section("shutdown", take("shutdown"), found),
+        janitor: section("janitor", take("janitor"), found),
+        http: section("http", take("http"), found),
+        log: section("log", take("log"), found),
     }
 }
 
 /// Deserializes one section, reporting each unknown key and each bad value by name: the
 /// config crate's own deserialization stops at the first error.
-fn section<T>(name: &str, value: Option<Value>, problems: &mut Vec<Problem>) -> T
+fn section<T>(name: &str, value: Option<Value>, found: &mut Found) -> T
 where
     T: Default + Serialize + DeserializeOwned,
 {
     let Some(value) = value else {
         return T::default();
     };
+    found.note(name, &value);
     let hint = source_hint(name, &value);
     let table = match value.kind {
         ValueKind::Table(table) => table,
         other => {
             let shown = show(&Value::new(None, other), false);
-            problems.push(Problem::new(
+            found.problem(
                 name,
                 format!("expected a table of settings, got {shown}{hint}"),
-            ));
+            );
             return T::default();
         }
     };
@@ -726,18 +802,17 @@ where
     let mut good = Map::new();
     for (key, value) in sorted(&table) {
         let field = format!("{name}.{key}");
+        found.note(&field, value);
         match defaults.get(key) {
-            None => problems.push(Problem::new(
+            None => found.problem(
                 &field,
                 unknown(key, &known, "setting") + &source_hint(&field, value),
-            )),
+            ),
             Some(default) => match check_kind(&field, default, value) {
                 Ok(()) => {
                     good.insert(key.clone(), value.clone());
                 }
-                Err(reason) => {
-                    problems.push(Problem::new(&field, reason + &source_hint(&field, value)))
-                }
+                Err(reason) => found.problem(&field, reason + &source_hint(&field, value)),
             },
         }
     }
@@ -750,15 +825,15 @@ where
         let mut alone = Map::new();
         alone.insert(key.clone(), value.clone());
         if let Err(e) = T::deserialize(Value::from(alone)) {
-            problems.push(Problem::new(
+            found.problem(
                 &field,
                 serde_reason(&field, value, &e) + &source_hint(&field, value),
-            ));
+            );
             good.remove(key);
         }
     }
     T::deserialize(Value::from(good)).unwrap_or_else(|e| {
-        problems.push(Problem::new(name, e.to_string()));
+        found.problem(name, e.to_string());
         T::default()
     })
 }
@@ -771,8 +846,11 @@ enum Kind {
     Table,
 }
 
-/// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to 1): accept
-/// what a person would mean, and strings for everything since environment values are.
+/// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to true, 42
+/// to "42"): accept what a person would mean, and strings where environment values are.
+///
+/// Booleans have one rule: a TOML `true` or `false`, or from the environment the string
+/// `true` or `false` (in any case). Nothing else, not `"yes"`, `"off"`, 1 or `"0"`.
 fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result<(), String> {
     let kind = match default {
         serde_json::Value::Number(_) => Kind::Integer,
@@ -787,12 +865,17 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
         (Kind::Integer, ValueKind::U64(_) | ValueKind::U128(_)) => true,
         (Kind::Integer, ValueKind::String(s)) => s.parse::<i128>().is_ok(),
         (Kind::Bool, ValueKind::Boolean(_)) => true,
-        (Kind::Bool, ValueKind::String(s)) => matches!(
-            s.to_lowercase().as_str(),
-            "true" | "false" | "yes" | "no" | "on" | "off" | "1" | "0"
-        ),
-        (Kind::Text, ValueKind::Table(_) | ValueKind::Array(_)) => false,
-        (Kind::Text, _) => true,
+        (Kind::Bool, ValueKind::String(s)) => {
+            let word = s.eq_ignore_ascii_case("true") || s.eq_ignore_ascii_case("false");
+            if word && value.origin() != Some(ENV_ORIGIN) {
+                return Err(format!(
+                    "expected a boolean (true or false), got the string {s:?} (write it \
+                     without quotes)"
+                ));
+            }
+            word
+        }
+        (Kind::Text, ValueKind::String(_)) => true,
         (Kind::Table, ValueKind::Table(_)) => true,
         _ => false,
     };
@@ -801,7 +884,7 @@ fn check_kind(field: &str, default: &serde_json::Value, value: &Value) -> Result
     }
     let expected = match kind {
         Kind::Integer => "an integer",
-        Kind::Bool => "true or false",
+        Kind::Bool => "a boolean (true or false)",
         Kind::Text => "a string",
         Kind::Table => "a table",
     };
@@ -834,7 +917,7 @@ fn serde_reason(field: &str, value: &Value, error: &::config::ConfigError) -> St
 
 /// `kafka.client` holds librdkafka properties, whose names have dots: a TOML file writing
 /// `sasl.mechanism = "PLAIN"` unquoted means the same as `"sasl.mechanism" = "PLAIN"`.
-fn flatten_client(kafka: &mut Value, problems: &mut Vec<Problem>) {
+fn flatten_client(kafka: &mut Value, found: &mut Found) {
     let ValueKind::Table(kafka) = &mut kafka.kind else {
         return;
     };
@@ -845,7 +928,7 @@ fn flatten_client(kafka: &mut Value, problems: &mut Vec<Problem>) {
         return;
     };
     let mut flat = Map::new();
-    flatten_into("", entries, &mut flat, problems);
+    flatten_into("", entries, &mut flat, found);
     client.kind = ValueKind::Table(flat);
 }
 
@@ -853,7 +936,7 @@ fn flatten_into(
     prefix: &str,
     entries: &Map<String, Value>,
     flat: &mut Map<String, Value>,
-    problems: &mut Vec<Problem>,
+    found: &mut Found,
 ) {
     let name = |key: &str| {
         if prefix.is_empty() {
@@ -866,25 +949,60 @@ fn flatten_into(
     // one) wins over the same name spelled as nested keys.
     for (key, value) in sorted(entries) {
         if let ValueKind::Table(inner) = &value.kind {
-            flatten_into(&name(key), inner, flat, problems);
+            let property = name(key);
+            if is_misplaced_table(&property, inner) {
+                let field = format!("kafka.client.{property}");
+                found.problem(
+                    &field,
+                    format!("expected a string, got {}", show(value, false))
+                        + &source_hint(&field, value),
+                );
+            } else {
+                flatten_into(&property, inner, flat, found);
+            }
         }
     }
     for (key, value) in sorted(entries) {
         let property = name(key);
+        let field = format!("kafka.client.{property}");
         match &value.kind {
             ValueKind::Table(_) => {}
-            ValueKind::Array(_) | ValueKind::Nil => problems.push(Problem::new(
-                format!("kafka.client.{property}"),
+            ValueKind::Array(_) | ValueKind::Nil => found.problem(
+                &field,
                 format!(
                     "expected a string, got {} (librdkafka lists are comma-separated strings)",
                     show(value, false)
-                ),
-            )),
+                ) + &source_hint(&field, value),
+            ),
             _ => {
+                found.note(&field, value);
                 flat.insert(property, value.clone());
             }
         }
     }
+}
+
+/// A table under a librdkafka property's own name (`"ssl.key.password" = { ... }`) is a
+/// value in the wrong shape, unless it spells longer property names as nested keys
+/// (`group.protocol` and `group.protocol.type` both exist), correctly or nearly so.
+fn is_misplaced_table(property: &str, inner: &Map<String, Value>) -> bool {
+    fn leaves(prefix: &str, table: &Map<String, Value>, out: &mut Vec<String>) {
+        for (key, value) in table {
+            let name = format!("{prefix}.{key}");
+            match &value.kind {
+                ValueKind::Table(inner) => leaves(&name, inner, out),
+                _ => out.push(name),
+            }
+        }
+    }
+    if librdkafka::property_type(property).is_none() {
+        return false;
+    }
+    let mut names = Vec::new();
+    leaves(property, inner, &mut names);
+    !names.iter().any(|name| {
+        librdkafka::property_type(name).is_some() || librdkafka::nearest(name).is_some()
+    })
 }
 
 /// The field names of a settings struct, as serde sees them.
@@ -901,16 +1019,20 @@ fn sorted(map: &Map<String, Value>) -> BTreeMap<&String, &Value> {
 
 /// "unknown setting", with the nearest known name when it looks like a typo.
 fn unknown(key: &str, known: &BTreeSet<String>, what: &str) -> String {
-    let nearest = known
-        .iter()
-        .map(|k| (edit_distance(&key.to_lowercase(), k), k))
-        .min();
-    match nearest {
-        Some((distance, name)) if distance <= 2 && distance * 3 <= key.len() => {
-            format!("unknown {what} (did you mean `{name}`?)")
-        }
-        _ => format!("unknown {what}"),
+    match nearest(key, known.iter().map(String::as_str)) {
+        Some(name) => format!("unknown {what} (did you mean `{name}`?)"),
+        None => format!("unknown {what}"),
     }
+}
+
+/// The known name `key` most likely misspells: at most two edits, and few for its length.
+fn nearest<'a>(key: &str, known: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+    let key = key.to_lowercase();
+    let (distance, name) = known
+        .into_iter()
+        .map(|k| (edit_distance(&key, k), k))
+        .min()?;
+    (distance <= 2 && distance * 3 <= key.len()).then_some(name)
 }
 
 fn edit_distance(a: &str, b: &str) -> usize {
@@ -930,23 +1052,30 @@ fn edit_distance(a: &str, b: &str) -> usize {
     row[b.len()]
 }
 
-/// Where a value came from, so a typo in a Helm chart's env list is found quickly.
+/// Where a value came from, so a typo in a Helm chart's env list is found quickly: ` (in
+/// FILE)`, ` (from VARIABLE)`, or nothing for a default.
 fn source_hint(field: &str, value: &Value) -> String {
-    match origin_of(value) {
-        Some(ENV_ORIGIN) if field.starts_with("kafka.client.") => {
-            " (from a METACACHE__KAFKA__CLIENT__* variable)".to_string()
-        }
-        Some(ENV_ORIGIN) => {
-            let name = format!("METACACHE__{}", field.to_uppercase().replace('.', "__"));
-            if matches!(value.kind, ValueKind::Table(_)) {
-                format!(" (from {name}__* variables)")
-            } else {
-                format!(" (from {name})")
-            }
-        }
-        Some(file) => format!(" (in {file})"),
+    match source_of(field, value) {
+        Some(source) => format!(" ({source})"),
         None => String::new(),
     }
+}
+
+/// `in FILE` or `from VARIABLE`; `None` for a built-in default.
+fn source_of(field: &str, value: &Value) -> Option<String> {
+    let origin = origin_of(value)?;
+    if let Some(name) = origin.strip_prefix(NAMED_ORIGIN) {
+        return Some(format!("from {name}"));
+    }
+    if origin != ENV_ORIGIN {
+        return Some(format!("in {origin}"));
+    }
+    let name = format!("METACACHE__{}", field.to_uppercase().replace('.', "__"));
+    Some(if matches!(value.kind, ValueKind::Table(_)) {
+        format!("from {name}__* variables")
+    } else {
+        format!("from {name}")
+    })
 }
 
 fn origin_of(value: &Value) -> Option<&str> {
@@ -1003,12 +1132,69 @@ const RESERVED_CLIENT_PROPERTIES: &[(&str, &str)] = &[
     ),
 ];
 
+/// What loading learnt before the checks run.
 #[derive(Default)]
-struct Checks(Vec<Problem>);
+struct Known {
+    /// Fields that failed to load (left at their defaults): not checked.
+    broken: BTreeSet<String>,
+    /// Where each setting given came from, as in [`Found::sources`].
+    sources: BTreeMap<String, String>,
+}
 
-impl Checks {
+struct Checks<'a> {
+    problems: Vec<Problem>,
+    known: &'a Known,
+}
+
+impl<'a> Checks<'a> {
+    fn new(known: &'a Known) -> Checks<'a> {
+        Checks {
+            problems: Vec::new(),
+            known,
+        }
+    }
+
     fn fail(&mut self, field: &str, reason: impl Into<String>) {
-        self.0.push(Problem::new(field, reason));
+        self.fail_at(field, &[field], reason);
+    }
+
+    /// A problem reported at `field` about the settings `involved` (`field` among them),
+    /// with their sources; dropped if one of them failed to load.
+    fn fail_at(&mut self, field: &str, involved: &[&str], reason: impl Into<String>) {
+        if !self.usable(involved) || !self.usable(&[field]) {
+            return;
+        }
+        let reason = reason.into() + &self.sources(field, involved);
+        self.problems.push(Problem::new(field, reason));
+    }
+
+    /// Whether all these fields loaded, so that checking them says something about the
+    /// user's settings rather than about defaults standing in for broken ones. The fields
+    /// of a section that failed as a whole (`writer = 5`) did not load either.
+    fn usable(&self, fields: &[&str]) -> bool {
+        let broken = &self.known.broken;
+        !fields.iter().any(|field| {
+            let section = field.split_once('.').map_or(*field, |(section, _)| section);
+            broken.contains(*field) || broken.contains(section)
+        })
+    }
+
+    /// ` (in FILE)` when the settings came from one place, else each with its own; the
+    /// ones at their defaults are not named.
+    fn sources(&self, field: &str, involved: &[&str]) -> String {
+        let given: Vec<(&str, &String)> = involved
+            .iter()
+            .filter_map(|f| self.known.sources.get(*f).map(|s| (*f, s)))
+            .collect();
+        let own = self.known.sources.get(field);
+        match (own, given.first()) {
+            (_, None) => String::new(),
+            (Some(own), _) if given.iter().all(|(_, s)| *s == own) => format!(" ({own})"),
+            _ => {
+                let each: Vec<String> = given.iter().map(|(f, s)| format!("{f} {s}")).collect();
+                format!(" ({})", each.join(", "))
+            }
+        }
     }
 
     fn between<T: PartialOrd + fmt::Display>(&mut self, field: &str, value: T, lo: T, hi: T) {
@@ -1056,14 +1242,6 @@ impl Checks {
         self.fail(field, reason);
         false
     }
-
-    fn finish(self) -> Result<(), ConfigError> {
-        if self.0.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigError { problems: self.0 })
-        }
-    }
 }
 
 impl KafkaSettings {
@@ -1079,6 +1257,12 @@ impl KafkaSettings {
                 "kafka.brokers",
                 format!("has an empty entry in the comma-separated list {brokers:?}"),
             );
+        } else {
+            for entry in brokers.split(',').map(str::trim) {
+                if let Err(reason) = check_broker(entry) {
+                    check.fail("kafka.brokers", format!("entry {entry:?}: {reason}"));
+                }
+            }
         }
         if self.group_id.trim().is_empty() {
             check.fail("kafka.group_id", "must not be empty");
@@ -1088,40 +1272,54 @@ impl KafkaSettings {
             &self.auto_offset_reset,
             &["earliest", "latest"],
         );
-        let device_ok = check.topic("kafka.device_topic", &self.device_topic);
-        let metric_ok = check.topic("kafka.metric_topic", &self.metric_topic);
+        const DEVICE: &str = "kafka.device_topic";
+        const METRIC: &str = "kafka.metric_topic";
+        const DEAD_LETTER: &str = "kafka.dead_letter";
+        // A topic that failed to load stands at its default: comparing others with it
+        // would report problems that aren't there.
+        let device_ok = check.topic(DEVICE, &self.device_topic) && check.usable(&[DEVICE]);
+        let metric_ok = check.topic(METRIC, &self.metric_topic) && check.usable(&[METRIC]);
         if self.device_topic == self.metric_topic && device_ok {
-            check.fail(
-                "kafka.metric_topic",
+            check.fail_at(
+                METRIC,
+                &[METRIC, DEVICE],
                 format!(
                     "must differ from kafka.device_topic, both are {:?}",
                     self.metric_topic
                 ),
             );
         }
-        for (field, explicit, derived, source_ok) in [
+        // Whether dead letters are on is unknown when `kafka.dead_letter` failed to load.
+        let dead_letter = self.dead_letter && check.usable(&[DEAD_LETTER]);
+        for (field, explicit, derived, source, source_ok) in [
             (
                 "kafka.device_dead_letter_topic",
                 &self.device_dead_letter_topic,
                 self.device_dlq(),
+                DEVICE,
                 device_ok,
             ),
             (
                 "kafka.metric_dead_letter_topic",
                 &self.metric_dead_letter_topic,
                 self.metric_dlq(),
+                METRIC,
                 metric_ok,
             ),
         ] {
+            if !check.usable(&[field]) {
+                continue;
+            }
             if !explicit.is_empty() {
                 if !check.topic(field, explicit) {
                     continue;
                 }
-            } else if !self.dead_letter || !source_ok {
+            } else if !dead_letter || !source_ok {
                 continue;
             } else if derived.len() > 249 {
-                check.fail(
+                check.fail_at(
                     field,
+                    &[field, source],
                     format!(
                         "the derived name would have {} characters, more than Kafka's 249; \
                          set this explicitly",
@@ -1130,9 +1328,14 @@ impl KafkaSettings {
                 );
                 continue;
             }
-            if self.dead_letter && (derived == self.device_topic || derived == self.metric_topic) {
-                check.fail(
+            let compared = [field, DEVICE, METRIC, DEAD_LETTER];
+            if dead_letter
+                && check.usable(&compared)
+                && (derived == self.device_topic || derived == self.metric_topic)
+            {
+                check.fail_at(
                     field,
+                    &compared,
                     format!("must differ from the source topics, got {derived:?}"),
                 );
             }
@@ -1145,7 +1348,7 @@ impl KafkaSettings {
             1,
             2_097_151,
         );
-        for property in self.client.keys() {
+        for (property, value) in &self.client {
             let field = format!("kafka.client.{property}");
             if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
                 .iter()
@@ -1153,12 +1356,71 @@ impl KafkaSettings {
             {
                 check.fail(&field, format!("must not be set here: {instead}"));
             } else if property.is_empty() || property.contains(char::is_whitespace) {
-                check.fail(
+                check.fail_at(
                     "kafka.client",
+                    &[&field],
                     format!("{property:?} is not a librdkafka property name"),
                 );
+            } else if let Some(reason) =
+                librdkafka::refusal(property, value, is_secret_property(property))
+            {
+                check.fail(&field, reason);
             }
         }
+    }
+}
+
+/// One `kafka.brokers` entry: `host:port` or `[IPv6]:port`. librdkafka would take a port
+/// it cannot read as 0 (`kafka:abc` is logged as `kafka:0`) and a scheme as part of the
+/// host name, and then retry a broker that cannot exist forever.
+fn check_broker(entry: &str) -> Result<(), String> {
+    const EXAMPLE: &str = "(e.g. \"kafka:9092\")";
+    if let Some((scheme, rest)) = entry.split_once("://") {
+        let rest = rest.trim_end_matches('/');
+        return Err(format!(
+            "must be host:port without a URL scheme (did you mean {rest:?}?); {scheme}:// is \
+             not part of a broker address (the protocol is kafka.client's security.protocol)"
+        ));
+    }
+    let port = if let Some(bracketed) = entry.strip_prefix('[') {
+        let Some((address, after)) = bracketed.split_once(']') else {
+            return Err("has an unclosed '[' (IPv6 addresses are written [::1]:9092)".into());
+        };
+        if address.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!(
+                "{address:?} in brackets is not an IPv6 address (written [::1]:9092)"
+            ));
+        }
+        match after.strip_prefix(':') {
+            Some(port) => port,
+            None if after.is_empty() => return Err(format!("has no port {EXAMPLE}")),
+            None => return Err(format!("has {after:?} after ']' where :port belongs")),
+        }
+    } else {
+        let Some((host, port)) = entry.rsplit_once(':') else {
+            return Err(format!("has no port {EXAMPLE}"));
+        };
+        if host.contains(':') {
+            return Err(
+                "has several ':'; an IPv6 address goes in brackets, e.g. [::1]:9092".into(),
+            );
+        }
+        if host.is_empty() {
+            return Err(format!("has no host {EXAMPLE}"));
+        }
+        let host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
+        if !host.chars().all(host_char) {
+            return Err(format!(
+                "the host may only contain ASCII letters, digits, '.', '-' and '_', got {host:?}"
+            ));
+        }
+        port
+    };
+    match port.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(()),
+        _ => Err(format!(
+            "the port must be a number from 1 to 65535, got {port:?}"
+        )),
     }
 }
 
@@ -1233,8 +1495,9 @@ impl WriterSettings {
         check.between("writer.max_in_flight", self.max_in_flight, 1, 64);
         check.at_least("writer.retry_initial_ms", self.retry_initial_ms, 1);
         if self.retry_initial_ms > self.retry_max_ms {
-            check.fail(
+            check.fail_at(
                 "writer.retry_initial_ms",
+                &["writer.retry_initial_ms", "writer.retry_max_ms"],
                 format!(
                     "must not exceed writer.retry_max_ms ({}), got {}",
                     self.retry_max_ms, self.retry_initial_ms
@@ -1386,7 +1649,7 @@ mod tests {
     }
 
     fn load(file: Option<&Path>, vars: &[(&str, &str)]) -> Result<Settings, ConfigError> {
-        Settings::load_from(file, &env(vars), no_fallback())
+        Settings::load_from(file, &env(vars), no_fallback(), &[])
     }
 
     #[test]
@@ -1472,11 +1735,11 @@ mod tests {
     #[test]
     fn the_fallback_file_is_used_only_when_nothing_is_named() {
         let fallback = toml_file("[writer]\nmax_batch = 7\n");
-        let settings = Settings::load_from(None, &[], fallback.path()).unwrap();
+        let settings = Settings::load_from(None, &[], fallback.path(), &[]).unwrap();
         assert_eq!(settings.writer.max_batch, 7);
 
         let named = toml_file("[writer]\nmax_batch = 8\n");
-        let settings = Settings::load_from(Some(named.path()), &[], fallback.path()).unwrap();
+        let settings = Settings::load_from(Some(named.path()), &[], fallback.path(), &[]).unwrap();
         assert_eq!(settings.writer.max_batch, 8);
     }
 
@@ -1566,13 +1829,13 @@ mod tests {
                 &[
                     ("METACACHE__REDIS__PASSWORD", password),
                     ("METACACHE__KAFKA__GROUP_ID", "007"),
-                    ("METACACHE__KAFKA__BROKERS", "9092"),
+                    ("METACACHE__KAFKA__DEVICE_TOPIC", "9092"),
                 ],
             )
             .unwrap();
             assert_eq!(settings.redis.password.as_deref(), Some(password));
             assert_eq!(settings.kafka.group_id, "007");
-            assert_eq!(settings.kafka.brokers, "9092");
+            assert_eq!(settings.kafka.device_topic, "9092");
         }
     }
 
@@ -1633,70 +1896,372 @@ mod tests {
         let path = file.path().display().to_string();
         let found = problems(load(Some(file.path()), &[]));
         let expected: Vec<(String, String)> = [
-            (
-                "writr",
-                format!("unknown section (did you mean `writer`?) (in {path})"),
-            ),
-            (
-                "redis.db",
-                format!("expected an integer, got \"zero\" (in {path})"),
-            ),
-            (
-                "writer.linger_ms",
-                format!("expected an integer, got 5.5 (in {path})"),
-            ),
+            // Type and name problems first, as the sections are read, then the checks.
+            ("writr", "unknown section (did you mean `writer`?)"),
+            ("redis.db", "expected an integer, got \"zero\""),
+            ("writer.linger_ms", "expected an integer, got 5.5"),
             (
                 "writer.max_bach",
-                format!("unknown setting (did you mean `max_batch`?) (in {path})"),
+                "unknown setting (did you mean `max_batch`?)",
             ),
-            (
-                "limits.max_id_bytes",
-                format!("expected an integer, got \"lots\" (in {path})"),
-            ),
+            ("limits.max_id_bytes", "expected an integer, got \"lots\""),
             (
                 "limits.max_metric_names",
-                format!("expected a non-negative 64-bit integer, got -1 (in {path})"),
+                "expected a non-negative 64-bit integer, got -1",
             ),
             (
                 "kafka.auto_offset_reset",
-                "must be one of earliest, latest, got \"oldest\"".to_string(),
+                "must be one of earliest, latest, got \"oldest\"",
             ),
             (
                 "kafka.client.enable.auto.commit",
                 "must not be set here: metacache commits offsets itself, after Redis \
-                 acknowledged the writes; remove it"
-                    .to_string(),
+                 acknowledged the writes; remove it",
             ),
             (
                 "kafka.client.group.id",
-                "must not be set here: use kafka.group_id instead".to_string(),
+                "must not be set here: use kafka.group_id instead",
             ),
             (
                 "redis.url",
-                "scheme must be redis, rediss, redis+unix or unix, got \"http\"".to_string(),
+                "scheme must be redis, rediss, redis+unix or unix, got \"http\"",
             ),
-            (
-                "writer.max_batch",
-                "must be between 1 and 100000, got 0".to_string(),
-            ),
-            (
-                "shutdown.timeout_secs",
-                "must be between 1 and 3600, got 0".to_string(),
-            ),
+            ("writer.max_batch", "must be between 1 and 100000, got 0"),
+            ("shutdown.timeout_secs", "must be between 1 and 3600, got 0"),
             (
                 "http.listen",
-                "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\""
+                "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\"",
+            ),
+            ("log.format", "must be one of text, json, got \"xml\""),
+        ]
+        .into_iter()
+        // Each names the file, semantic checks too.
+        .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        .collect();
+        assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn checks_name_the_source_of_every_setting_they_involve() {
+        let file = toml_file(
+            "[writer]\nretry_initial_ms = 5000\nmax_batch = \"abc\"\n[kafka]\nauto_offset_reset = \"x\"\n",
+        );
+        let path = file.path().display().to_string();
+        let found = problems(load(
+            Some(file.path()),
+            &[
+                ("METACACHE__WRITER__RETRY_MAX_MS", "100"),
+                ("METACACHE__LOG__FORMAT", "xml"),
+                ("METACACHE__KAFKA__CLIENT__ENABLE_AUTO_COMMIT", "true"),
+            ],
+        ));
+        let expected: Vec<(String, String)> = [
+            (
+                "writer.max_batch",
+                format!("expected an integer, got \"abc\" (in {path})"),
+            ),
+            (
+                "kafka.auto_offset_reset",
+                format!("must be one of earliest, latest, got \"x\" (in {path})"),
+            ),
+            (
+                "kafka.client.enable.auto.commit",
+                "must not be set here: metacache commits offsets itself, after Redis \
+                 acknowledged the writes; remove it (from \
+                 METACACHE__KAFKA__CLIENT__ENABLE_AUTO_COMMIT)"
                     .to_string(),
+            ),
+            // A cross-field check runs although another writer setting failed, and names
+            // where each of its settings came from.
+            (
+                "writer.retry_initial_ms",
+                format!(
+                    "must not exceed writer.retry_max_ms (100), got 5000 \
+                     (writer.retry_initial_ms in {path}, writer.retry_max_ms from \
+                     METACACHE__WRITER__RETRY_MAX_MS)"
+                ),
             ),
             (
                 "log.format",
-                "must be one of text, json, got \"xml\"".to_string(),
+                "must be one of text, json, got \"xml\" (from METACACHE__LOG__FORMAT)".to_string(),
             ),
         ]
         .into_iter()
         .map(|(f, r)| (f.to_string(), r))
         .collect();
         assert_eq!(found, expected);
+    }
+
+    #[test]
+    fn a_cross_field_check_is_skipped_only_when_one_of_its_own_fields_failed() {
+        // retry_max_ms stands at its default (10000) after failing: comparing with it
+        // would invent a problem.
+        let file = toml_file(
+            "[writer]\nretry_initial_ms = 20000\nretry_max_ms = \"abc\"\n\
+             [kafka]\ndevice_topic = [\"x\"]\nmetric_topic = \"device-metadata\"\n",
+        );
+        assert_eq!(
+            fields(load(Some(file.path()), &[])),
+            ["kafka.device_topic", "writer.retry_max_ms"]
+        );
+    }
+
+    #[test]
+    fn booleans_are_true_or_false_and_nothing_else() {
+        for (written, got) in [
+            ("\"yes\"", "\"yes\""),
+            ("\"no\"", "\"no\""),
+            ("\"off\"", "\"off\""),
+            ("\"on\"", "\"on\""),
+            ("0", "0"),
+            ("1", "1"),
+        ] {
+            let file = toml_file(&format!("[kafka]\ndead_letter = {written}\n"));
+            let path = file.path().display();
+            assert_eq!(
+                problems(load(Some(file.path()), &[])),
+                [(
+                    "kafka.dead_letter".to_string(),
+                    format!("expected a boolean (true or false), got {got} (in {path})")
+                )],
+                "{written}"
+            );
+        }
+        let file = toml_file("[kafka]\ndead_letter = \"false\"\n");
+        assert_eq!(
+            problems(load(Some(file.path()), &[])),
+            [(
+                "kafka.dead_letter".to_string(),
+                format!(
+                    "expected a boolean (true or false), got the string \"false\" (write it \
+                     without quotes) (in {})",
+                    file.path().display()
+                )
+            )]
+        );
+        // Environment values are strings: the words true and false, in any case.
+        for (value, expected) in [("true", true), ("FALSE", false), ("True", true)] {
+            let settings = load(None, &[("METACACHE__KAFKA__DEAD_LETTER", value)]).unwrap();
+            assert_eq!(settings.kafka.dead_letter, expected, "{value}");
+        }
+        for value in ["yes", "no", "off", "1", "0", ""] {
+            assert_eq!(
+                problems(load(None, &[("METACACHE__KAFKA__DEAD_LETTER", value)])),
+                [(
+                    "kafka.dead_letter".to_string(),
+                    format!(
+                        "expected a boolean (true or false), got {value:?} (from \
+                         METACACHE__KAFKA__DEAD_LETTER)"
+                    )
+                )],
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn strings_are_not_made_from_numbers_or_booleans() {
+        let file = toml_file(
+            "[kafka]\nbrokers = 42\ngroup_id = true\n[redis]\npassword = 123456\nkey_prefix = 1.5\n",
+        );
+        let path = file.path().display().to_string();
+        assert_eq!(
+            problems(load(Some(file.path()), &[])),
+            [
+                ("kafka.brokers", "expected a string, got 42"),
+                ("kafka.group_id", "expected a string, got true"),
+                ("redis.key_prefix", "expected a string, got 1.5"),
+                (
+                    "redis.password",
+                    "expected a string, got a value (not shown: secret)"
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), format!("{r} (in {path})")))
+        );
+    }
+
+    #[test]
+    fn brokers_are_host_port_entries() {
+        let mut settings = Settings::default();
+        for good in [
+            "localhost:9092",
+            "k1:9092,k2:9092",
+            "k1:9092, k2:9092",
+            "127.0.0.1:12345,127.0.0.1:12346",
+            "[::1]:9092",
+            "[fe80::1]:9093,kafka-0.kafka.kafka.svc:9093",
+            "my_kafka:1",
+        ] {
+            settings.kafka.brokers = good.into();
+            assert!(settings.validate().is_ok(), "{good}");
+        }
+        for (bad, reason) in [
+            (
+                "kafka:abc",
+                "the port must be a number from 1 to 65535, got \"abc\"",
+            ),
+            (
+                "kafka:99999",
+                "the port must be a number from 1 to 65535, got \"99999\"",
+            ),
+            (
+                "kafka:0",
+                "the port must be a number from 1 to 65535, got \"0\"",
+            ),
+            (
+                "kafka:",
+                "the port must be a number from 1 to 65535, got \"\"",
+            ),
+            ("kafka", "has no port (e.g. \"kafka:9092\")"),
+            (":9092", "has no host (e.g. \"kafka:9092\")"),
+            (
+                "http://kafka:9092",
+                "must be host:port without a URL scheme (did you mean \"kafka:9092\"?); \
+                 http:// is not part of a broker address (the protocol is kafka.client's \
+                 security.protocol)",
+            ),
+            (
+                "::1:9092",
+                "has several ':'; an IPv6 address goes in brackets, e.g. [::1]:9092",
+            ),
+            ("[::1]", "has no port (e.g. \"kafka:9092\")"),
+            (
+                "[kafka]:9092",
+                "\"kafka\" in brackets is not an IPv6 address (written [::1]:9092)",
+            ),
+            (
+                "kafka 1:9092",
+                "the host may only contain ASCII letters, digits, '.', '-' and '_', got \
+                 \"kafka 1\"",
+            ),
+        ] {
+            settings.kafka.brokers = format!("ok:9092,{bad}");
+            assert_eq!(
+                problems(settings.validate().map(|()| Settings::default())),
+                [(
+                    "kafka.brokers".to_string(),
+                    format!("entry {bad:?}: {reason}")
+                )],
+                "{bad}"
+            );
+        }
+        // Each bad entry is its own problem, and names where the list came from.
+        let found = problems(load(
+            None,
+            &[("METACACHE__KAFKA__BROKERS", "kafka:abc,kafka:99999,ok:1")],
+        ));
+        assert_eq!(
+            found,
+            [
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:abc\": the port must be a number from 1 to 65535, got \
+                     \"abc\" (from METACACHE__KAFKA__BROKERS)"
+                        .to_string()
+                ),
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:99999\": the port must be a number from 1 to 65535, got \
+                     \"99999\" (from METACACHE__KAFKA__BROKERS)"
+                        .to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn every_bad_librdkafka_property_is_reported_in_one_run() {
+        let file = toml_file(
+            r#"
+            [kafka.client]
+            "sasl.pasword" = "secret-typo-1"
+            "socket.timeout.ms" = "abc"
+            "sasl.password" = ["secret-array-2"]
+            "ssl.key.password" = { file = "secret-table-3" }
+            # Longer property names spelt as nested keys under a shorter one.
+            group.protocol.type = "consumer"
+            "fetch.wait.max.ms" = 10
+            "#,
+        );
+        let path = file.path().display().to_string();
+        let error = load(
+            Some(file.path()),
+            &[("METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "soon")],
+        )
+        .expect_err("rejected");
+        let printed = error.to_string();
+        assert!(!printed.contains("secret-"), "{printed}");
+        assert_eq!(
+            problems(Err(error)),
+            [
+                (
+                    "kafka.client.ssl.key.password",
+                    format!("expected a string, got a table (in {path})"),
+                ),
+                (
+                    "kafka.client.sasl.password",
+                    format!(
+                        "expected a string, got an array (librdkafka lists are \
+                         comma-separated strings) (in {path})"
+                    ),
+                ),
+                (
+                    "kafka.client.sasl.pasword",
+                    format!(
+                        "unknown librdkafka property (did you mean `sasl.password`?) (in {path})"
+                    ),
+                ),
+                (
+                    "kafka.client.session.timeout.ms",
+                    "expected an integer, got \"soon\" (from \
+                     METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS)"
+                        .to_string(),
+                ),
+                (
+                    "kafka.client.socket.timeout.ms",
+                    format!("expected an integer, got \"abc\" (in {path})"),
+                ),
+            ]
+            .map(|(f, r)| (f.to_string(), r))
+        );
+    }
+
+    #[test]
+    fn command_line_options_win_and_are_named_as_the_source() {
+        let file = toml_file("[kafka]\nbrokers = \"kafka:abc\"\n");
+        let option = |value: &str| Override {
+            field: "kafka.brokers",
+            option: "--brokers",
+            value: value.to_string(),
+        };
+        let vars = env(&[("METACACHE__REDIS__URL", "redis://h:6379/x")]);
+        let found = problems(Settings::load_from(
+            Some(file.path()),
+            &vars,
+            no_fallback(),
+            &[option("kafka:99999")],
+        ));
+        assert_eq!(
+            found,
+            [
+                (
+                    "kafka.brokers".to_string(),
+                    "entry \"kafka:99999\": the port must be a number from 1 to 65535, got \
+                     \"99999\" (from --brokers)"
+                        .to_string()
+                ),
+                (
+                    "redis.url".to_string(),
+                    "the path must be a database number, got \"x\" (from METACACHE__REDIS__URL)"
+                        .to_string()
+                ),
+            ]
+        );
+        // A good option replaces the file's bad value before anything is checked.
+        let settings =
+            Settings::load_from(Some(file.path()), &[], no_fallback(), &[option("k:9092")])
+                .unwrap();
+        assert_eq!(settings.kafka.brokers, "k:9092");
     }
 
     #[test]
@@ -1722,7 +2287,7 @@ mod tests {
                 ("kafka.client", "expected a table, got an array".to_string()),
                 (
                     "kafka.dead_letter",
-                    "expected true or false, got 1".to_string()
+                    "expected a boolean (true or false), got 1".to_string()
                 ),
                 (
                     "writer.max_batch",
@@ -1763,7 +2328,8 @@ mod tests {
                 ),
                 (
                     "kafka.dead_letter".to_string(),
-                    "expected true or false, got \"2\" (from METACACHE__KAFKA__DEAD_LETTER)"
+                    "expected a boolean (true or false), got \"2\" (from \
+                     METACACHE__KAFKA__DEAD_LETTER)"
                         .to_string()
                 ),
                 (

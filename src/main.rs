@@ -13,7 +13,7 @@ use tracing_subscriber::EnvFilter;
 use metacache::client::{
     CacheClient, CacheInfo, ClientError, DeviceEntry, HealthStatus, ListOptions, Order,
 };
-use metacache::config::Settings;
+use metacache::config::{Override, Settings};
 use metacache::demo::DemoOptions;
 use metacache::model::{DeviceMetadata, TopicKind};
 use metacache::publish::{self, Outgoing, Publisher};
@@ -786,20 +786,29 @@ fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
     }
 }
 
-/// Settings from file and environment, then the command-line overrides, validated again.
+/// Settings from file, environment and the command-line overrides, checked together so
+/// that one run reports every problem.
 fn load(
     file: Option<&Path>,
     brokers: Option<&str>,
     redis_url: Option<&str>,
 ) -> Result<Settings, String> {
-    let mut settings = Settings::load(file).map_err(|e| e.to_string())?;
+    let mut overrides = Vec::new();
     if let Some(brokers) = brokers {
-        settings.kafka.brokers = brokers.to_owned();
+        overrides.push(Override {
+            field: "kafka.brokers",
+            option: "--brokers",
+            value: brokers.to_owned(),
+        });
     }
     if let Some(url) = redis_url {
-        settings.redis.url = url.to_owned();
+        overrides.push(Override {
+            field: "redis.url",
+            option: "--redis-url",
+            value: url.to_owned(),
+        });
     }
-    settings.validate().map_err(|e| e.to_string())?;
+    let settings = Settings::load_with(file, &overrides).map_err(|e| e.to_string())?;
     metacache::source::kafka::check_client_properties(&settings.kafka)?;
     Ok(settings)
 }

@@ -63,6 +63,277 @@ listen = "not an address"
     }
 }
 
+/// Issue 14: a file with many mistakes used to need four runs, and some mistakes were
+/// accepted. One run now lists every problem, each with the setting, where it came from
+/// and why, and quotes no secret.
+#[test]
+fn check_config_lists_every_problem_of_a_file_in_one_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("many.toml");
+    std::fs::write(
+        &file,
+        r#"
+[kafka]
+brokers = "kafka:abc,kafka:99999,http://kafka:9092,[::1]:9092"
+auto_offset_reset = "sometimes"
+dead_letter = "yes"
+group_id = ""
+
+[kafka.client]
+"sasl.pasword" = "typo-secret-1"
+"socket.timeout.ms" = "abc"
+"sasl.password" = ["array-secret-2"]
+"ssl.key.password" = { value = "table-secret-3" }
+"enable.auto.commit" = "true"
+
+[writer]
+max_batch = 0
+max_bach = 5
+linger_ms = "soon"
+retry_initial_ms = 5000
+retry_max_ms = 100
+
+[redis]
+url = "http://cache:6379"
+password = "redis-secret-4"
+
+[http]
+listen = "localhost:8080"
+"#,
+    )
+    .unwrap();
+    let out = metacache()
+        .args(["check-config", "--config"])
+        .arg(&file)
+        .env("METACACHE__WRITER__MAX_IN_FLIGHT", "0")
+        .env("METACACHE__KAFKA__CLIENT__SASL_USERNAM", "env-secret-5")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let all = format!("{err}{}", String::from_utf8_lossy(&out.stdout));
+    let f = file.display().to_string();
+    let in_file = format!("in {f}");
+    let expected = [
+        (
+            "kafka.client.ssl.key.password",
+            "expected a string, got a table",
+            in_file.as_str(),
+        ),
+        (
+            "kafka.client.sasl.password",
+            "expected a string, got an array (librdkafka lists are comma-separated strings)",
+            &in_file,
+        ),
+        (
+            "kafka.dead_letter",
+            "expected a boolean (true or false), got \"yes\"",
+            &in_file,
+        ),
+        (
+            "writer.linger_ms",
+            "expected an integer, got \"soon\"",
+            &in_file,
+        ),
+        (
+            "writer.max_bach",
+            "unknown setting (did you mean `max_batch`?)",
+            &in_file,
+        ),
+        (
+            "kafka.brokers",
+            "entry \"kafka:abc\": the port must be a number from 1 to 65535, got \"abc\"",
+            &in_file,
+        ),
+        (
+            "kafka.brokers",
+            "entry \"kafka:99999\": the port must be a number from 1 to 65535, got \"99999\"",
+            &in_file,
+        ),
+        (
+            "kafka.brokers",
+            "entry \"http://kafka:9092\": must be host:port without a URL scheme (did you mean \
+             \"kafka:9092\"?); http:// is not part of a broker address (the protocol is \
+             kafka.client's security.protocol)",
+            &in_file,
+        ),
+        ("kafka.group_id", "must not be empty", &in_file),
+        (
+            "kafka.auto_offset_reset",
+            "must be one of earliest, latest, got \"sometimes\"",
+            &in_file,
+        ),
+        (
+            "kafka.client.enable.auto.commit",
+            "must not be set here: metacache commits offsets itself, after Redis acknowledged \
+             the writes; remove it",
+            &in_file,
+        ),
+        (
+            "kafka.client.sasl.pasword",
+            "unknown librdkafka property (did you mean `sasl.password`?)",
+            &in_file,
+        ),
+        (
+            "kafka.client.sasl.usernam",
+            "unknown librdkafka property (did you mean `sasl.username`?)",
+            "from METACACHE__KAFKA__CLIENT__SASL_USERNAM",
+        ),
+        (
+            "kafka.client.socket.timeout.ms",
+            "expected an integer, got \"abc\"",
+            &in_file,
+        ),
+        (
+            "redis.url",
+            "scheme must be redis, rediss, redis+unix or unix, got \"http\"",
+            &in_file,
+        ),
+        (
+            "writer.max_batch",
+            "must be between 1 and 100000, got 0",
+            &in_file,
+        ),
+        (
+            "writer.max_in_flight",
+            "must be between 1 and 64, got 0",
+            "from METACACHE__WRITER__MAX_IN_FLIGHT",
+        ),
+        (
+            "writer.retry_initial_ms",
+            "must not exceed writer.retry_max_ms (100), got 5000",
+            &in_file,
+        ),
+        (
+            "http.listen",
+            "must be an IP address and port such as 0.0.0.0:8080, got \"localhost:8080\"",
+            &in_file,
+        ),
+    ];
+    let wanted: Vec<String> = expected
+        .iter()
+        .map(|(field, reason, source)| format!("{field}: {reason} ({source})"))
+        .collect();
+    let reported: Vec<&str> = err.lines().filter_map(|l| l.strip_prefix("  - ")).collect();
+    assert_eq!(reported, wanted, "{err}");
+    assert!(
+        err.starts_with(&format!("configuration has {} problem(s):", wanted.len())),
+        "{err}"
+    );
+    // The secrets' settings are reported, by name only.
+    for (property, secret) in [
+        ("sasl.pasword", "typo-secret-1"),
+        ("sasl.password", "array-secret-2"),
+        ("ssl.key.password", "table-secret-3"),
+        ("sasl.usernam", "env-secret-5"),
+    ] {
+        let line = format!("kafka.client.{property}: ");
+        assert!(
+            reported.iter().any(|l| l.starts_with(&line)),
+            "{property}: {err}"
+        );
+        assert!(!all.contains(secret), "{secret} leaked:\n{all}");
+    }
+    assert!(!all.contains("redis-secret-4"), "{all}");
+}
+
+/// The mistakes of issue 14 that share a setting with the file above.
+#[test]
+fn check_config_refuses_a_number_for_brokers_and_words_for_booleans() {
+    let dir = tempfile::tempdir().unwrap();
+    for word in ["no", "off"] {
+        let file = dir.path().join(format!("{word}.toml"));
+        std::fs::write(
+            &file,
+            format!("[kafka]\nbrokers = 42\ndead_letter = \"{word}\"\n"),
+        )
+        .unwrap();
+        let out = metacache()
+            .args(["check-config", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{word}");
+        let f = file.display();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            format!(
+                "configuration has 2 problem(s):\n  \
+                 - kafka.brokers: expected a string, got 42 (in {f})\n  \
+                 - kafka.dead_letter: expected a boolean (true or false), got \"{word}\" (in {f})\n"
+            )
+        );
+    }
+}
+
+/// `--brokers` and `--redis-url` are checked with everything else and named as the source.
+#[test]
+fn command_line_overrides_are_checked_in_the_same_run() {
+    let out = metacache()
+        .args([
+            "check-config",
+            "--brokers",
+            "kafka:abc",
+            "--redis-url",
+            "redis://h:1/x",
+        ])
+        .env("METACACHE__LOG__FORMAT", "xml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "configuration has 3 problem(s):\n  \
+         - kafka.brokers: entry \"kafka:abc\": the port must be a number from 1 to 65535, got \
+         \"abc\" (from --brokers)\n  \
+         - redis.url: the path must be a database number, got \"x\" (from --redis-url)\n  \
+         - log.format: must be one of text, json, got \"xml\" (from METACACHE__LOG__FORMAT)\n"
+    );
+}
+
+/// The README's check-config example is a copy of real output.
+#[test]
+fn the_readmes_check_config_example_is_real_output() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = &readme[readme.find("### check-config").expect("the section")..];
+    let block = &section[section.find("```text\n").expect("its example") + 8..];
+    let block = &block[..block.find("```").expect("its end")];
+    let (file, run) = block
+        .strip_prefix("$ cat bad.toml\n")
+        .expect("starts with the file")
+        .split_once("\n$ ")
+        .expect("then the command");
+    let (command, shown) = run.split_once('\n').expect("then the output");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bad.toml"), file).unwrap();
+    let mut cmd = metacache();
+    cmd.current_dir(dir.path());
+    let command = command
+        .strip_suffix("; echo \"exit $?\"")
+        .expect("prints the exit code");
+    let mut words = command.split_whitespace();
+    for word in words.by_ref() {
+        match word.split_once('=') {
+            Some((name, value)) => {
+                cmd.env(name, value);
+            }
+            None => {
+                assert_eq!(word, "metacache");
+                break;
+            }
+        }
+    }
+    let out = cmd.args(words).output().unwrap();
+    let real = format!(
+        "{}{}exit {}\n",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        out.status.code().unwrap_or(-1)
+    );
+    assert_eq!(real, shown);
+}
+
 #[test]
 fn check_config_prints_effective_settings_with_secrets_masked() {
     let out = metacache()

@@ -86,9 +86,11 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
     config
 }
 
-/// Hands the librdkafka properties to librdkafka without connecting, so an unknown or
-/// malformed `kafka.client` entry stops start-up at once. The message names the property
-/// but never its value, which may be a secret under a misspelt key.
+/// Hands the whole consumer and producer configurations to librdkafka without
+/// connecting. Settings validation already tried each `kafka.client` property on its own
+/// and reported every refusal; this is the last guard before a client is built, and stops
+/// at the first refusal. The message names the property but never its value, which may
+/// be a secret under a misspelt key.
 pub fn check_client_properties(kafka: &KafkaSettings) -> Result<(), String> {
     for config in [consumer_config(kafka), client_config(kafka)] {
         if let Err(e) = config.create_native_config() {
