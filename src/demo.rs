@@ -351,7 +351,7 @@ fn show_dead_letters(settings: &Settings, expected: u64) -> Result<(), String> {
         .subscribe(&[&settings.kafka.device_dlq(), &settings.kafka.metric_dlq()])
         .map_err(|e| format!("dead-letter reader: {e}"))?;
     println!(
-        "Dead letters ({} and {}), the {} header:",
+        "Dead letters ({} and {}), reason in header {}:",
         settings.kafka.device_dlq(),
         settings.kafka.metric_dlq(),
         headers::ERROR

@@ -405,6 +405,47 @@ fn the_demo_shows_devices_metric_sets_the_stale_update_and_dead_letters() {
         assert!(text.contains(reason), "{reason} missing:\n{text}");
     }
     assert!(text.contains("redis-cli -p "), "{text}");
+
+    // The README's sample is a copy of real output: every line it shows is printed, once
+    // ports and timings (which change from run to run) are set aside.
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    let sample = readme
+        .split("Real output, shortened")
+        .nth(1)
+        .and_then(|rest| rest.split("```text\n").nth(1))
+        .and_then(|block| block.split("```").next())
+        .expect("the README's demo sample");
+    let normal = |line: &str| {
+        let mut out = String::new();
+        let mut digits = false;
+        for c in line.trim_end().chars() {
+            if c.is_ascii_digit() {
+                if !digits {
+                    out.push('N');
+                }
+                digits = true;
+            } else {
+                digits = false;
+                out.push(c);
+            }
+        }
+        out
+    };
+    let printed: Vec<String> = text.lines().map(normal).collect();
+    let mut compared = 0;
+    for line in sample
+        .lines()
+        .filter(|l| !l.trim().is_empty() && l.trim() != "…")
+    {
+        let wanted = normal(line);
+        assert!(
+            printed.contains(&wanted),
+            "README line not in the demo's output: {line:?}\n{text}"
+        );
+        compared += 1;
+    }
+    assert!(compared > 20, "only {compared} README lines compared");
 }
 
 fn daemon_process(h: &Harness, group: &str) -> std::process::Child {

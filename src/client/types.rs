@@ -100,7 +100,9 @@ pub struct ListOptions {
     pub limit: usize,
     /// Matching entries to skip first; past the end gives an empty page.
     pub offset: usize,
-    /// Keep only ids matching this Redis-style glob (see [`Glob`](super::Glob)).
+    /// Keep only ids matching this Redis-style glob (see [`Glob`](super::Glob)); a `[`
+    /// never closed, or a lone `\` at the end, is refused as `InvalidArgument`
+    /// ([`Glob::parse`](super::Glob::parse)).
     pub pattern: Option<String>,
     /// Newest or oldest first.
     pub order: Order,
