@@ -14,17 +14,20 @@ WORKDIR /src
 # Dependencies first, in a layer of their own: it is rebuilt only when Cargo.toml or
 # Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir src \
+COPY crates/contract/Cargo.toml crates/contract/
+RUN mkdir src crates/contract/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs \
+ && touch src/lib.rs crates/contract/src/lib.rs \
  && cargo build --release --locked \
- && rm -rf src
+ && rm -rf src crates/contract/src
 
-# The real sources (examples/ holds the demo's events, compiled into the binary). Touch the
-# crate roots so cargo rebuilds metacache itself rather than trusting the dummy's outputs.
+# The real sources (crates/ holds the workspace's library crates; examples/ the demo's
+# events, compiled into the binary). Touch the crate roots so cargo rebuilds them rather
+# than trusting the dummies' outputs.
+COPY crates ./crates
 COPY src ./src
 COPY examples ./examples
-RUN touch src/main.rs src/lib.rs \
+RUN touch src/main.rs src/lib.rs crates/*/src/lib.rs \
  && cargo build --release --locked \
  && install -D -m 0755 target/release/metacache /out/metacache
 

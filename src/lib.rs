@@ -45,7 +45,8 @@ pub mod health;
 pub mod http;
 pub mod janitor;
 pub mod metrics;
-pub mod model;
+/// The events and their rules, from the contract crate (`metacache-contract`).
+pub use metacache_contract::model;
 pub mod monitor;
 pub mod ownership;
 pub mod publish;

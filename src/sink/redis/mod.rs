@@ -2,7 +2,8 @@
 //! server-side scripts, and the pipelined writer that talks to Redis.
 
 pub mod connect;
-pub mod keys;
+/// The key layout, from the contract crate (`metacache-contract`).
+pub use metacache_contract::keys;
 pub mod plan;
 pub mod retry;
 pub mod scripts;

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::parse::{self, FieldKey};
 use super::{Event, Limits, Reject, RejectReason};
-use crate::sink::redis::keys;
+use crate::keys;
 
 /// The namespace an empty namespace (or empty Kafka key) stands for.
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -166,7 +166,7 @@ fn decode_value(
 
 /// Refuses a namespace whose catalog key would sit in the device key space (or the
 /// daemon's own), where it could overwrite or delete a device: see the layout's argument in
-/// [`crate::sink::redis::keys`].
+/// [`crate::keys`].
 fn check_not_reserved(field: &str, namespace: &str) -> Result<(), Reject> {
     match keys::reserved_namespace(namespace) {
         None => Ok(()),
