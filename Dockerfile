@@ -15,11 +15,13 @@ WORKDIR /src
 # Cargo.lock change, not on every source edit.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/contract/Cargo.toml crates/contract/
-RUN mkdir src crates/contract/src \
+COPY crates/client/Cargo.toml crates/client/
+COPY crates/embedded/Cargo.toml crates/embedded/
+RUN mkdir src crates/contract/src crates/client/src crates/embedded/src \
  && echo 'fn main() {}' > src/main.rs \
- && touch src/lib.rs crates/contract/src/lib.rs \
+ && touch src/lib.rs crates/contract/src/lib.rs crates/client/src/lib.rs crates/embedded/src/lib.rs \
  && cargo build --release --locked \
- && rm -rf src crates/contract/src
+ && rm -rf src crates/*/src
 
 # The real sources (crates/ holds the workspace's library crates; examples/ the demo's
 # events, compiled into the binary). Touch the crate roots so cargo rebuilds them rather

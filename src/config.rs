@@ -24,7 +24,8 @@ pub const DEFAULT_FILE: &str = "config/default.toml";
 pub const CONFIG_FILE_ENV: &str = "METACACHE_CONFIG";
 
 /// Shown instead of a secret.
-pub const MASK: &str = "***";
+pub use metacache_client::settings::{redact_url, MASK};
+pub use metacache_client::RedisSettings;
 
 /// The whole configuration, section by section, as in `config/default.toml`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -99,37 +100,6 @@ impl KafkaSettings {
             format!("{}.dlq", self.metric_topic)
         } else {
             self.metric_dead_letter_topic.clone()
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RedisSettings {
-    /// `redis://[user[:password]@]host:port/db` or `rediss://` for TLS.
-    pub url: String,
-    /// Overrides the URL's user name when set.
-    pub username: Option<String>,
-    /// Overrides the URL's password when set. Never logged or printed.
-    pub password: Option<String>,
-    /// Overrides the URL's database number when set.
-    pub db: Option<i64>,
-    /// Put in front of every key metacache writes.
-    pub key_prefix: String,
-    pub connect_timeout_ms: u64,
-    pub response_timeout_ms: u64,
-}
-
-impl Default for RedisSettings {
-    fn default() -> Self {
-        RedisSettings {
-            url: "redis://127.0.0.1:6379/0".into(),
-            username: None,
-            password: None,
-            db: None,
-            key_prefix: String::new(),
-            connect_timeout_ms: 2000,
-            response_timeout_ms: 5000,
         }
     }
 }
@@ -507,13 +477,6 @@ impl Settings {
             // Only values beyond TOML's i64, which validation rejects, get here.
             Err(e) => format!("# the settings cannot be shown as TOML: {e}\n"),
         }
-    }
-}
-
-impl RedisSettings {
-    /// The URL with any password replaced by `***`, for logs.
-    pub fn redacted_url(&self) -> String {
-        redact_url(&self.url)
     }
 }
 
@@ -1424,7 +1387,12 @@ fn check_broker(entry: &str) -> Result<(), String> {
     }
 }
 
-impl RedisSettings {
+/// Redis's own checks (its settings type lives in the client crate).
+trait CheckRedis {
+    fn check(&self, check: &mut Checks);
+}
+
+impl CheckRedis for RedisSettings {
     fn check(&self, check: &mut Checks) {
         match Url::parse(&self.url) {
             Err(e) => check.fail(
@@ -1562,39 +1530,6 @@ fn is_secret_field(field: &str) -> bool {
         Some(property) => is_secret_property(property),
         None => matches!(field, "redis.password" | "redis.url"),
     }
-}
-
-fn redact_url(raw: &str) -> String {
-    let Ok(mut url) = Url::parse(raw) else {
-        // Not a URL, but it may still carry `user:password@`.
-        return match raw.split_once("://") {
-            Some((scheme, rest)) => match rest.rfind('@') {
-                Some(at) => format!("{scheme}://{MASK}@{}", &rest[at + 1..]),
-                None => raw.to_string(),
-            },
-            None => raw.to_string(),
-        };
-    };
-    if url.password().is_some() {
-        let _ = url.set_password(Some(MASK));
-    }
-    // Unix-socket URLs carry the password in the query (`?pass=`).
-    let secret_query = |key: &str| matches!(key, "pass" | "password");
-    if url.query_pairs().any(|(k, _)| secret_query(&k)) {
-        let pairs: Vec<(String, String)> = url
-            .query_pairs()
-            .map(|(k, v)| {
-                let v = if secret_query(&k) {
-                    MASK.to_string()
-                } else {
-                    v.into_owned()
-                };
-                (k.into_owned(), v)
-            })
-            .collect();
-        url.query_pairs_mut().clear().extend_pairs(pairs);
-    }
-    url.to_string()
 }
 
 #[cfg(test)]

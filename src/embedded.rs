@@ -1,16 +1,14 @@
 //! Servers the demo and the tests start in-process or as children, so a newcomer needs
 //! nothing set up by hand: librdkafka's mock Kafka cluster (a real Kafka-protocol listener
-//! on 127.0.0.1) and a `redis-server` child on a free port.
+//! on 127.0.0.1) and a `redis-server` child on a free port (from `metacache-embedded`,
+//! which the client crate uses without Kafka).
 //!
 //! Not for production: the mock cluster keeps about 5 MiB per partition and nothing on
 //! disk.
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rdkafka::mocking::MockCluster;
 
@@ -125,91 +123,16 @@ impl Drop for EmbeddedKafka {
     }
 }
 
-/// A `redis-server` child process on a free loopback port, with no persistence, killed on
-/// drop.
-pub struct EmbeddedRedis {
-    port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-    extra_args: Vec<String>,
-}
+pub use metacache_embedded::{free_port, EmbeddedRedis};
 
-impl EmbeddedRedis {
-    /// Starts `redis-server` from `PATH` (Debian's `redis-server` package).
-    pub fn start() -> Result<Self, String> {
-        Self::start_with(&[])
-    }
-
-    /// Starts with extra `redis-server` arguments, e.g. `["--maxmemory", "1mb"]`.
-    pub fn start_with(extra_args: &[&str]) -> Result<Self, String> {
-        let port = free_port()?;
-        let dir =
-            std::env::temp_dir().join(format!("metacache-redis-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut redis = EmbeddedRedis {
-            port,
-            child: None,
-            dir,
-            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-        };
-        redis.spawn()?;
-        Ok(redis)
-    }
-
-    fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir)
-            .args(&self.extra_args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    "redis-server not found on PATH: install it (Debian: apt-get install redis-server) or pass --redis-url".to_owned()
-                } else {
-                    format!("cannot start redis-server: {e}")
-                }
-            })?;
-        self.child = Some(child);
-        self.wait_ready(Duration::from_secs(10))
-    }
-
-    fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ok = redis::Client::open(self.url())
-                .and_then(|c| c.get_connection_with_timeout(Duration::from_millis(200)))
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c))
-                .is_ok();
-            if ok {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!("redis-server on port {} did not answer", self.port));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
-    pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
+/// Writes events into an [`EmbeddedRedis`] the way the daemon's writer does.
+pub trait Apply {
     /// Writes `events` the way the daemon's writer does (the same planner, scripts and key
     /// layout under `key_prefix`, no TTLs), without Kafka: examples and tests get a cache
     /// in a known state in one call.
     ///
     /// ```
-    /// use metacache::embedded::EmbeddedRedis;
+    /// use metacache::embedded::{Apply, EmbeddedRedis};
     /// use metacache::model::{Event, MetricOp};
     ///
     /// let redis = EmbeddedRedis::start()?;
@@ -219,7 +142,11 @@ impl EmbeddedRedis {
     /// })])?;
     /// # Ok::<(), String>(())
     /// ```
-    pub fn apply(&self, key_prefix: &str, events: &[Event]) -> Result<(), String> {
+    fn apply(&self, key_prefix: &str, events: &[Event]) -> Result<(), String>;
+}
+
+impl Apply for EmbeddedRedis {
+    fn apply(&self, key_prefix: &str, events: &[Event]) -> Result<(), String> {
         let mut conn = redis::Client::open(self.url())
             .and_then(|c| c.get_connection())
             .map_err(|e| format!("redis: {e}"))?;
@@ -245,33 +172,4 @@ impl EmbeddedRedis {
             .map(drop)
             .map_err(|e| format!("redis: {e}"))
     }
-
-    /// Kills the server (SIGKILL: its data is gone, as after a crash without persistence).
-    pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port, empty.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.stop();
-        self.spawn()
-    }
-}
-
-impl Drop for EmbeddedRedis {
-    fn drop(&mut self) {
-        self.stop();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-/// A loopback port nothing listens on right now.
-pub fn free_port() -> Result<u16, String> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| format!("no free port: {e}"))
 }

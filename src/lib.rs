@@ -35,7 +35,8 @@
 //!   `metacache demo` and the tests run with nothing set up by hand.
 
 pub mod bench;
-pub mod client;
+/// The read side, from the client crate (`metacache-client`).
+pub use metacache_client as client;
 pub mod config;
 pub mod daemon;
 pub mod dead_letter;

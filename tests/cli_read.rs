@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use metacache::embedded::EmbeddedRedis;
+use metacache::embedded::{Apply, EmbeddedRedis};
 use rdkafka::Message;
 use serde_json::{json, Value};
 use support::*;

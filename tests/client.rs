@@ -13,7 +13,7 @@ use metacache::client::{
     BlockingCacheClient, CacheClient, ClientError, DeviceEntry, Glob, Health, ListOptions, Order,
 };
 use metacache::config::RedisSettings;
-use metacache::embedded::EmbeddedRedis;
+use metacache::embedded::{Apply, EmbeddedRedis};
 use metacache::model::{self, DeviceMetadata, Event, Limits, MetricOp, TopicKind};
 use metacache::publish::Publisher;
 use rdkafka::Message;
@@ -835,4 +835,45 @@ async fn a_slow_redis_degrades_health_and_a_stalled_one_times_out() {
     stalled.join().unwrap();
     // Afterwards the same client works again.
     assert_eq!(impatient.get_device("dev-1").await.unwrap(), None);
+}
+
+/// The client's examples seed Redis the plain way (`metacache-embedded`, one command per
+/// step); the writer plans pipelines and scripts. Both must leave the same cache, or the
+/// examples would document a layout the daemon does not write.
+#[test]
+fn the_plain_seed_and_the_writer_leave_the_same_cache() {
+    fn dump(redis: &EmbeddedRedis) -> Vec<(String, String)> {
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("redis");
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut conn).unwrap();
+        keys.sort();
+        keys.into_iter()
+            .map(|key| {
+                let kind: String = redis::cmd("TYPE").arg(&key).query(&mut conn).unwrap();
+                let value = match kind.as_str() {
+                    "string" => conn.get::<_, String>(&key).unwrap(),
+                    "set" => format!("{:?}", conn.smembers::<_, BTreeSet<String>>(&key).unwrap()),
+                    "zset" => format!(
+                        "{:?}",
+                        conn.zrange_withscores::<_, Vec<(String, i64)>>(&key, 0, -1)
+                            .unwrap()
+                    ),
+                    other => panic!("unexpected {other} at {key}"),
+                };
+                (key, value)
+            })
+            .collect()
+    }
+    for prefix in ["", "mc:"] {
+        let written = EmbeddedRedis::start().unwrap();
+        written
+            .apply(prefix, &metacache::demo::valid_sample_events())
+            .unwrap();
+        let seeded = EmbeddedRedis::start().unwrap();
+        seeded.seed_demo(prefix).unwrap();
+        let (a, b) = (dump(&written), dump(&seeded));
+        assert!(a.len() >= 7, "{a:?}");
+        assert_eq!(a, b, "prefix {prefix:?}");
+    }
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use metacache::config::RedisSettings;
 use metacache::dead_letter::DeadLetter;
-use metacache::embedded::EmbeddedRedis;
+use metacache::embedded::{Apply, EmbeddedRedis};
 use metacache::model::{self, Event, Limits, TopicKind};
 use metacache::ownership::Ownership;
 use metacache::record::{Ack, AssignmentEpoch, Chunk, Origin};

@@ -1,38 +1,13 @@
-//! Opening the Redis connection from settings. Connection repair (reconnecting after a
-//! drop) is the `redis` crate's `ConnectionManager`'s job; this module only builds it.
+//! Opening the writer's Redis connection: the client crate's connection, with the
+//! scripts loaded.
 
-use std::time::Duration;
+use redis::aio::ConnectionManager;
+use redis::RedisResult;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisResult};
-use url::Url;
-
-use crate::config::RedisSettings;
+pub use metacache_client::connect::{effective_url, install_crypto_provider, open};
+use metacache_client::RedisSettings;
 
 use super::scripts;
-
-/// The URL with `username`, `password` and `db` overrides applied. It carries the
-/// password: never log it (log [`RedisSettings::redacted_url`] instead).
-pub fn effective_url(settings: &RedisSettings) -> Result<String, String> {
-    let mut url = Url::parse(&settings.url).map_err(|e| format!("redis.url: {e}"))?;
-    if let Some(user) = &settings.username {
-        url.set_username(user)
-            .map_err(|_| "redis.username: cannot be set on this URL".to_owned())?;
-    }
-    if let Some(password) = &settings.password {
-        url.set_password(Some(password))
-            .map_err(|_| "redis.password: cannot be set on this URL".to_owned())?;
-    }
-    if let Some(db) = settings.db {
-        if url.scheme() == "redis" || url.scheme() == "rediss" {
-            url.set_path(&format!("/{db}"));
-        } else {
-            url.query_pairs_mut().append_pair("db", &db.to_string());
-        }
-    }
-    Ok(url.into())
-}
 
 /// Opens a multiplexed, self-repairing connection and loads the scripts.
 pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
@@ -41,67 +16,10 @@ pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager>
     Ok(conn)
 }
 
-/// Opens a multiplexed, self-repairing connection with the settings' URL, overrides and
-/// timeouts, without loading the scripts (the read side needs none, and a read-only user
-/// may not be allowed `SCRIPT LOAD`).
-pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
-    install_crypto_provider();
-    let url = effective_url(settings).map_err(|e| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
-    })?;
-    // A pipelining client wants every write on the wire at once; Nagle's algorithm could
-    // hold back a pipeline's tail (no change was measured on loopback, but it costs nothing).
-    let info = url
-        .as_str()
-        .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    let client = Client::open(info)?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
-        .set_number_of_retries(1)
-        .set_max_delay(Duration::from_secs(2));
-    ConnectionManager::new_with_config(client, config).await
-}
-
 /// `SCRIPT LOAD` for every script, so `EVALSHA` finds them.
 pub async fn load_scripts<C: redis::aio::ConnectionLike>(conn: &mut C) -> RedisResult<()> {
     for script in scripts::all() {
         let _: String = script.load_async(conn).await?;
     }
     Ok(())
-}
-
-/// `rediss://` needs a process-wide rustls crypto provider; installing one twice is harmless.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn overrides_are_applied_to_the_url() {
-        let settings = RedisSettings {
-            url: "redis://cache:6380/0".into(),
-            username: Some("app".into()),
-            password: Some("s3cr:t".into()),
-            db: Some(3),
-            ..RedisSettings::default()
-        };
-        assert_eq!(
-            effective_url(&settings).unwrap(),
-            "redis://app:s3cr%3At@cache:6380/3"
-        );
-    }
-
-    #[test]
-    fn url_is_kept_when_nothing_overrides_it() {
-        let settings = RedisSettings {
-            url: "rediss://u:p@h:6379/2".into(),
-            ..RedisSettings::default()
-        };
-        assert_eq!(effective_url(&settings).unwrap(), "rediss://u:p@h:6379/2");
-    }
 }

@@ -1,4 +1,6 @@
-//! The read side: a typed client for the cache the daemon writes.
+//! The read side: a typed client for the cache the metacache daemon writes, on the `redis`
+//! crate alone (no Kafka client: a service that only reads the cache does not build
+//! librdkafka).
 //!
 //! Any Redis client can read the cache, but this one cannot drift from the layout: it
 //! builds every key with the writer's own [`KeyLayout`] and decodes devices with the
@@ -14,11 +16,11 @@
 //! which pages through the index until it has filled the page.
 //!
 //! ```
-//! use metacache::client::{CacheClient, ListOptions};
+//! use metacache_client::{CacheClient, ListOptions};
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! # let redis = metacache::embedded::EmbeddedRedis::start()?;
-//! # redis.apply("", &metacache::demo::valid_sample_events())?;
+//! # let redis = metacache_embedded::EmbeddedRedis::start()?;
+//! # redis.seed_demo("")?;
 //! # let url = redis.url();
 //!
 //! let client = CacheClient::connect(&url).await?;
@@ -38,9 +40,11 @@
 #![warn(missing_docs)]
 
 mod blocking;
+pub mod connect;
 mod error;
 mod glob;
 mod reply;
+pub mod settings;
 mod types;
 
 use std::collections::{BTreeSet, HashMap};
@@ -52,22 +56,22 @@ use redis::{Cmd, Value};
 pub use blocking::BlockingCacheClient;
 pub use error::ClientError;
 pub use glob::Glob;
+pub use settings::RedisSettings;
 pub use types::{CacheInfo, DeviceEntry, Health, HealthStatus, ListOptions, Order};
 
-use crate::config::RedisSettings;
-use crate::model::{DeviceMetadata, DEFAULT_NAMESPACE};
-use crate::sink::redis::{connect, KeyLayout};
+use metacache_contract::model::{DeviceMetadata, DEFAULT_NAMESPACE};
+use metacache_contract::KeyLayout;
 
 /// The result of every client call.
 ///
 /// ```
-/// use metacache::client::{BlockingCacheClient, Result};
+/// use metacache_client::{BlockingCacheClient, Result};
 ///
 /// fn unit_of(client: &BlockingCacheClient, id: &str) -> Result<Option<String>> {
 ///     Ok(client.get_device(id)?.and_then(|d| d.datatype_unit))
 /// }
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+/// # redis.seed_demo("")?;
 /// # let client = BlockingCacheClient::connect(&redis.url())?;
 /// assert_eq!(unit_of(&client, "dev-43")?.as_deref(), Some("%"));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -78,7 +82,7 @@ pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 /// [`Health::Degraded`].
 ///
 /// ```
-/// assert_eq!(metacache::client::SLOW_PING.as_millis(), 250);
+/// assert_eq!(metacache_client::SLOW_PING.as_millis(), 250);
 /// ```
 pub const SLOW_PING: Duration = Duration::from_millis(250);
 
@@ -91,11 +95,11 @@ const SCAN_CHUNK: usize = 1000;
 /// Clones share one multiplexed connection.
 ///
 /// ```
-/// # use metacache::client::CacheClient;
+/// # use metacache_client::CacheClient;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+/// # redis.seed_demo("")?;
 /// let client = CacheClient::connect(&redis.url()).await?;
 /// let reader = client.clone(); // same connection, e.g. for another task
 /// let count = tokio::spawn(async move { reader.cache_info().await }).await??.total_devices;
@@ -126,10 +130,10 @@ impl CacheClient {
     /// [`ClientError::Connection`] when nothing answers within the connect timeout.
     ///
     /// ```
-    /// # use metacache::client::{CacheClient, ClientError};
+    /// # use metacache_client::{CacheClient, ClientError};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// # let _ = client;
     /// let bad = CacheClient::connect("http://cache:6379").await.unwrap_err();
@@ -148,12 +152,12 @@ impl CacheClient {
     /// overrides, the connect and response timeouts, and every key under `key_prefix`.
     ///
     /// ```
-    /// use metacache::config::RedisSettings;
-    /// # use metacache::client::CacheClient;
+    /// use metacache_client::RedisSettings;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("tenant-a:", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("tenant-a:")?;
     /// let settings = RedisSettings {
     ///     url: redis.url(),
     ///     key_prefix: "tenant-a:".into(),
@@ -177,10 +181,10 @@ impl CacheClient {
     /// The Redis URL with any password masked, for logs and messages.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let url = format!("redis://default:secret@127.0.0.1:{}/0", redis.port());
     /// let client = CacheClient::connect(&url).await?; // no password set: AUTH is accepted
     /// assert!(!client.redacted_url().contains("secret"));
@@ -193,10 +197,10 @@ impl CacheClient {
     /// The key layout this client reads (the writer's, under the configured prefix).
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// assert_eq!(client.keys().metric_names("billing"), "billing#metric_names");
     /// # Ok(()) }
@@ -230,11 +234,11 @@ impl CacheClient {
     /// [`ClientError::Corrupt`] naming the key.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let dev44 = client.get_device("dev-44").await?.expect("cached");
     /// assert_eq!(dev44.datatype_unit, None);
@@ -258,11 +262,11 @@ impl CacheClient {
     /// absent here, where [`get_device`](Self::get_device) reports it as corrupt.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let found = client.get_devices(&["dev-42", "dev-43", "dev-99"]).await?;
     /// assert_eq!(found.len(), 2);
@@ -314,14 +318,14 @@ impl CacheClient {
     /// its expired device key until a tombstone removes it.
     ///
     /// ```
-    /// use metacache::client::{ListOptions, Order};
-    /// # use metacache::client::CacheClient;
+    /// use metacache_client::{ListOptions, Order};
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
-    /// let ids = |page: Vec<metacache::client::DeviceEntry>| {
+    /// let ids = |page: Vec<metacache_client::DeviceEntry>| {
     ///     page.into_iter().map(|e| e.id).collect::<Vec<_>>()
     /// };
     /// let oldest = ListOptions { order: Order::OldestFirst, ..ListOptions::default() };
@@ -412,10 +416,10 @@ impl CacheClient {
     /// `INFO memory`). Only `INFO` may fail without failing the call.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let empty = client.cache_info().await?;
     /// assert_eq!((empty.total_devices, empty.oldest_entry), (0, None));
@@ -475,10 +479,10 @@ impl CacheClient {
     ///   rests on `PING`.
     ///
     /// ```
-    /// # use metacache::client::{CacheClient, Health};
+    /// # use metacache_client::{CacheClient, Health};
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start_with(&["--maxmemory-policy", "allkeys-lru"])?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start_with(&["--maxmemory-policy", "allkeys-lru"])?;
     /// let health = CacheClient::connect(&redis.url()).await?.health().await;
     /// assert_eq!(health.status, Health::Degraded);
     /// assert!(health.message.contains("allkeys-lru"), "{}", health.message);
@@ -545,11 +549,11 @@ impl CacheClient {
     /// sorted; empty for an unknown namespace. An empty namespace means `default`.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let names: Vec<String> = client.metric_names("billing").await?.into_iter().collect();
     /// assert_eq!(names, ["disk", "mem"]);
@@ -568,11 +572,11 @@ impl CacheClient {
     /// empty namespace means `default`.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// assert!(client.is_valid_metric_name("billing", "disk").await?);
     /// assert!(!client.is_valid_metric_name("billing", "cpu").await?); // removed
@@ -591,11 +595,11 @@ impl CacheClient {
     /// trip (`SMISMEMBER`, Redis 6.2 or newer); the answers are in the order of `names`.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let valid = client.is_valid_metric_names("infra", &["load1", "load15", "load5"]).await?;
     /// assert_eq!(valid, [true, false, true]);
@@ -647,11 +651,11 @@ impl CacheClient {
     /// `replace` with no names stays listed until a tombstone removes it.
     ///
     /// ```
-    /// # use metacache::client::CacheClient;
+    /// # use metacache_client::CacheClient;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
     /// let client = CacheClient::connect(&redis.url()).await?;
     /// let namespaces: Vec<String> = client.namespaces().await?.into_iter().collect();
     /// assert_eq!(namespaces, ["billing", "default", "infra"]);
@@ -669,7 +673,7 @@ impl CacheClient {
     /// key space) is refused here too, so a read never lands on a device's key.
     fn catalog_key(&self, namespace: &str) -> Result<String> {
         let namespace = resolve(namespace);
-        match crate::sink::redis::keys::reserved_namespace(namespace) {
+        match metacache_contract::keys::reserved_namespace(namespace) {
             None => Ok(self.keys.metric_names(namespace)),
             Some(space) => Err(ClientError::InvalidArgument(format!(
                 "namespace {namespace:?} starts with the reserved {space:?}; metacache never writes such a namespace"

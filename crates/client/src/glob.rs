@@ -34,7 +34,7 @@ enum Token {
 /// brackets match one *character* (Unicode scalar value), so `dev-?` matches `dev-ü`.
 ///
 /// ```
-/// use metacache::client::Glob;
+/// use metacache_client::Glob;
 ///
 /// let g = Glob::new("dev-[12]*");
 /// assert!(g.matches("dev-1"));
@@ -51,7 +51,7 @@ impl Glob {
     /// Compiles `pattern`. Every string is a valid pattern, as in Redis.
     ///
     /// ```
-    /// use metacache::client::Glob;
+    /// use metacache_client::Glob;
     ///
     /// assert!(Glob::new("*").matches(""));
     /// assert!(!Glob::new("[").matches("[")); // an open class, not a literal `[`
@@ -66,7 +66,7 @@ impl Glob {
     /// the end. What the look-ups use, so a typo is a usage error, not an empty page.
     ///
     /// ```
-    /// use metacache::client::Glob;
+    /// use metacache_client::Glob;
     ///
     /// assert!(Glob::parse("dev-[34]*").is_ok());
     /// assert!(Glob::parse("h-[").unwrap_err().contains("never closed"));
@@ -132,7 +132,7 @@ impl Glob {
     /// True when the pattern matches the whole of `text`.
     ///
     /// ```
-    /// use metacache::client::Glob;
+    /// use metacache_client::Glob;
     ///
     /// assert!(Glob::new("d?v-[^0-4]").matches("dev-7"));
     /// assert!(!Glob::new("d?v-[^0-4]").matches("dev-3"));
@@ -173,7 +173,7 @@ impl Glob {
     /// string.
     ///
     /// ```
-    /// use metacache::client::Glob;
+    /// use metacache_client::Glob;
     ///
     /// assert!(Glob::new(r"dev-42\*").is_literal());
     /// assert!(!Glob::new("dev-4?").is_literal());

@@ -8,9 +8,9 @@ use std::future::Future;
 use tokio::runtime::{Builder, Handle, Runtime};
 
 use super::{CacheClient, CacheInfo, ClientError, DeviceEntry, HealthStatus, ListOptions, Result};
-use crate::config::RedisSettings;
-use crate::model::DeviceMetadata;
-use crate::sink::redis::KeyLayout;
+use crate::settings::RedisSettings;
+use metacache_contract::model::DeviceMetadata;
+use metacache_contract::KeyLayout;
 
 /// A blocking [`CacheClient`]: every method waits for its answer.
 ///
@@ -21,9 +21,9 @@ use crate::sink::redis::KeyLayout;
 /// methods); calls from several threads take turns on the one connection.
 ///
 /// ```
-/// use metacache::client::BlockingCacheClient;
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// use metacache_client::BlockingCacheClient;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+/// # redis.seed_demo("")?;
 ///
 /// let client = BlockingCacheClient::connect(&redis.url())?;
 /// let device = client.get_device("dev-43")?.expect("cached");
@@ -42,9 +42,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::connect`], blocking.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
-    /// assert_eq!(client.health().status, metacache::client::Health::Healthy);
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
+    /// assert_eq!(client.health().status, metacache_client::Health::Healthy);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn connect(url: &str) -> Result<BlockingCacheClient> {
@@ -58,10 +58,10 @@ impl BlockingCacheClient {
     /// [`CacheClient::from_settings`], blocking.
     ///
     /// ```
-    /// use metacache::config::RedisSettings;
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+    /// use metacache_client::RedisSettings;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let settings = RedisSettings { url: redis.url(), ..RedisSettings::default() };
-    /// let client = metacache::client::BlockingCacheClient::from_settings(&settings)?;
+    /// let client = metacache_client::BlockingCacheClient::from_settings(&settings)?;
     /// assert!(client.namespaces()?.is_empty());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -89,8 +89,8 @@ impl BlockingCacheClient {
     /// The async client this one drives, e.g. to hand to async code later.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.as_async().keys().devices(), "devices");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -101,8 +101,8 @@ impl BlockingCacheClient {
     /// The key layout this client reads.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.keys().device("dev-1"), "device:dev-1");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -113,9 +113,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::get_device`], blocking.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert!(client.get_device("dev-42")?.is_some());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -126,9 +126,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::get_devices`], blocking: one `MGET`.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.get_devices(&["dev-42", "dev-44"])?.len(), 2);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -139,10 +139,10 @@ impl BlockingCacheClient {
     /// [`CacheClient::list_devices`], blocking.
     ///
     /// ```
-    /// use metacache::client::ListOptions;
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// use metacache_client::ListOptions;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// let page = client.list_devices(&ListOptions { limit: 1, ..ListOptions::default() })?;
     /// assert_eq!(page[0].id, "dev-42");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
@@ -154,9 +154,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::cache_info`], blocking.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.cache_info()?.total_devices, 3);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -168,8 +168,8 @@ impl BlockingCacheClient {
     /// [`Health::Unhealthy`](super::Health::Unhealthy), naming the misuse.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// println!("{}", client.health().message);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -189,9 +189,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::metric_names`], blocking.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert!(client.metric_names("infra")?.contains("load5"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -202,9 +202,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::is_valid_metric_name`], blocking: one `SISMEMBER`.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert!(client.is_valid_metric_name("default", "errors")?);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -215,9 +215,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::is_valid_metric_names`], blocking: one `SMISMEMBER`.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.is_valid_metric_names("", &["requests", "latency"])?, [true, false]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
@@ -232,9 +232,9 @@ impl BlockingCacheClient {
     /// [`CacheClient::namespaces`], blocking.
     ///
     /// ```
-    /// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-    /// # redis.apply("", &metacache::demo::valid_sample_events())?;
-    /// let client = metacache::client::BlockingCacheClient::connect(&redis.url())?;
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// # redis.seed_demo("")?;
+    /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
     /// assert_eq!(client.namespaces()?.len(), 3);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```

@@ -9,7 +9,7 @@ use redis::{ErrorKind, RedisError};
 /// writes comes back as [`ClientError::Corrupt`] naming the key.
 ///
 /// ```
-/// use metacache::client::ClientError;
+/// use metacache_client::ClientError;
 ///
 /// let e = ClientError::Corrupt { key: "device:dev-42".into(), reason: "not JSON".into() };
 /// assert_eq!(e.to_string(), "corrupt entry under key \"device:dev-42\": not JSON");
@@ -50,7 +50,7 @@ impl ClientError {
     /// [`Timeout`](Self::Timeout).
     ///
     /// ```
-    /// use metacache::client::ClientError;
+    /// use metacache_client::ClientError;
     ///
     /// assert!(ClientError::Connection("refused".into()).is_transient());
     /// assert!(!ClientError::InvalidArgument("bad URL".into()).is_transient());

@@ -8,11 +8,11 @@ use time::OffsetDateTime;
 /// One entry of the `devices` index: a device id and its `last_updated` score.
 ///
 /// ```
-/// # use metacache::client::CacheClient;
+/// # use metacache_client::CacheClient;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+/// # redis.seed_demo("")?;
 /// let client = CacheClient::connect(&redis.url()).await?;
 /// let newest = &client.list_devices(&Default::default()).await?[0];
 /// assert_eq!(newest.id, "dev-42");
@@ -33,7 +33,7 @@ impl DeviceEntry {
     /// if it is outside the years 1970..=9999 (only a foreign score can be).
     ///
     /// ```
-    /// use metacache::client::DeviceEntry;
+    /// use metacache_client::DeviceEntry;
     ///
     /// let entry = DeviceEntry { id: "dev-1".into(), last_updated_ms: 1_795_341_900_000 };
     /// assert_eq!(entry.last_updated(), "2026-11-22T10:05:00.000Z");
@@ -62,7 +62,7 @@ impl DeviceEntry {
 /// starts from.
 ///
 /// ```
-/// use metacache::client::{ListOptions, Order};
+/// use metacache_client::{ListOptions, Order};
 ///
 /// let oldest_first = ListOptions { order: Order::OldestFirst, ..ListOptions::default() };
 /// assert_eq!(ListOptions::default().order, Order::NewestFirst);
@@ -83,7 +83,7 @@ pub enum Order {
 /// the index; with one, entries that do not match are skipped and not counted.
 ///
 /// ```
-/// use metacache::client::{ListOptions, Order};
+/// use metacache_client::{ListOptions, Order};
 ///
 /// let page_two = ListOptions {
 ///     limit: 50,
@@ -123,11 +123,11 @@ impl Default for ListOptions {
 /// A summary of what the cache holds, from one round trip.
 ///
 /// ```
-/// # use metacache::client::CacheClient;
+/// # use metacache_client::CacheClient;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
-/// # redis.apply("", &metacache::demo::valid_sample_events())?;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+/// # redis.seed_demo("")?;
 /// let info = CacheClient::connect(&redis.url()).await?.cache_info().await?;
 /// assert_eq!(info.total_devices, 3);
 /// assert_eq!(info.oldest_entry.map(|e| e.id).as_deref(), Some("dev-43"));
@@ -154,7 +154,7 @@ pub struct CacheInfo {
 /// The verdict of [`health`](super::CacheClient::health).
 ///
 /// ```
-/// use metacache::client::Health;
+/// use metacache_client::Health;
 ///
 /// assert_eq!(Health::Degraded.as_str(), "degraded");
 /// assert!(Health::Healthy < Health::Degraded && Health::Degraded < Health::Unhealthy);
@@ -173,7 +173,7 @@ impl Health {
     /// `healthy`, `degraded` or `unhealthy`.
     ///
     /// ```
-    /// assert_eq!(metacache::client::Health::Healthy.as_str(), "healthy");
+    /// assert_eq!(metacache_client::Health::Healthy.as_str(), "healthy");
     /// ```
     pub fn as_str(self) -> &'static str {
         match self {
@@ -193,10 +193,10 @@ impl std::fmt::Display for Health {
 /// What [`health`](super::CacheClient::health) found, and when.
 ///
 /// ```
-/// # use metacache::client::{CacheClient, Health};
+/// # use metacache_client::{CacheClient, Health};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let redis = metacache::embedded::EmbeddedRedis::start()?;
+/// # let redis = metacache_embedded::EmbeddedRedis::start()?;
 /// let health = CacheClient::connect(&redis.url()).await?.health().await;
 /// assert_eq!(health.status, Health::Healthy, "{}", health.message);
 /// assert_eq!(health.maxmemory_policy.as_deref(), Some("noeviction"));
