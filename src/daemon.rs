@@ -11,20 +11,20 @@ use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::Settings;
-use crate::dead_letter::{DeadLetterStage, Topics};
-use crate::monitor::Observed;
-use crate::ownership::Ownership;
-use crate::record::{chunk_records, AssignmentEpoch};
-use crate::shutdown::Shutdown;
-use crate::sink::redis::connect::connect;
-use crate::sink::redis::plan::{Planner, Ttls};
-use crate::sink::redis::retry::RetryPolicy;
-use crate::sink::redis::versions::KnownVersions;
-use crate::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
-use crate::sink::redis::KeyLayout;
-use crate::source::kafka::{
+use crate::pipeline::dead_letter::{DeadLetterStage, Topics};
+use crate::pipeline::ownership::Ownership;
+use crate::pipeline::record::{chunk_records, AssignmentEpoch};
+use crate::pipeline::sink::redis::connect::connect;
+use crate::pipeline::sink::redis::plan::{Planner, Ttls};
+use crate::pipeline::sink::redis::retry::RetryPolicy;
+use crate::pipeline::sink::redis::versions::KnownVersions;
+use crate::pipeline::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
+use crate::pipeline::sink::redis::KeyLayout;
+use crate::pipeline::source::kafka::{
     client_config, consumer_config, KafkaSource, ProducerLogContext, SourceReport,
 };
+use crate::shutdown::Shutdown;
+use crate::side::monitor::Observed;
 use crate::stats::Stats;
 
 /// Why the daemon could not run, or did not stop cleanly.
@@ -83,7 +83,7 @@ pub async fn run_variant(
 
     // The side server and the monitor come first, so probes answer while Redis is awaited.
     let observed = Arc::new(Observed::default());
-    crate::http::start(
+    crate::side::http::start(
         &settings,
         Arc::clone(&stats),
         Arc::clone(&observed),
@@ -94,7 +94,7 @@ pub async fn run_variant(
         listen: e.listen,
         error: e.error,
     })?;
-    tokio::spawn(crate::monitor::run(
+    tokio::spawn(crate::side::monitor::run(
         settings.clone(),
         Arc::clone(&stats),
         observed,
@@ -160,7 +160,7 @@ pub async fn run_variant(
     // connection (a fence) knowing nothing else keeps it open.
     if settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0 {
         if let Some(janitor_conn) = connect_redis(&settings, retry, &shutdown, &stats).await {
-            tokio::spawn(crate::janitor::run(
+            tokio::spawn(crate::side::janitor::run(
                 janitor_conn,
                 settings.clone(),
                 shutdown.clone(),
@@ -252,7 +252,7 @@ async fn connect_redis(
     let url = settings.redis.redacted_url();
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return None,
+            _ = shutdown.cancelled() => return None,
             result = connect(&settings.redis) => match result {
                 Ok(conn) => {
                     stats.redis_up.store(true, Relaxed);
@@ -264,7 +264,7 @@ async fn connect_redis(
                     tracing::warn!(redis = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "cannot reach Redis; retrying");
                     tokio::select! {
-                        _ = shutdown.wait() => return None,
+                        _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}
                     }
                 }

@@ -14,11 +14,11 @@ use metacache::client::{
     CacheClient, CacheInfo, ClientError, DeviceEntry, HealthStatus, ListOptions, Order,
 };
 use metacache::config::{Override, Settings};
-use metacache::demo::DemoOptions;
 use metacache::model::{DeviceMetadata, TopicKind};
-use metacache::publish::{self, Outgoing, Publisher};
 use metacache::shutdown::{install_signal_handlers, Shutdown};
 use metacache::stats::Stats;
+use metacache::tools::demo::DemoOptions;
+use metacache::tools::publish::{self, Outgoing, Publisher};
 
 /// Keeps Redis populated from Kafka: device metadata and metric catalogs, validated and
 /// written through a pipelined writer, at least once.
@@ -102,7 +102,7 @@ struct BenchArgs {
     partitions: i32,
     /// The stream to produce.
     #[arg(long, value_enum, default_value = "devices")]
-    workload: metacache::bench::workload::Workload,
+    workload: metacache::tools::bench::workload::Workload,
     /// writer.max_batch for the daemon and the Redis ceiling's pipelines.
     #[arg(long, default_value_t = 1024)]
     batch: usize,
@@ -124,7 +124,7 @@ struct BenchArgs {
     /// Only these stages (comma-separated; all by default; the README's Performance
     /// section says what each measures). The backlog is always produced.
     #[arg(long, value_enum, value_delimiter = ',')]
-    stages: Vec<metacache::bench::Stage>,
+    stages: Vec<metacache::tools::bench::Stage>,
     /// A daemon setting for the runs of metacache, as `section.name=value` (repeatable),
     /// e.g. `--set kafka.queued_max_messages_kbytes=4096`.
     #[arg(long = "set", value_parser = parse_setting)]
@@ -307,20 +307,20 @@ fn main() -> ExitCode {
         Command::Bench(args) => {
             init_logging(cli.log_format, "text", "warn");
             let stages = if args.stages.is_empty() {
-                metacache::bench::Stage::ALL.to_vec()
+                metacache::tools::bench::Stage::ALL.to_vec()
             } else {
                 args.stages
             };
             let options = if args.smoke {
-                metacache::bench::BenchOptions {
+                metacache::tools::bench::BenchOptions {
                     stages,
                     settings: args.settings,
                     json: args.json,
                     redis_url: args.redis_url,
-                    ..metacache::bench::BenchOptions::smoke()
+                    ..metacache::tools::bench::BenchOptions::smoke()
                 }
             } else {
-                metacache::bench::BenchOptions {
+                metacache::tools::bench::BenchOptions {
                     events: args.events,
                     devices: args.devices,
                     partitions: args.partitions,
@@ -337,7 +337,7 @@ fn main() -> ExitCode {
                     redis_url: args.redis_url,
                 }
             };
-            match metacache::bench::run(options) {
+            match metacache::tools::bench::run(options) {
                 Ok(_) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("bench failed: {e}");
@@ -351,7 +351,7 @@ fn main() -> ExitCode {
                 .iter()
                 .map(|t| (t.as_str(), args.partitions))
                 .collect();
-            match metacache::embedded::EmbeddedKafka::start(1, &topics) {
+            match metacache::tools::embedded::EmbeddedKafka::start(1, &topics) {
                 Ok(kafka) => {
                     println!("{}", kafka.bootstrap());
                     use std::io::{Read, Write};
@@ -377,7 +377,7 @@ fn main() -> ExitCode {
                 http_listen: args.http_listen,
             };
             runtime(|shutdown| async move {
-                match metacache::demo::run(options, shutdown).await {
+                match metacache::tools::demo::run(options, shutdown).await {
                     Ok(()) => ExitCode::SUCCESS,
                     Err(e) => {
                         eprintln!("demo failed: {e}");
@@ -763,7 +763,7 @@ fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging(log_format, &settings.log.format, "warn");
-    let confirm = |plan: &metacache::resync::Plan| {
+    let confirm = |plan: &metacache::tools::resync::Plan| {
         if args.yes {
             return true;
         }
@@ -777,7 +777,7 @@ fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
         let _ = std::io::stdin().read_line(&mut answer);
         matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
     };
-    match metacache::resync::run(&settings.kafka, confirm, &mut std::io::stdout()) {
+    match metacache::tools::resync::run(&settings.kafka, confirm, &mut std::io::stdout()) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("resync: {e}");
@@ -809,7 +809,7 @@ fn load(
         });
     }
     let settings = Settings::load_with(file, &overrides).map_err(|e| e.to_string())?;
-    metacache::source::kafka::check_client_properties(&settings.kafka)?;
+    metacache::pipeline::source::kafka::check_client_properties(&settings.kafka)?;
     Ok(settings)
 }
 
@@ -873,7 +873,7 @@ fn parse_setting(arg: &str) -> Result<(String, String), String> {
     let (name, value) = arg
         .split_once('=')
         .ok_or_else(|| format!("expected section.name=value, got {arg:?}"))?;
-    metacache::bench::setting_env(name)?;
+    metacache::tools::bench::setting_env(name)?;
     Ok((name.to_owned(), value.to_owned()))
 }
 

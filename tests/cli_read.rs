@@ -8,7 +8,7 @@ use std::io::Write;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use metacache::embedded::{Apply, EmbeddedRedis};
+use metacache::tools::embedded::{Apply, EmbeddedRedis};
 use rdkafka::Message;
 use serde_json::{json, Value};
 use support::*;
@@ -50,7 +50,7 @@ fn json_of(out: &Output) -> Value {
 fn demo_redis(prefix: &str) -> EmbeddedRedis {
     let redis = EmbeddedRedis::start().expect("redis-server");
     redis
-        .apply(prefix, &metacache::demo::valid_sample_events())
+        .apply(prefix, &metacache::tools::demo::valid_sample_events())
         .expect("demo data");
     redis
 }
@@ -258,7 +258,7 @@ fn settings_come_from_the_environment_and_errors_have_their_own_exit_code() {
     assert_eq!(json_of(&out).as_array().unwrap().len(), 3);
 
     // --redis-url wins over the environment.
-    let port = metacache::embedded::free_port().unwrap();
+    let port = metacache::tools::embedded::free_port().unwrap();
     let out = metacache()
         .args(["get", "device", "dev-42"])
         .args([
@@ -512,7 +512,7 @@ fn rediss_urls_connect_over_tls_and_check_the_certificate() {
         return;
     }
     let file = |name: &str| dir.path().join(name).display().to_string();
-    let tls_port = metacache::embedded::free_port().unwrap().to_string();
+    let tls_port = metacache::tools::embedded::free_port().unwrap().to_string();
     let (cert, key, ca) = (file("server.pem"), file("server.key"), file("ca.pem"));
     let redis = EmbeddedRedis::start_with(&[
         "--tls-port",
@@ -528,7 +528,7 @@ fn rediss_urls_connect_over_tls_and_check_the_certificate() {
     ])
     .expect("redis-server with TLS");
     redis
-        .apply("", &metacache::demo::valid_sample_events())
+        .apply("", &metacache::tools::demo::valid_sample_events())
         .unwrap();
     let url = format!("rediss://localhost:{tls_port}/0");
 

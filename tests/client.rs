@@ -1,4 +1,4 @@
-//! The read side against the real daemon: events published with `metacache::publish` go
+//! The read side against the real daemon: events published with `metacache::tools::publish` go
 //! through Kafka and the daemon into Redis, and come back through `metacache::client`
 //! and through the redis-cli commands the README documents, with the documented output.
 //! Also paging, odd ids and namespaces, corrupt entries, health and the blocking client.
@@ -13,9 +13,9 @@ use metacache::client::{
     BlockingCacheClient, CacheClient, ClientError, DeviceEntry, Glob, Health, ListOptions, Order,
 };
 use metacache::config::RedisSettings;
-use metacache::embedded::{Apply, EmbeddedRedis};
 use metacache::model::{self, DeviceMetadata, Event, Limits, MetricOp, TopicKind};
-use metacache::publish::Publisher;
+use metacache::tools::embedded::{Apply, EmbeddedRedis};
+use metacache::tools::publish::Publisher;
 use rdkafka::Message;
 use redis::Commands;
 use support::*;
@@ -75,7 +75,7 @@ fn unordered(lines: &[String]) -> Vec<String> {
 /// the broker), and waits until the daemon has finished them.
 async fn publish_demo_events(h: &Harness, daemon: &Running) -> Vec<Event> {
     let publisher = Publisher::new(&h.settings()).expect("publisher");
-    let events = metacache::demo::valid_sample_events();
+    let events = metacache::tools::demo::valid_sample_events();
     for event in &events {
         publisher.publish(event).await.expect("published");
     }
@@ -410,7 +410,7 @@ async fn a_pattern_pages_across_index_chunks() {
         .map(|i| {
             let mut d = device(&format!("bulk-{i:04}"), "2026-11-22T10:00:00Z");
             d.last_updated_ms = base + i;
-            metacache::publish::Outgoing::from_event(&Event::DeviceUpsert(d.into()))
+            metacache::tools::publish::Outgoing::from_event(&Event::DeviceUpsert(d.into()))
         })
         .collect();
     assert_eq!(publisher.send_all(&records).await.unwrap(), 2100);
@@ -519,7 +519,7 @@ async fn namespaces_with_hash_and_colon_and_ids_with_spaces_and_unicode() {
 async fn corrupt_values_under_metacache_keys_are_reported_with_the_key() {
     let redis = EmbeddedRedis::start().unwrap();
     redis
-        .apply("mc:", &metacache::demo::valid_sample_events())
+        .apply("mc:", &metacache::tools::demo::valid_sample_events())
         .unwrap();
     let mut r = redis::Client::open(redis.url())
         .unwrap()
@@ -668,7 +668,7 @@ async fn health_is_healthy_degraded_or_unhealthy() {
     assert!(e.is_transient(), "{e:?}");
 
     // Nothing listening at all.
-    let port = metacache::embedded::free_port().unwrap();
+    let port = metacache::tools::embedded::free_port().unwrap();
     let e = CacheClient::connect(&format!("redis://127.0.0.1:{port}/0"))
         .await
         .unwrap_err();
@@ -717,7 +717,7 @@ async fn settings_select_database_credentials_and_prefix() {
 fn the_blocking_client_reads_the_same_and_refuses_inside_a_runtime() {
     let redis = EmbeddedRedis::start().unwrap();
     redis
-        .apply("", &metacache::demo::valid_sample_events())
+        .apply("", &metacache::tools::demo::valid_sample_events())
         .unwrap();
     let client = BlockingCacheClient::connect(&redis.url()).unwrap();
     assert_eq!(
@@ -868,7 +868,7 @@ fn the_plain_seed_and_the_writer_leave_the_same_cache() {
     for prefix in ["", "mc:"] {
         let written = EmbeddedRedis::start().unwrap();
         written
-            .apply(prefix, &metacache::demo::valid_sample_events())
+            .apply(prefix, &metacache::tools::demo::valid_sample_events())
             .unwrap();
         let seeded = EmbeddedRedis::start().unwrap();
         seeded.seed_demo(prefix).unwrap();

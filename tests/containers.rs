@@ -121,6 +121,6 @@ async fn events_land_in_a_real_redis_from_a_real_kafka() {
     .await;
     let score: Option<i64> = r.zscore("devices", "dev-42").unwrap();
     assert_eq!(score, Some(1_795_341_600_000));
-    shutdown.trigger();
+    shutdown.cancel();
     daemon.await.unwrap().expect("clean stop");
 }

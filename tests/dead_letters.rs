@@ -68,7 +68,10 @@ async fn oversized_rejected_events_are_dead_lettered_cut_and_the_partition_moves
         Some(huge.len().to_string().as_str())
     );
     let kept = huge_letter.payload().map_or(0, <[u8]>::len);
-    assert_eq!(kept, metacache::dead_letter::TRUNCATED_VALUE_BYTES);
+    assert_eq!(
+        kept,
+        metacache::pipeline::dead_letter::TRUNCATED_VALUE_BYTES
+    );
     assert!(huge
         .as_bytes()
         .starts_with(huge_letter.payload().unwrap_or_default()));

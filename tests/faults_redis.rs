@@ -302,7 +302,7 @@ fn inject(h: &Harness, code: &str) -> Ending {
         "READONLY" => {
             // A replica of a master that does not answer: it keeps its data (a reachable
             // empty master would replace it) and refuses writes until REPLICAOF NO ONE.
-            let port = metacache::embedded::free_port().unwrap();
+            let port = metacache::tools::embedded::free_port().unwrap();
             let _: () = redis::cmd("REPLICAOF")
                 .arg("127.0.0.1")
                 .arg(port)
@@ -324,7 +324,12 @@ fn inject(h: &Harness, code: &str) -> Ending {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match redis::cmd("PING").query::<String>(&mut c) {
-                    Err(e) if metacache::sink::redis::describe_error(&e).contains("BUSY") => break,
+                    Err(e)
+                        if metacache::pipeline::sink::redis::describe_error(&e)
+                            .contains("BUSY") =>
+                    {
+                        break
+                    }
                     _ if Instant::now() > deadline => panic!("the script did not start"),
                     _ => std::thread::sleep(Duration::from_millis(10)),
                 }
@@ -360,7 +365,10 @@ fn inject(h: &Harness, code: &str) -> Ending {
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 match redis::cmd("PING").query::<String>(&mut c) {
-                    Err(e) if metacache::sink::redis::describe_error(&e).contains("LOADING") => {
+                    Err(e)
+                        if metacache::pipeline::sink::redis::describe_error(&e)
+                            .contains("LOADING") =>
+                    {
                         break
                     }
                     _ if Instant::now() > deadline => panic!("Redis did not start loading"),

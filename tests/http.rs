@@ -261,7 +261,7 @@ async fn readiness_follows_a_redis_outage_while_liveness_stays_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_says_why_redis_is_not_usable() {
     let h = Harness::start(1);
-    let redis = metacache::embedded::EmbeddedRedis::start().expect("a second redis-server");
+    let redis = metacache::tools::embedded::EmbeddedRedis::start().expect("a second redis-server");
     let mut admin = redis::Client::open(redis.url())
         .and_then(|c| c.get_connection())
         .expect("admin connection");
@@ -276,7 +276,7 @@ async fn readiness_says_why_redis_is_not_usable() {
     acl(&[
         "SETUSER", "idle", "on", ">idle-pw", "~*", "-@all", "+auth", "+hello",
     ]);
-    let closed = metacache::embedded::free_port().expect("a free port");
+    let closed = metacache::tools::embedded::free_port().expect("a free port");
     let port = redis.port();
     // A TLS port whose self-signed certificate the client does not trust.
     let certs = tempfile::tempdir().expect("a temp dir");
@@ -296,13 +296,13 @@ async fn readiness_says_why_redis_is_not_usable() {
         "{}",
         String::from_utf8_lossy(&made.stderr)
     );
-    let tls_port = metacache::embedded::free_port().expect("a free port");
+    let tls_port = metacache::tools::embedded::free_port().expect("a free port");
     let (tls_port_arg, cert_arg, key_arg) = (
         tls_port.to_string(),
         cert.display().to_string(),
         key.display().to_string(),
     );
-    let _tls_redis = metacache::embedded::EmbeddedRedis::start_with(&[
+    let _tls_redis = metacache::tools::embedded::EmbeddedRedis::start_with(&[
         "--tls-port",
         &tls_port_arg,
         "--tls-cert-file",
@@ -612,7 +612,7 @@ async fn the_side_server_survives_slow_clients_and_junk_and_exposes_nothing_writ
     assert_ne!(status_of(&response), Some(200), "200 headers were served");
 
     // The stalled clients are cut off after the header read timeout.
-    let limit = metacache::http::HEADER_READ_TIMEOUT + Duration::from_secs(3);
+    let limit = metacache::side::http::HEADER_READ_TIMEOUT + Duration::from_secs(3);
     for mut s in stalled {
         let mut buf = Vec::new();
         let left = limit.saturating_sub(stalled_at.elapsed());
@@ -730,7 +730,7 @@ async fn probes_keep_answering_under_a_connection_flood() {
     assert!(
         evicted > 0,
         "the flood never filled the {} slots",
-        metacache::http::MAX_CONNECTIONS
+        metacache::side::http::MAX_CONNECTIONS
     );
     assert_eq!(
         on_listen, asked,

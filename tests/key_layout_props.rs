@@ -6,7 +6,7 @@
 //! Bounded for CI: 2,000 cases per property unless `PROPTEST_CASES` says otherwise.
 
 use metacache::model::{self, Event, Limits, MetricOp, TopicKind};
-use metacache::sink::redis::KeyLayout;
+use metacache::pipeline::sink::redis::KeyLayout;
 use proptest::prelude::*;
 
 fn config() -> ProptestConfig {

@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use metacache::config::RedisSettings;
-use metacache::dead_letter::DeadLetter;
-use metacache::embedded::{Apply, EmbeddedRedis};
 use metacache::model::{self, Event, Limits, TopicKind};
-use metacache::ownership::Ownership;
-use metacache::record::{Ack, AssignmentEpoch, Chunk, Origin};
-use metacache::sink::redis::connect::connect;
-use metacache::sink::redis::plan::{Planner, Ttls};
-use metacache::sink::redis::retry::RetryPolicy;
-use metacache::sink::redis::versions::KnownVersions;
-use metacache::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
-use metacache::sink::redis::KeyLayout;
+use metacache::pipeline::dead_letter::DeadLetter;
+use metacache::pipeline::ownership::Ownership;
+use metacache::pipeline::record::{Ack, AssignmentEpoch, Chunk, Origin};
+use metacache::pipeline::sink::redis::connect::connect;
+use metacache::pipeline::sink::redis::plan::{Planner, Ttls};
+use metacache::pipeline::sink::redis::retry::RetryPolicy;
+use metacache::pipeline::sink::redis::versions::KnownVersions;
+use metacache::pipeline::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
+use metacache::pipeline::sink::redis::KeyLayout;
 use metacache::stats::Stats;
+use metacache::tools::embedded::{Apply, EmbeddedRedis};
 use redis::Commands;
 use tokio::sync::mpsc;
 

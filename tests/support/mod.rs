@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use metacache::config::Settings;
 use metacache::daemon::{self, DaemonError};
-use metacache::embedded::{EmbeddedKafka, EmbeddedRedis};
 use metacache::shutdown::Shutdown;
 use metacache::stats::Stats;
+use metacache::tools::embedded::{EmbeddedKafka, EmbeddedRedis};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::OwnedMessage;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -275,7 +275,7 @@ impl Running {
 
     /// SIGTERM's path: trip the shutdown and wait for the daemon's verdict.
     pub async fn stop(self) -> Result<(), DaemonError> {
-        self.shutdown.trigger();
+        self.shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(60), self.handle)
             .await
             .expect("daemon stops within 60 s")

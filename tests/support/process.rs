@@ -54,7 +54,7 @@ impl Harness {
     pub fn spawn_daemon(&self, name: &str, group: &str, extra_env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join(format!("{name}.log"));
-        let port = metacache::embedded::free_port().unwrap();
+        let port = metacache::tools::embedded::free_port().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mut cmd = Command::new(binary());
         for (key, _) in std::env::vars() {

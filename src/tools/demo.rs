@@ -16,11 +16,11 @@ use rdkafka::ClientConfig;
 use redis::AsyncCommands;
 
 use crate::config::Settings;
-use crate::dead_letter::headers;
-use crate::embedded::{EmbeddedKafka, EmbeddedRedis};
+use crate::pipeline::dead_letter::headers;
+use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
-use crate::sink::redis::KeyLayout;
 use crate::stats::Stats;
+use crate::tools::embedded::{EmbeddedKafka, EmbeddedRedis};
 
 pub use metacache_embedded::samples::{
     parse_samples, valid_sample_events, SampleEvent, SAMPLE_EVENTS,
@@ -166,7 +166,7 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
     );
 
     if options.once {
-        shutdown.trigger();
+        shutdown.cancel();
     } else {
         println!("\nRunning until Ctrl-C.");
     }

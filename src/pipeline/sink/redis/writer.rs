@@ -43,10 +43,10 @@ use super::connect::load_scripts;
 use super::plan::{Expect, PlanInput, Planned, Planner};
 use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
-use crate::dead_letter::DeadLetter;
 use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
-use crate::ownership::Ownership;
-use crate::record::{Ack, AssignmentEpoch, Chunk, Record};
+use crate::pipeline::dead_letter::DeadLetter;
+use crate::pipeline::ownership::Ownership;
+use crate::pipeline::record::{Ack, AssignmentEpoch, Chunk, Record};
 use crate::stats::Stats;
 
 /// Batching and retry knobs, from `[writer]`.
@@ -375,7 +375,7 @@ where
         let mut plan = self.planner.plan_batch(
             records.iter().map(|record| PlanInput {
                 event: record.decoded.as_ref().ok(),
-                epoch: trusted_epoch(record, trust),
+                epoch: record.decidable_under(trust),
             }),
             &mut self.versions,
             Instant::now(),
@@ -522,7 +522,7 @@ where
                             d.device_id(),
                             seq,
                             d.last_updated_ms(),
-                            trusted_epoch(&record, batch.trust),
+                            record.decidable_under(batch.trust),
                             wrote,
                             now,
                         );
@@ -813,14 +813,6 @@ fn is_permanent(e: &RedisError) -> bool {
 
 fn describe(e: &RedisError) -> String {
     super::describe_error(e)
-}
-
-/// The epoch under which `record` may be decided locally: the batch's, if the record was
-/// consumed under it and has a Kafka key (so it is partitioned by device id).
-fn trusted_epoch(record: &Record, trust: Option<u64>) -> Option<u64> {
-    // An empty key is no key: the default partitioner spreads such records at random.
-    let keyed = record.key().is_some_and(|k| !k.is_empty());
-    trust.filter(|epoch| record.epoch == *epoch && keyed)
 }
 
 /// The key a refused write was aimed at, named for the dead-letter header.

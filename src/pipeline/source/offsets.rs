@@ -7,14 +7,14 @@
 //! would skip a record that failed — the mistake this module exists to avoid.
 //!
 //! Each partition is tracked under the ownership generation it was assigned with (see
-//! [`crate::ownership`]): a record or an acknowledgement of another generation belongs to
+//! [`crate::pipeline::ownership`]): a record or an acknowledgement of another generation belongs to
 //! an assignment that is over and changes nothing here.
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::record::Origin;
+use crate::pipeline::record::Origin;
 
-pub use crate::ownership::PartitionId;
+pub use crate::pipeline::ownership::PartitionId;
 
 /// Progress of one partition within one generation.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]

@@ -33,9 +33,9 @@ use prometheus_client::registry::Registry;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::health::{self, Inputs, Status, Thresholds};
-use crate::monitor::{CacheFigures, Observed};
 use crate::shutdown::Shutdown;
+use crate::side::health::{self, Inputs, Status, Thresholds};
+use crate::side::monitor::{CacheFigures, Observed};
 use crate::stats::{PartitionFigures, Stats, StatsSnapshot};
 
 /// How long a client may take to send a request head (and how long an idle keep-alive
@@ -93,7 +93,7 @@ pub async fn start(
         settings.kafka.metric_topic.clone(),
     ];
     let state = Arc::new(AppState {
-        registry: crate::metrics::registry(
+        registry: crate::side::metrics::registry(
             Arc::clone(&stats),
             Arc::clone(&observed),
             topics.clone(),
@@ -190,7 +190,7 @@ async fn serve(
     let builder = Arc::new(builder);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
             accepted = listener.accept() => accepted,
         };
         let stream = match accepted {
@@ -216,7 +216,7 @@ async fn serve(
             tokio::select! {
                 _ = conn.as_mut() => {}
                 _ = slot.close.notified() => {}
-                _ = shutdown.wait() => {
+                _ = shutdown.cancelled() => {
                     conn.as_mut().graceful_shutdown();
                     let _ = tokio::time::timeout(Duration::from_secs(1), conn).await;
                 }

@@ -17,7 +17,7 @@ use crate::model::{self, Event, Limits, Reject, TopicKind};
 
 /// Where a record came from: enough to commit its offset, to label dead letters, and to
 /// tell whether its partition is still owned under the generation it was consumed in
-/// ([`crate::ownership`]).
+/// ([`crate::pipeline::ownership`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Origin {
     pub topic: TopicKind,
@@ -27,7 +27,7 @@ pub struct Origin {
 }
 
 impl Origin {
-    pub fn partition_id(&self) -> crate::ownership::PartitionId {
+    pub fn partition_id(&self) -> crate::pipeline::ownership::PartitionId {
         (self.topic, self.partition)
     }
 }
@@ -190,6 +190,17 @@ impl Record {
                 value,
             },
         }
+    }
+
+    /// The assignment epoch under which the sink may decide this record on what it
+    /// remembers: `trust` (the sink's current epoch), if the record was consumed under it
+    /// and has a Kafka key, so that the producer partitioned it by device id and no other
+    /// consumer can write the same device meanwhile. Kafka's notions stay on this side:
+    /// the sink only compares epochs it was handed.
+    pub fn decidable_under(&self, trust: Option<u64>) -> Option<u64> {
+        // An empty key is no key: the default partitioner spreads such records at random.
+        let keyed = self.key().is_some_and(|k| !k.is_empty());
+        trust.filter(|epoch| self.epoch == *epoch && keyed)
     }
 
     /// The Kafka key, as consumed.

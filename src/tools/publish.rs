@@ -17,8 +17,8 @@
 //! ```
 //! use metacache::config::Settings;
 //! use metacache::model::DeviceMetadata;
-//! use metacache::publish::Publisher;
-//! # use metacache::embedded::EmbeddedKafka;
+//! use metacache::tools::publish::Publisher;
+//! # use metacache::tools::embedded::EmbeddedKafka;
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! # let kafka = EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
@@ -50,7 +50,7 @@ use crate::model::{
     self, DeviceMetadata, Event, Limits, MetricOp, Reject, RejectReason, TopicKind,
     DEFAULT_NAMESPACE,
 };
-use crate::source::kafka::{client_config, ProducerLogContext};
+use crate::pipeline::source::kafka::{client_config, ProducerLogContext};
 
 /// Most records awaiting the broker's acknowledgement at once in [`Publisher::send_all`].
 const MAX_IN_FLIGHT: usize = 10_000;
@@ -63,7 +63,7 @@ const DEFAULT_MESSAGE_TIMEOUT_MS: &str = "30000";
 /// What can go wrong when publishing.
 ///
 /// ```
-/// use metacache::publish::{Outgoing, PublishError};
+/// use metacache::tools::publish::{Outgoing, PublishError};
 /// use metacache::model::{Limits, TopicKind};
 ///
 /// let empty_id = Outgoing { kind: TopicKind::Device, key: String::new(), payload: None };
@@ -85,7 +85,7 @@ pub enum PublishError {
 ///
 /// ```
 /// use metacache::model::{Event, MetricOp, TopicKind};
-/// use metacache::publish::Outgoing;
+/// use metacache::tools::publish::Outgoing;
 ///
 /// let record = Outgoing::from_event(&Event::Metric(MetricOp::Delete { namespace: "".into() }));
 /// assert_eq!(record.kind, TopicKind::Metric);
@@ -109,7 +109,7 @@ impl Outgoing {
     ///
     /// ```
     /// use metacache::model::{Event, MetricOp};
-    /// use metacache::publish::Outgoing;
+    /// use metacache::tools::publish::Outgoing;
     ///
     /// let record = Outgoing::from_event(&Event::Metric(MetricOp::Add {
     ///     namespace: "billing".into(),
@@ -168,7 +168,7 @@ impl Outgoing {
     ///
     /// ```
     /// use metacache::model::{Event, Limits, TopicKind};
-    /// use metacache::publish::Outgoing;
+    /// use metacache::tools::publish::Outgoing;
     ///
     /// let record = Outgoing {
     ///     kind: TopicKind::Metric,
@@ -201,7 +201,7 @@ struct CatalogPayload<'a> {
 /// ```
 /// use metacache::model::{Limits, TopicKind};
 ///
-/// let parsed = metacache::publish::parse_lines(TopicKind::Device, b"{}\n", &Limits::default());
+/// let parsed = metacache::tools::publish::parse_lines(TopicKind::Device, b"{}\n", &Limits::default());
 /// let error = &parsed.errors[0];
 /// assert_eq!(error.line, 1);
 /// assert!(error.to_string().starts_with("line 1: missing_field: field `device_id`"));
@@ -221,7 +221,7 @@ pub struct LineError {
 /// use metacache::model::{Limits, TopicKind};
 ///
 /// let text = b"{\"op\":\"add\",\"metric_names\":[\"a\"]}\n\n{\"tombstone\":\"old\"}\nnot json\n";
-/// let parsed = metacache::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
+/// let parsed = metacache::tools::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
 /// let lines: Vec<usize> = parsed.records.iter().map(|(line, _)| *line).collect();
 /// assert_eq!(lines, [1, 3]);
 /// assert_eq!(parsed.errors[0].line, 4);
@@ -244,7 +244,7 @@ pub struct ParsedLines {
 ///
 /// ```
 /// use metacache::model::{Limits, TopicKind};
-/// use metacache::publish::parse_line;
+/// use metacache::tools::publish::parse_line;
 ///
 /// let limits = Limits::default();
 /// let line = br#"{"device_id":"dev-1","datatype_id":"d","datatype_name":"n","persist":true,"last_updated":"2026-11-22T10:00:00Z"}"#;
@@ -317,7 +317,7 @@ fn tombstone_key(line: &[u8]) -> Result<Option<String>, Reject> {
 ///
 /// let text = br#"{"op":"replace","namespace":"infra","metric_names":["load1"]}
 /// {"op":"rename","namespace":"infra","metric_names":[]}"#;
-/// let parsed = metacache::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
+/// let parsed = metacache::tools::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
 /// assert_eq!(parsed.records.len(), 1);
 /// assert_eq!(parsed.errors[0].line, 2);
 /// assert_eq!(parsed.errors[0].reject.reason.as_str(), "unknown_op");
@@ -347,10 +347,10 @@ pub fn parse_lines(kind: TopicKind, text: &[u8], limits: &Limits) -> ParsedLines
 /// ```
 /// use metacache::config::Settings;
 /// use metacache::model::{Event, MetricOp};
-/// use metacache::publish::Publisher;
+/// use metacache::tools::publish::Publisher;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
+/// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
 /// # let mut settings = Settings::default();
 /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
 /// let publisher = Publisher::new(&settings)?;
@@ -385,13 +385,13 @@ impl Publisher {
     ///
     /// ```
     /// use metacache::config::Settings;
-    /// use metacache::publish::Publisher;
+    /// use metacache::tools::publish::Publisher;
     ///
     /// let mut settings = Settings::default();
     /// settings.kafka.brokers = "127.0.0.1:9092".into();
     /// let publisher = Publisher::new(&settings)?;
     /// assert_eq!(publisher.topic(metacache::model::TopicKind::Metric), "metric-catalog");
-    /// # Ok::<(), metacache::publish::PublishError>(())
+    /// # Ok::<(), metacache::tools::publish::PublishError>(())
     /// ```
     pub fn new(settings: &Settings) -> Result<Publisher, PublishError> {
         let mut config = client_config(&settings.kafka);
@@ -423,9 +423,9 @@ impl Publisher {
     /// The configured topic for `kind`.
     ///
     /// ```
-    /// # let publisher = metacache::publish::Publisher::new(&Default::default())?;
+    /// # let publisher = metacache::tools::publish::Publisher::new(&Default::default())?;
     /// assert_eq!(publisher.topic(metacache::model::TopicKind::Device), "device-metadata");
-    /// # Ok::<(), metacache::publish::PublishError>(())
+    /// # Ok::<(), metacache::tools::publish::PublishError>(())
     /// ```
     pub fn topic(&self, kind: TopicKind) -> &str {
         match kind {
@@ -438,10 +438,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -462,10 +462,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -483,10 +483,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -509,10 +509,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -535,10 +535,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -561,10 +561,10 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -582,14 +582,14 @@ impl Publisher {
     ///
     /// ```
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
-    /// for event in metacache::demo::valid_sample_events() {
+    /// for event in metacache::tools::demo::valid_sample_events() {
     ///     publisher.publish(&event).await?;
     /// }
     /// # Ok(()) }
@@ -602,12 +602,12 @@ impl Publisher {
     ///
     /// ```
     /// use metacache::model::TopicKind;
-    /// use metacache::publish::Outgoing;
+    /// use metacache::tools::publish::Outgoing;
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -631,10 +631,10 @@ impl Publisher {
     /// ```
     /// use metacache::model::TopicKind;
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
@@ -656,21 +656,21 @@ impl Publisher {
     /// ```
     /// use metacache::model::{Limits, TopicKind};
     /// # use metacache::config::Settings;
-    /// # use metacache::publish::Publisher;
+    /// # use metacache::tools::publish::Publisher;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// # let kafka = metacache::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
+    /// # let kafka = metacache::tools::embedded::EmbeddedKafka::start(1, &[("device-metadata", 1), ("metric-catalog", 1)])?;
     /// # let mut settings = Settings::default();
     /// # settings.kafka.brokers = kafka.bootstrap().to_owned();
     /// let publisher = Publisher::new(&settings)?;
     /// let text = b"{\"op\":\"add\",\"namespace\":\"infra\",\"metric_names\":[\"load1\"]}\n{\"tombstone\":\"scratch\"}\n";
-    /// let parsed = metacache::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
+    /// let parsed = metacache::tools::publish::parse_lines(TopicKind::Metric, text, &Limits::default());
     /// let records: Vec<_> = parsed.records.into_iter().map(|(_, record)| record).collect();
     /// assert_eq!(publisher.send_all(&records).await?, 2);
     ///
-    /// let records: Vec<_> = metacache::demo::valid_sample_events()
+    /// let records: Vec<_> = metacache::tools::demo::valid_sample_events()
     ///     .iter()
-    ///     .map(metacache::publish::Outgoing::from_event)
+    ///     .map(metacache::tools::publish::Outgoing::from_event)
     ///     .collect();
     /// assert_eq!(publisher.send_all(&records).await?, 14);
     /// # Ok(()) }

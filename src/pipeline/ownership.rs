@@ -180,7 +180,7 @@ impl OwnedView<'_> {
 
     /// [`owns`](Self::owns) for a record, looking the map up only when its partition or
     /// generation differs from the previous record's.
-    pub fn owns_origin(&mut self, origin: &crate::record::Origin) -> bool {
+    pub fn owns_origin(&mut self, origin: &crate::pipeline::record::Origin) -> bool {
         let key = (origin.partition_id(), origin.generation);
         match self.last {
             Some((k, owned)) if k == key => owned,

@@ -24,8 +24,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Message};
 use serde::Serialize;
 
-use crate::embedded::{free_port, EmbeddedRedis};
 use crate::model::{self, Limits, TopicKind};
+use crate::tools::embedded::{free_port, EmbeddedRedis};
 use workload::{generate, BenchRecord, Workload};
 
 const DEVICE_TOPIC: &str = "bench-devices";

@@ -13,9 +13,9 @@ use std::time::Instant;
 use rdkafka::mocking::MockCluster;
 
 use crate::model::Event;
-use crate::sink::redis::plan::{PlanInput, Planner, Ttls};
-use crate::sink::redis::versions::KnownVersions;
-use crate::sink::redis::{scripts, KeyLayout};
+use crate::pipeline::sink::redis::plan::{PlanInput, Planner, Ttls};
+use crate::pipeline::sink::redis::versions::KnownVersions;
+use crate::pipeline::sink::redis::{scripts, KeyLayout};
 
 /// What the mock-cluster thread can be asked to do.
 enum KafkaCommand {
@@ -132,7 +132,7 @@ pub trait Apply {
     /// in a known state in one call.
     ///
     /// ```
-    /// use metacache::embedded::{Apply, EmbeddedRedis};
+    /// use metacache::tools::embedded::{Apply, EmbeddedRedis};
     /// use metacache::model::{Event, MetricOp};
     ///
     /// let redis = EmbeddedRedis::start()?;

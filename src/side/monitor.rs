@@ -12,9 +12,9 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::Serialize;
 
 use crate::config::Settings;
+use crate::pipeline::sink::redis::connect::{effective_url, install_crypto_provider};
+use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
-use crate::sink::redis::connect::{effective_url, install_crypto_provider};
-use crate::sink::redis::KeyLayout;
 use crate::stats::Stats;
 
 const REFRESH: Duration = Duration::from_secs(1);
@@ -106,7 +106,7 @@ pub async fn run(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
             _ = ticker.tick() => {}
         }
         // Recent errors: counter growth over the window.
@@ -134,14 +134,14 @@ pub async fn run(
             match open(&settings).await {
                 Ok(c) => conn = Some(c),
                 Err(e) => {
-                    mark_down(&observed, crate::sink::redis::connect_trouble(&e));
+                    mark_down(&observed, crate::pipeline::sink::redis::connect_trouble(&e));
                     continue;
                 }
             }
         }
         let Some(c) = conn.as_mut() else { continue };
         if let Err(e) = redis::cmd("PING").query_async::<String>(c).await {
-            mark_down(&observed, crate::sink::redis::connect_trouble(&e));
+            mark_down(&observed, crate::pipeline::sink::redis::connect_trouble(&e));
             continue;
         }
         let figures = refresh(c, &keys).await;

@@ -14,8 +14,8 @@ use redis::aio::ConnectionLike;
 use redis::Script;
 
 use crate::config::Settings;
+use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
-use crate::sink::redis::KeyLayout;
 
 const STEP: Duration = Duration::from_millis(50);
 
@@ -54,7 +54,7 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
     let interval = Duration::from_secs(settings.janitor.interval_secs);
     loop {
         tokio::select! {
-            _ = shutdown.wait() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
         let mut conn = conn.clone();
@@ -126,7 +126,7 @@ pub async fn sweep<C: ConnectionLike>(
                 }
             }
             cursor = next;
-            if cursor == 0 || shutdown.is_triggered() {
+            if cursor == 0 || shutdown.is_cancelled() {
                 break;
             }
             tokio::time::sleep(STEP).await;
@@ -166,7 +166,7 @@ pub async fn sweep<C: ConnectionLike>(
                 }
             }
             cursor = next;
-            if cursor == 0 || shutdown.is_triggered() {
+            if cursor == 0 || shutdown.is_cancelled() {
                 break;
             }
             tokio::time::sleep(STEP).await;

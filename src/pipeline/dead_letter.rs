@@ -34,10 +34,10 @@ use rdkafka::util::Timeout;
 use tokio::sync::mpsc;
 
 use crate::model::{Reject, TopicKind};
+use crate::pipeline::record::{Ack, Origin, Record};
+use crate::pipeline::sink::redis::retry::RetryPolicy;
+use crate::pipeline::source::kafka::ProducerLogContext;
 use crate::rate_limit::RateLimit;
-use crate::record::{Ack, Origin, Record};
-use crate::sink::redis::retry::RetryPolicy;
-use crate::source::kafka::ProducerLogContext;
 use crate::stats::Stats;
 
 /// Header names on every dead-lettered record.

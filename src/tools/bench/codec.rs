@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use super::workload::BenchRecord;
 use crate::model::{Event, Limits};
-use crate::record::{chunk_records, Chunk, Origin};
-use crate::sink::redis::plan::{Expect, PlanInput, Planner, Ttls};
-use crate::sink::redis::versions::KnownVersions;
-use crate::sink::redis::KeyLayout;
+use crate::pipeline::record::{chunk_records, Chunk, Origin};
+use crate::pipeline::sink::redis::plan::{Expect, PlanInput, Planner, Ttls};
+use crate::pipeline::sink::redis::versions::KnownVersions;
+use crate::pipeline::sink::redis::KeyLayout;
 
 /// What one pass over the records did.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -85,7 +85,7 @@ pub fn run(records: &[BenchRecord], max_batch: usize) -> CodecRun {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::workload::{generate, Workload};
+    use crate::tools::bench::workload::{generate, Workload};
 
     #[test]
     fn every_event_is_planned_and_repeats_become_plain_sets() {

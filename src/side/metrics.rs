@@ -12,7 +12,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::{RejectReason, TopicKind};
-use crate::monitor::Observed;
+use crate::side::monitor::Observed;
 use crate::stats::{Stats, TopicStats};
 use std::sync::atomic::Ordering::Relaxed;
 

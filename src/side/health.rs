@@ -168,7 +168,7 @@ pub fn readiness(i: &Inputs, t: &Thresholds) -> Readiness {
             Status::Degraded,
             format!(
                 "{e} (retrying; refused for good is given up after {} s)",
-                crate::dead_letter::GIVE_UP_AFTER.as_secs()
+                crate::pipeline::dead_letter::GIVE_UP_AFTER.as_secs()
             ),
         )
     } else if i.recent_dead_letters > 0 {

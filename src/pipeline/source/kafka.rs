@@ -6,7 +6,7 @@
 //! partitions being taken away) without blocking the async writer they wait for.
 //!
 //! It does nothing per record but copy it into a [`Chunk`]; chunks go to the writer, which
-//! decodes them (see [`crate::record`] for why).
+//! decodes them (see [`crate::pipeline::record`] for why).
 //!
 //! Backpressure: the channel to the writer is bounded. While it is full the thread waits;
 //! if it stays full (Redis slow or down) the thread pauses every assigned partition and
@@ -29,9 +29,9 @@ use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
 use crate::model::TopicKind;
-use crate::ownership::Ownership;
+use crate::pipeline::ownership::Ownership;
+use crate::pipeline::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use crate::rate_limit::RateLimit;
-use crate::record::{Ack, AssignmentEpoch, Chunk, Origin};
 use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats};
 
@@ -367,8 +367,9 @@ impl ConsumerContext for SourceContext {
         let revoked = self.ids(tpl);
         {
             let mut state = self.state();
-            let keep =
-                |e: &crate::record::Entry| !revoked.contains(&(e.origin.topic, e.origin.partition));
+            let keep = |e: &crate::pipeline::record::Entry| {
+                !revoked.contains(&(e.origin.topic, e.origin.partition))
+            };
             state.filling.retain(keep);
             for chunk in state.stash.iter_mut() {
                 chunk.retain(keep);
@@ -574,7 +575,7 @@ impl KafkaSource {
         let mut last_pending = Instant::now();
         let mut blocked_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
-        while !self.shutdown.is_triggered() {
+        while !self.shutdown.is_cancelled() {
             let now = Instant::now();
             if now.duration_since(last_pending) >= Duration::from_millis(200) {
                 let pending = self.ctx().state().offsets.in_flight();
@@ -610,7 +611,7 @@ impl KafkaSource {
                 }
                 Flush::WriterGone => {
                     tracing::error!("the writer stopped; shutting down");
-                    self.shutdown.trigger();
+                    self.shutdown.cancel();
                     break;
                 }
             }

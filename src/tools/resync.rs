@@ -26,7 +26,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::KafkaSettings;
-use crate::source::kafka::consumer_config;
+use crate::pipeline::source::kafka::consumer_config;
 
 /// How long each broker round trip may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
