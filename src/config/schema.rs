@@ -1,0 +1,235 @@
+//! The settings' shape: one struct per section, with its defaults (what
+//! `config/default.toml` shows).
+
+use super::*;
+
+/// The whole configuration, section by section, as in `config/default.toml`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Settings {
+    pub kafka: KafkaSettings,
+    pub redis: RedisSettings,
+    pub devices: DeviceSettings,
+    pub metrics: TtlSettings,
+    pub writer: WriterSettings,
+    pub limits: Limits,
+    pub shutdown: ShutdownSettings,
+    pub janitor: JanitorSettings,
+    pub http: HttpSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaSettings {
+    pub brokers: String,
+    pub group_id: String,
+    /// `earliest` or `latest`: where a consumer group with no committed offset starts.
+    pub auto_offset_reset: String,
+    pub device_topic: String,
+    pub metric_topic: String,
+    /// Produce rejected events to a dead-letter topic (else: log rate-limited and count).
+    pub dead_letter: bool,
+    /// Dead-letter topic for device events; empty = `<device_topic>.dlq`.
+    pub device_dead_letter_topic: String,
+    /// Dead-letter topic for metric events; empty = `<metric_topic>.dlq`.
+    pub metric_dead_letter_topic: String,
+    /// How often the contiguous offset watermarks are committed.
+    pub commit_interval_ms: u64,
+    /// Bound of librdkafka's prefetch queue (`queued.max.messages.kbytes`), shared by all
+    /// assigned partitions.
+    pub queued_max_messages_kbytes: u64,
+    /// Passed to librdkafka as is (SASL, SSL, tuning); wins over metacache's own choices
+    /// except the ones offset tracking depends on.
+    pub client: BTreeMap<String, String>,
+}
+
+impl Default for KafkaSettings {
+    fn default() -> Self {
+        KafkaSettings {
+            brokers: "localhost:9092".into(),
+            group_id: "metacache".into(),
+            auto_offset_reset: "earliest".into(),
+            device_topic: "device-metadata".into(),
+            metric_topic: "metric-catalog".into(),
+            dead_letter: true,
+            device_dead_letter_topic: String::new(),
+            metric_dead_letter_topic: String::new(),
+            commit_interval_ms: 1000,
+            queued_max_messages_kbytes: 16 * 1024,
+            client: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaSettings {
+    pub fn device_dlq(&self) -> String {
+        if self.device_dead_letter_topic.is_empty() {
+            format!("{}.dlq", self.device_topic)
+        } else {
+            self.device_dead_letter_topic.clone()
+        }
+    }
+
+    pub fn metric_dlq(&self) -> String {
+        if self.metric_dead_letter_topic.is_empty() {
+            format!("{}.dlq", self.metric_topic)
+        } else {
+            self.metric_dead_letter_topic.clone()
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DeviceSettings {
+    /// Expiry of device keys; 0 = never.
+    pub ttl_secs: u64,
+    /// Devices whose last written `last_updated` the writer remembers, so their updates
+    /// skip the stale-guard script; 0 = every upsert runs the script.
+    pub guard_cache: usize,
+}
+
+impl Default for DeviceSettings {
+    fn default() -> Self {
+        DeviceSettings {
+            ttl_secs: 0,
+            guard_cache: DEFAULT_GUARD_CACHE,
+        }
+    }
+}
+
+/// Room for ~130k to 260k recently updated devices, ~4 MiB per 100k (docs/performance.md).
+pub const DEFAULT_GUARD_CACHE: usize = 262_144;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TtlSettings {
+    /// Expiry of the entries written; 0 = never.
+    pub ttl_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WriterSettings {
+    /// Most events per Redis pipeline.
+    pub max_batch: usize,
+    /// How long a partly filled batch waits for more events.
+    pub linger_ms: u64,
+    /// Pipelines outstanding on the connection at once.
+    pub max_in_flight: usize,
+    /// First retry delay after a transient Redis error.
+    pub retry_initial_ms: u64,
+    /// Cap of the exponential retry delay.
+    pub retry_max_ms: u64,
+}
+
+impl Default for WriterSettings {
+    fn default() -> Self {
+        WriterSettings {
+            max_batch: 1024,
+            linger_ms: 5,
+            max_in_flight: 4,
+            retry_initial_ms: 100,
+            retry_max_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JanitorSettings {
+    /// Pause between two passes over the indexes; the janitor only runs when a TTL is set.
+    pub interval_secs: u64,
+    /// Index entries checked per step; steps are 50 ms apart so writes always come first.
+    pub batch: usize,
+}
+
+impl Default for JanitorSettings {
+    fn default() -> Self {
+        JanitorSettings {
+            interval_secs: 60,
+            batch: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ShutdownSettings {
+    /// Longest a SIGTERM may take to flush, wait for Redis and commit.
+    pub timeout_secs: u64,
+}
+
+impl Default for ShutdownSettings {
+    fn default() -> Self {
+        ShutdownSettings { timeout_secs: 30 }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpSettings {
+    pub listen: String,
+    /// A second listener that serves only `/healthz` and `/readyz`, with its own
+    /// connection slots, so that clients flooding `listen` cannot starve the kubelet's
+    /// probes. Empty: none (the probes are served on `listen` as well, always).
+    pub probe_listen: String,
+    /// Redis unreachable for longer than this makes `/readyz` unhealthy (503); shorter
+    /// outages only make it degraded, so a Redis failover does not flap the pods.
+    pub redis_grace_secs: u64,
+    /// `/healthz` fails when records wait, Redis answers, and yet nothing was acknowledged
+    /// for this long: the pipeline is wedged and a restart is the cure.
+    pub wedged_after_secs: u64,
+    /// Consumer lag (records, any one partition) above which `/readyz` says degraded.
+    pub lag_degraded: u64,
+    /// How far back "recent" Redis errors and dead letters count for `/readyz`.
+    pub degraded_window_secs: u64,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            listen: "0.0.0.0:8080".into(),
+            probe_listen: String::new(),
+            redis_grace_secs: 10,
+            wedged_after_secs: 120,
+            lag_degraded: 100_000,
+            degraded_window_secs: 60,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogSettings {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `RUST_LOG`-style filter, used when `RUST_LOG` is unset.
+    pub filter: String,
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        LogSettings {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Room the dead-letter producer keeps beyond `limits.max_message_bytes` for the key, the
+/// headers and the record framing.
+pub const DEAD_LETTER_OVERHEAD: usize = 64 * 1024;
+
+impl KafkaSettings {
+    /// The dead-letter producer's `message.max.bytes`: the user's, or enough for any event
+    /// the limits accept (librdkafka's default of 1,000,000 is below the default limit of
+    /// 1 MiB, and an event it refuses would be retried forever).
+    pub fn dead_letter_max_bytes(&self, limits: &Limits) -> usize {
+        self.client
+            .get("message.max.bytes")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| (limits.max_message_bytes + DEAD_LETTER_OVERHEAD).max(1_000_000))
+    }
+}
