@@ -10,18 +10,6 @@ use std::time::{Duration, Instant};
 use redis::Commands;
 use support::*;
 
-fn metacache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metacache"));
-    // Start from a clean environment so a developer's METACACHE__* does not leak in.
-    for (key, _) in std::env::vars() {
-        if key.starts_with("METACACHE") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 #[test]
 fn a_bad_config_lists_every_problem_and_nothing_starts() {
     let dir = tempfile::tempdir().unwrap();

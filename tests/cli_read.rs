@@ -13,17 +13,6 @@ use rdkafka::Message;
 use serde_json::{json, Value};
 use support::*;
 
-fn metacache() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_metacache"));
-    for (key, _) in std::env::vars() {
-        if key.starts_with("METACACHE") {
-            cmd.env_remove(key);
-        }
-    }
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
-    cmd
-}
-
 /// Runs `metacache ARGS --redis-url URL`.
 fn lookup(url: &str, args: &[&str]) -> Output {
     metacache()

@@ -33,18 +33,11 @@ fn unkeyed_metric_events_are_missing_key() {
     }
 }
 use proptest::prelude::*;
-use serde_json::{Map, Value};
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2_000);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "support/props.rs"]
+mod props;
+use props::config;
+use serde_json::{Map, Value};
 
 fn kind() -> impl Strategy<Value = TopicKind> {
     prop_oneof![Just(TopicKind::Device), Just(TopicKind::Metric)]

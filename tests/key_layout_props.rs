@@ -9,16 +9,9 @@ use metacache::model::{self, Event, Limits, MetricOp, TopicKind};
 use metacache::pipeline::sink::redis::KeyLayout;
 use proptest::prelude::*;
 
-fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(2_000);
-    ProptestConfig {
-        cases,
-        ..ProptestConfig::default()
-    }
-}
+#[path = "support/props.rs"]
+mod props;
+use props::config;
 
 /// Text made of key-form fragments and a little noise.
 fn tricky() -> impl Strategy<Value = String> {

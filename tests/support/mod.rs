@@ -408,3 +408,16 @@ pub fn resync(h: &Harness, group: &str, extra: &[&str]) -> (Option<i32>, String,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The `metacache` binary, from the repository root, in a clean environment: a
+/// developer's `METACACHE*` variables do not leak in.
+pub fn metacache() -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_metacache"));
+    for (key, _) in std::env::vars() {
+        if key.starts_with("METACACHE") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
