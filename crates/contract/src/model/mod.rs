@@ -8,6 +8,7 @@ mod device;
 mod limits;
 mod metric;
 mod parse;
+mod raw;
 mod reject;
 mod scan;
 

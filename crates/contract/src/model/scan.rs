@@ -13,7 +13,7 @@
 
 use std::borrow::Cow;
 
-use super::device::{Extra, Named, RawDevice};
+use super::raw::{Extra, Named, RawDevice};
 
 /// Deepest nesting accepted here; deeper documents go to serde_json, which has its own
 /// limit (128) and its own message for it.
@@ -284,7 +284,7 @@ impl<'a> Scanner<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::device::read_with_serde;
+    use crate::model::raw::read_with_serde;
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
