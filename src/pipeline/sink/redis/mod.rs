@@ -5,6 +5,7 @@ pub mod connect;
 /// The key layout, from the contract crate (`metacache-contract`).
 pub use metacache_contract::keys;
 pub mod plan;
+pub mod replies;
 pub mod retry;
 pub mod scripts;
 pub mod versions;

@@ -41,6 +41,7 @@ use tokio::sync::mpsc;
 
 use super::connect::load_scripts;
 use super::plan::{Expect, PlanInput, Planned, Planner};
+use super::replies::{is_permanent, malformed, TAIL};
 use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
 use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
@@ -65,9 +66,6 @@ pub type Connector<C> =
 
 type Replies = RedisResult<Vec<RedisResult<Value>>>;
 type Flight = Pin<Box<dyn Future<Output = Replies> + Send>>;
-
-/// Commands every pipeline ends with: `CLIENT ID`, then `HSET metacache:writers`.
-const TAIL: usize = 2;
 
 /// One pipeline's worth of records and the commands planned for them.
 struct Batch {
@@ -727,44 +725,6 @@ where
     }
 }
 
-/// Why `replies` is not a full, well-formed answer to a pipeline of `commands` commands
-/// planned as `planned` (its tail included), if it is not. Such an answer is retried,
-/// never acknowledged: a short reply vector would otherwise leave events without a reply
-/// to judge, and a guard answer other than 0 or 1 would be cached as "written".
-fn malformed(
-    commands: usize,
-    planned: &[Planned],
-    replies: &[RedisResult<Value>],
-) -> Option<String> {
-    if replies.len() != commands || commands < TAIL {
-        return Some(format!(
-            "Redis answered {} replies to a pipeline of {commands} commands",
-            replies.len()
-        ));
-    }
-    let tail = &replies[commands - TAIL..];
-    if !matches!(tail, [Ok(Value::Int(_)), Ok(Value::Int(0 | 1))]) {
-        return Some(format!(
-            "unexpected replies to CLIENT ID and HSET: {tail:?}"
-        ));
-    }
-    for plan in planned {
-        if plan.first + plan.commands > commands - TAIL
-            || plan.shared.is_some_and(|at| at >= commands - TAIL)
-        {
-            return Some("the plan does not fit the pipeline's replies".into());
-        }
-        if let Expect::Guarded { .. } = plan.expect {
-            match replies.get(plan.first) {
-                // An error reply is judged per event (refused for good, or retried).
-                Some(Ok(Value::Int(0 | 1))) | Some(Err(_)) => {}
-                other => return Some(format!("unexpected reply to the stale guard: {other:?}")),
-            }
-        }
-    }
-    None
-}
-
 /// A field name no other writer uses: the process, the time it started, a random part.
 fn writer_id() -> String {
     use std::hash::BuildHasher;
@@ -774,41 +734,6 @@ fn writer_id() -> String {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     format!("{}-{since_epoch}-{random:016x}", std::process::id())
-}
-
-/// Error replies that Redis or an operator clears in time (memory, replication, loading, a
-/// busy script, auth or ACL changes, cluster moves): retried, never dead-lettered.
-const TRANSIENT_CODES: &[&str] = &[
-    "NOSCRIPT",
-    "LOADING",
-    "BUSY",
-    "TRYAGAIN",
-    "CLUSTERDOWN",
-    "MOVED",
-    "ASK",
-    "READONLY",
-    "MASTERDOWN",
-    "OOM",
-    "NOREPLICAS",
-    "MISCONF",
-    "NOAUTH",
-    "WRONGPASS",
-    "NOPERM",
-];
-
-/// Errors that retrying cannot fix: the event is dead-lettered instead. Only a server's
-/// error reply about this one command can be; anything else (connection lost, timeout) is
-/// retried. An unknown reply (`WRONGTYPE`, or a script error such as Redis 6's wrapped
-/// `ERR Error running script … WRONGTYPE`) would fail the same way forever, so retrying it
-/// would only stall every partition behind one event.
-fn is_permanent(e: &RedisError) -> bool {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
-        return false;
-    }
-    match e.code() {
-        Some(code) => !TRANSIENT_CODES.contains(&code),
-        None => false,
-    }
 }
 
 fn describe(e: &RedisError) -> String {
@@ -821,83 +746,5 @@ fn refused_field(record: &Record) -> &'static str {
         Ok(Event::DeviceUpsert(_)) | Ok(Event::DeviceDelete { .. }) => "device_id",
         Ok(Event::Metric(_)) => "namespace",
         Err(_) => "value",
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn server(code: &str) -> RedisError {
-        redis::make_extension_error(code.to_owned(), Some("detail".to_owned()))
-    }
-
-    fn guarded(first: usize) -> Planned {
-        Planned {
-            first,
-            commands: 1,
-            shared: None,
-            expect: Expect::Guarded { seq: 1 },
-        }
-    }
-
-    fn tail() -> Vec<RedisResult<Value>> {
-        vec![Ok(Value::Int(7)), Ok(Value::Int(0))]
-    }
-
-    #[test]
-    fn a_full_answer_passes() {
-        let planned = [guarded(0), guarded(1)];
-        let mut replies = vec![Ok(Value::Int(1)), Err(server("WRONGTYPE"))];
-        replies.extend(tail());
-        assert_eq!(malformed(4, &planned, &replies), None);
-    }
-
-    #[test]
-    fn a_short_reply_vector_is_never_an_acknowledgement() {
-        let planned = [guarded(0), guarded(1)];
-        let mut replies = vec![Ok(Value::Int(1))];
-        replies.extend(tail());
-        let why = malformed(4, &planned, &replies).expect("refused");
-        assert!(why.contains("3 replies to a pipeline of 4"), "{why}");
-        assert!(malformed(4, &planned, &[]).is_some());
-    }
-
-    #[test]
-    fn a_guard_answer_other_than_0_or_1_is_retried_not_cached() {
-        for odd in [
-            Value::Okay,
-            Value::Nil,
-            Value::Int(2),
-            Value::SimpleString("1".into()),
-        ] {
-            let mut replies = vec![Ok(odd.clone())];
-            replies.extend(tail());
-            let why = malformed(3, &[guarded(0)], &replies).expect("refused");
-            assert!(why.contains("stale guard"), "{odd:?}: {why}");
-        }
-    }
-
-    #[test]
-    fn a_tail_that_is_not_an_id_and_a_flag_is_retried() {
-        let replies = vec![Ok(Value::Okay), Ok(Value::Int(0))];
-        assert!(malformed(2, &[], &replies).is_some());
-        let replies = vec![Ok(Value::Int(3)), Ok(Value::Int(5))];
-        assert!(malformed(2, &[], &replies).is_some());
-        assert_eq!(malformed(2, &[], &tail()), None);
-    }
-
-    #[test]
-    fn transient_replies_are_retried_and_deterministic_ones_dead_letter() {
-        for code in [
-            "OOM", "READONLY", "BUSY", "LOADING", "NOSCRIPT", "NOAUTH", "MISCONF",
-        ] {
-            assert!(!is_permanent(&server(code)), "{code}");
-        }
-        for code in ["WRONGTYPE", "ERR"] {
-            assert!(is_permanent(&server(code)), "{code}");
-        }
-        let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
-        assert!(!is_permanent(&io));
     }
 }
