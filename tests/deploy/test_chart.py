@@ -367,7 +367,7 @@ def test_dockerignore_keeps_target_and_secrets_out():
              if line.strip() and not line.startswith("#")]
     assert lines[0] == "*", "allow-list: everything is excluded first"
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert included == {"Cargo.toml", "Cargo.lock", "src", "examples"}
+    assert included == {"Cargo.toml", "Cargo.lock", "src", "crates", "examples"}
     for pattern in ("**/*.pem", "**/*.key", "**/.env", "**/target"):
         assert pattern in lines
 
