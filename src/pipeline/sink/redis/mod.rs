@@ -1,6 +1,7 @@
 //! The Redis sink: the key layout (the public contract), command planning (pure), the
 //! server-side scripts, and the pipelined writer that talks to Redis.
 
+pub mod batcher;
 pub mod connect;
 /// The key layout, from the contract crate (`metacache-contract`).
 pub use metacache_contract::keys;

@@ -39,6 +39,7 @@ use redis::aio::ConnectionLike;
 use redis::{Pipeline, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 
+use super::batcher::Batcher;
 use super::connect::load_scripts;
 use super::plan::{Expect, PlanInput, Planned, Planner};
 use super::replies::{is_permanent, malformed, TAIL};
@@ -171,10 +172,8 @@ where
 
     /// Runs until `records` is closed and everything received is acknowledged.
     pub async fn run(mut self, records: flume::Receiver<Chunk>) {
-        let max_batch = self.config.max_batch.max(1);
         let max_in_flight = self.config.max_in_flight.max(1);
-        let mut pending: Vec<Record> = Vec::with_capacity(max_batch);
-        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut batcher = Batcher::new(self.config.max_batch, self.config.linger);
         let mut sent: VecDeque<Batch> = VecDeque::new();
         let mut flights: FuturesOrdered<Flight> = FuturesOrdered::new();
         let mut closed = false;
@@ -182,24 +181,8 @@ where
 
         loop {
             let room = sent.len() < max_in_flight;
-            // A batch goes when it is full, when it has lingered long enough, or at once if
-            // nothing is in flight: an idle connection gains nothing from waiting, and the
-            // events arriving during one round trip make the next batch (under load the
-            // batches fill before the linger, so throughput keeps its big pipelines).
-            let due = closed
-                || pending.len() >= max_batch
-                || sent.is_empty()
-                || deadline.is_some_and(|d| tokio::time::Instant::now() >= d);
-            if room && !pending.is_empty() && due {
-                let records = if pending.len() > max_batch {
-                    pending.drain(..max_batch).collect()
-                } else {
-                    std::mem::replace(&mut pending, Vec::with_capacity(max_batch))
-                };
-                // What a chunk brought beyond a full batch waits for companions as usual.
-                deadline =
-                    (!pending.is_empty()).then(|| tokio::time::Instant::now() + self.config.linger);
-                let Some(mut batch) = self.build(records) else {
+            if room && batcher.due(closed, sent.len()) {
+                let Some(mut batch) = self.build(batcher.take()) else {
                     continue;
                 };
                 if self.conn.is_none() {
@@ -215,20 +198,14 @@ where
                 sent.push_back(batch);
                 continue;
             }
-            if closed && pending.is_empty() && sent.is_empty() {
+            if closed && batcher.is_empty() && sent.is_empty() {
                 break;
             }
-            let linger_wait = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
             let served = self.fence_served;
             tokio::select! {
                 biased;
                 _ = ownership.fence_wanted(served) => {
-                    self.retain_owned(&mut pending);
+                    self.retain_owned(batcher.pending_mut());
                     if self.serve_fence(&sent, &mut flights) {
                         self.go_back(&mut sent, &mut flights, "connection dropped by a fence".into(), false)
                             .await;
@@ -252,24 +229,22 @@ where
                     }
                     self.stats.in_flight.store(sent.len() as u64, Relaxed);
                 }
-                received = records.recv_async(), if !closed && pending.len() < max_batch => {
+                received = records.recv_async(), if !closed && batcher.has_room() => {
                     match received {
                         Ok(chunk) => {
-                            self.accept(chunk, &mut pending).await;
-                            while pending.len() < max_batch {
+                            self.accept(chunk, batcher.pending_mut()).await;
+                            while batcher.has_room() {
                                 match records.try_recv() {
-                                    Ok(chunk) => self.accept(chunk, &mut pending).await,
+                                    Ok(chunk) => self.accept(chunk, batcher.pending_mut()).await,
                                     Err(_) => break,
                                 }
                             }
-                            if deadline.is_none() && !pending.is_empty() {
-                                deadline = Some(tokio::time::Instant::now() + self.config.linger);
-                            }
+                            batcher.arrived();
                         }
                         Err(_) => closed = true,
                     }
                 }
-                _ = linger_wait, if room && !pending.is_empty() => {}
+                _ = batcher.linger_passed(), if room && !batcher.is_empty() => {}
             }
         }
         self.stats.in_flight.store(0, Relaxed);
