@@ -190,11 +190,7 @@ async fn get_metrics(
             println!("{name}");
         }
     }
-    let shown = if namespace.is_empty() {
-        metacache::model::DEFAULT_NAMESPACE
-    } else {
-        namespace
-    };
+    let shown = metacache::model::namespace_or_default(namespace);
     if !known {
         eprintln!("unknown namespace {shown:?}: not in metric_namespaces");
     } else if names.is_empty() {
@@ -210,11 +206,7 @@ async fn check_metric(
     json: bool,
 ) -> Result<bool, ClientError> {
     let valid = client.is_valid_metric_name(namespace, name).await?;
-    let shown_namespace = if namespace.is_empty() {
-        metacache::model::DEFAULT_NAMESPACE
-    } else {
-        namespace
-    };
+    let shown_namespace = metacache::model::namespace_or_default(namespace);
     if json {
         println!(
             "{}",

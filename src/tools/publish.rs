@@ -47,8 +47,8 @@ use serde_json::Value;
 
 use crate::config::Settings;
 use crate::model::{
-    self, DeviceMetadata, Event, Limits, MetricOp, Reject, RejectReason, TopicKind,
-    DEFAULT_NAMESPACE,
+    self, namespace_or_default, DeviceMetadata, Event, Limits, MetricOp, Reject, RejectReason,
+    TopicKind,
 };
 use crate::pipeline::source::kafka::{client_config, ProducerLogContext};
 
@@ -134,7 +134,7 @@ impl Outgoing {
                 payload: None,
             },
             Event::Metric(op) => {
-                let namespace = resolve(op.namespace()).to_owned();
+                let namespace = namespace_or_default(op.namespace()).to_owned();
                 let (name, metric_names) = match op {
                     MetricOp::Replace { metric_names, .. } => ("replace", metric_names),
                     MetricOp::Add { metric_names, .. } => ("add", metric_names),
@@ -261,7 +261,7 @@ pub fn parse_line(kind: TopicKind, line: &[u8], limits: &Limits) -> Result<Outgo
     let line = line.trim_ascii();
     if let Some(key) = tombstone_key(line)? {
         let key = match kind {
-            TopicKind::Metric => resolve(&key).to_owned(),
+            TopicKind::Metric => namespace_or_default(&key).to_owned(),
             TopicKind::Device => key,
         };
         let record = Outgoing {
@@ -744,15 +744,6 @@ impl Publisher {
             out = out.payload(payload.as_slice());
         }
         out
-    }
-}
-
-/// An empty namespace is the default one.
-fn resolve(namespace: &str) -> &str {
-    if namespace.is_empty() {
-        DEFAULT_NAMESPACE
-    } else {
-        namespace
     }
 }
 

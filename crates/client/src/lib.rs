@@ -59,7 +59,7 @@ pub use glob::Glob;
 pub use settings::RedisSettings;
 pub use types::{CacheInfo, DeviceEntry, Health, HealthStatus, ListOptions, Order};
 
-use metacache_contract::model::{DeviceMetadata, DEFAULT_NAMESPACE};
+use metacache_contract::model::{namespace_or_default, DeviceMetadata};
 use metacache_contract::KeyLayout;
 
 /// The result of every client call.
@@ -641,7 +641,9 @@ impl CacheClient {
         let reply = self
             .query_at(
                 key,
-                redis::cmd("SISMEMBER").arg(key).arg(resolve(namespace)),
+                redis::cmd("SISMEMBER")
+                    .arg(key)
+                    .arg(namespace_or_default(namespace)),
             )
             .await?;
         Ok(reply::int(key, reply)? == 1)
@@ -672,22 +674,13 @@ impl CacheClient {
     /// The catalog key of `namespace`; a namespace the daemon refuses (one in the device
     /// key space) is refused here too, so a read never lands on a device's key.
     fn catalog_key(&self, namespace: &str) -> Result<String> {
-        let namespace = resolve(namespace);
+        let namespace = namespace_or_default(namespace);
         match metacache_contract::keys::reserved_namespace(namespace) {
             None => Ok(self.keys.metric_names(namespace)),
             Some(space) => Err(ClientError::InvalidArgument(format!(
                 "namespace {namespace:?} starts with the reserved {space:?}; metacache never writes such a namespace"
             ))),
         }
-    }
-}
-
-/// An empty namespace is the default one, as on the write side.
-fn resolve(namespace: &str) -> &str {
-    if namespace.is_empty() {
-        DEFAULT_NAMESPACE
-    } else {
-        namespace
     }
 }
 
@@ -761,11 +754,5 @@ mod tests {
             Some("allkeys-lru")
         );
         assert_eq!(config_value(Value::Array(vec![]), "x").unwrap(), None);
-    }
-
-    #[test]
-    fn empty_namespace_is_default() {
-        assert_eq!(resolve(""), "default");
-        assert_eq!(resolve("billing"), "billing");
     }
 }

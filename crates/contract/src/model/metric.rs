@@ -12,6 +12,16 @@ use crate::keys;
 /// The namespace an empty namespace (or empty Kafka key) stands for.
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// `namespace`, or [`DEFAULT_NAMESPACE`] when it is empty: the rule the decoder applies,
+/// for the producer side and the readers.
+pub fn namespace_or_default(namespace: &str) -> &str {
+    if namespace.is_empty() {
+        DEFAULT_NAMESPACE
+    } else {
+        namespace
+    }
+}
+
 /// One validated operation on a namespace's set of metric names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MetricOp {
@@ -400,6 +410,12 @@ mod tests {
             let json = format!(r#"{{"op":"{op}","namespace":"billing","metric_names":[]}}"#);
             assert_eq!(ok(&json), expected);
         }
+    }
+
+    #[test]
+    fn empty_namespace_is_default() {
+        assert_eq!(namespace_or_default(""), "default");
+        assert_eq!(namespace_or_default("billing"), "billing");
     }
 
     #[test]

@@ -14,7 +14,7 @@ mod scan;
 
 pub use device::{DeviceMetadata, DeviceUpsert};
 pub use limits::Limits;
-pub use metric::{MetricOp, DEFAULT_NAMESPACE};
+pub use metric::{namespace_or_default, MetricOp, DEFAULT_NAMESPACE};
 pub use reject::{Reject, RejectReason};
 
 /// Which kind of stream a topic carries; the daemon maps configured topic names to this.
