@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::Settings;
 use crate::pipeline::dead_letter::{DeadLetterStage, Topics};
 use crate::pipeline::ownership::Ownership;
-use crate::pipeline::record::{chunk_records, AssignmentEpoch};
+use crate::pipeline::record::chunk_records;
 use crate::pipeline::sink::redis::connect::connect;
 use crate::pipeline::sink::redis::plan::{Planner, Ttls};
 use crate::pipeline::sink::redis::retry::RetryPolicy;
@@ -167,7 +167,6 @@ pub async fn run_variant(
             ));
         }
     }
-    let epoch = Arc::new(AssignmentEpoch::default());
     let ownership = Arc::new(Ownership::new());
     let redis_settings = settings.redis.clone();
     let connector: Connector<redis::aio::ConnectionManager> = Arc::new(move || {
@@ -187,7 +186,6 @@ pub async fn run_variant(
         KnownVersions::new(settings.devices.guard_cache, settings.devices.ttl_secs),
         settings.limits.clone(),
         WriterLinks {
-            epoch: Arc::clone(&epoch),
             ownership: Arc::clone(&ownership),
             stats: Arc::clone(&stats),
             acks: acks_tx,
@@ -202,7 +200,6 @@ pub async fn run_variant(
         shutdown.clone(),
         records_tx,
         acks_rx,
-        epoch,
         ownership,
         chunk,
         shutdown_timeout,

@@ -13,7 +13,7 @@ use metacache::config::RedisSettings;
 use metacache::model::{self, Event, Limits, TopicKind};
 use metacache::pipeline::dead_letter::DeadLetter;
 use metacache::pipeline::ownership::Ownership;
-use metacache::pipeline::record::{Ack, AssignmentEpoch, Chunk, Origin};
+use metacache::pipeline::record::{Ack, Chunk, Origin};
 use metacache::pipeline::sink::redis::connect::connect;
 use metacache::pipeline::sink::redis::plan::{Planner, Ttls};
 use metacache::pipeline::sink::redis::retry::RetryPolicy;
@@ -29,7 +29,7 @@ use support::{device_json, init_logging, wait_for};
 
 struct Rig {
     redis: EmbeddedRedis,
-    epoch: Arc<AssignmentEpoch>,
+    ownership: Arc<Ownership>,
     generation: u64,
     stats: Arc<Stats>,
     records: flume::Sender<Chunk>,
@@ -60,7 +60,6 @@ impl Rig {
         });
         let ownership = Arc::new(Ownership::new());
         let generation = ownership.assign((TopicKind::Device, 0));
-        let epoch = Arc::new(AssignmentEpoch::default());
         let stats = Arc::new(Stats::default());
         let (records, records_rx) = flume::bounded(64);
         let (acks_tx, acks) = flume::unbounded();
@@ -78,8 +77,7 @@ impl Rig {
             KnownVersions::new(1000, 0),
             Limits::default(),
             WriterLinks {
-                epoch: Arc::clone(&epoch),
-                ownership,
+                ownership: Arc::clone(&ownership),
                 stats: Arc::clone(&stats),
                 acks: acks_tx,
                 dead_letters: dead_tx,
@@ -88,7 +86,7 @@ impl Rig {
         tokio::spawn(writer.run(records_rx));
         Rig {
             redis,
-            epoch,
+            ownership,
             generation,
             stats,
             records,
@@ -126,7 +124,7 @@ impl Rig {
             generation: self.generation,
         };
         let mut chunk = Chunk::new();
-        chunk.push(origin, self.epoch.current(), key, Some(&value));
+        chunk.push(origin, self.ownership.epoch(), key, Some(&value));
         self.records.try_send(chunk).expect("room in the channel");
         offset
     }
@@ -218,7 +216,7 @@ async fn updates_the_writer_can_vouch_for_skip_the_script_and_the_others_do_not(
     // After a rebalance another consumer may have written the key: the guard decides
     // again, and the older update does not roll the device back.
     rig.written_elsewhere("d", T40);
-    rig.epoch.bump();
+    rig.ownership.rebalancing();
     rig.write("d", T30, true).await;
     assert_eq!(rig.stored("d"), "2026-11-22T10:00:40.000Z");
     assert_eq!(rig.stats.snapshot().devices.stale, 2);
@@ -262,7 +260,7 @@ async fn a_batch_planned_before_a_rebalance_is_guarded_when_it_is_retried_after_
     // Meanwhile the partition moved: the new owner wrote something newer.
     rig.redis.restart().expect("redis restarts");
     rig.written_elsewhere("d", T50);
-    rig.epoch.bump();
+    rig.ownership.rebalancing();
 
     rig.acked(offset).await;
     assert_eq!(rig.stored("d"), "2026-11-22T10:00:50.000Z");

@@ -5,6 +5,7 @@
 //! [`record`]s back to the source, which commits only what is done.
 
 pub mod dead_letter;
+pub mod decode;
 pub mod ownership;
 pub mod record;
 pub mod sink;

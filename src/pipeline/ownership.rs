@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 use crate::model::TopicKind;
+use crate::pipeline::record::Record;
 
 /// A topic (by kind) and partition.
 pub type PartitionId = (TopicKind, i32);
@@ -41,6 +42,8 @@ pub struct Ownership {
     last_generation: AtomicU64,
     /// Bumped on every revoke: the writer re-checks its records when it moved.
     revocations: AtomicU64,
+    /// Bumped at every rebalance; see [`Trust`].
+    epoch: AtomicU64,
     fence: Fence,
 }
 
@@ -66,6 +69,23 @@ impl Ownership {
             self.revocations.fetch_add(1, Ordering::AcqRel);
         }
         generation
+    }
+
+    /// A rebalance is under way (called before a revoke drains, and again when partitions
+    /// are assigned): from now on the sink may not decide records on what it learnt
+    /// before, because another consumer may write those keys meanwhile.
+    pub fn rebalancing(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// The epoch records consumed now are stamped with.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// What the sink may rely on right now.
+    pub fn trust(&self) -> Trust {
+        Trust(self.epoch())
     }
 
     /// The partitions are no longer ours.
@@ -167,6 +187,25 @@ impl Ownership {
     }
 }
 
+/// The sink's licence to decide a record on what it remembers about its key, valid within
+/// one assignment epoch. The sink compares trusts it was handed and never reads a Kafka
+/// key or epoch itself: which records a trust covers is decided here, on the source's
+/// side of the pipeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Trust(u64);
+
+impl Trust {
+    /// The scope under which the sink may decide `record` without asking Redis's stale
+    /// guard: this trust's epoch, if the record was consumed under it and has a Kafka key
+    /// (so the producer partitioned it by id, and no other consumer writes that device
+    /// meanwhile); `None` when only the guard may decide.
+    pub fn scope_of(self, record: &Record) -> Option<u64> {
+        // An empty key is no key: the default partitioner spreads such records at random.
+        let keyed = record.key().is_some_and(|k| !k.is_empty());
+        (record.epoch == self.0 && keyed).then_some(self.0)
+    }
+}
+
 /// The owned partitions, read-locked, with the last answer kept for runs of records.
 pub struct OwnedView<'a> {
     owned: std::sync::RwLockReadGuard<'a, HashMap<PartitionId, u64>>,
@@ -216,6 +255,32 @@ mod tests {
         assert!(o.owns(p, third) && !o.owns(p, second));
         assert!(o.revocations() > revs);
         assert!(!o.owns((TopicKind::Metric, 0), third));
+    }
+
+    #[test]
+    fn trust_covers_keyed_records_of_its_own_epoch_only() {
+        let o = Ownership::new();
+        let record = |epoch: u64, key: Option<&[u8]>| {
+            let origin = crate::pipeline::record::Origin {
+                topic: TopicKind::Device,
+                partition: 0,
+                offset: 0,
+                generation: 1,
+            };
+            Record::decode(origin, epoch, key, None, &crate::model::Limits::default())
+        };
+        let trust = o.trust();
+        assert_eq!(
+            trust.scope_of(&record(o.epoch(), Some(b"d1"))),
+            Some(o.epoch())
+        );
+        assert_eq!(trust.scope_of(&record(o.epoch(), None)), None);
+        assert_eq!(trust.scope_of(&record(o.epoch(), Some(b""))), None);
+        let before = o.epoch();
+        o.rebalancing();
+        assert_ne!(o.trust(), trust);
+        assert_eq!(o.trust().scope_of(&record(before, Some(b"d1"))), None);
+        assert_eq!(trust.scope_of(&record(before, Some(b"d1"))), Some(before));
     }
 
     #[test]

@@ -10,7 +10,6 @@
 //! record.
 
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::model::{self, Event, Limits, Reject, TopicKind};
@@ -55,7 +54,7 @@ pub struct Chunk {
 #[derive(Debug, Clone)]
 pub struct Entry {
     pub origin: Origin,
-    /// The [`AssignmentEpoch`] it was consumed under.
+    /// The assignment epoch it was consumed under ([`crate::pipeline::ownership::Trust`]).
     pub epoch: u64,
     key: Option<Range<usize>>,
     value: Option<Range<usize>>,
@@ -147,7 +146,7 @@ impl Chunk {
 pub struct Record {
     pub origin: Origin,
     pub decoded: Result<Event, Reject>,
-    /// The [`AssignmentEpoch`] it was consumed under.
+    /// The assignment epoch it was consumed under ([`crate::pipeline::ownership::Trust`]).
     pub epoch: u64,
     raw: Raw,
 }
@@ -192,17 +191,6 @@ impl Record {
         }
     }
 
-    /// The assignment epoch under which the sink may decide this record on what it
-    /// remembers: `trust` (the sink's current epoch), if the record was consumed under it
-    /// and has a Kafka key, so that the producer partitioned it by device id and no other
-    /// consumer can write the same device meanwhile. Kafka's notions stay on this side:
-    /// the sink only compares epochs it was handed.
-    pub fn decidable_under(&self, trust: Option<u64>) -> Option<u64> {
-        // An empty key is no key: the default partitioner spreads such records at random.
-        let keyed = self.key().is_some_and(|k| !k.is_empty());
-        trust.filter(|epoch| self.epoch == *epoch && keyed)
-    }
-
     /// The Kafka key, as consumed.
     pub fn key(&self) -> Option<&[u8]> {
         self.raw.key.as_ref().map(|r| &self.raw.bytes[r.clone()])
@@ -236,22 +224,6 @@ impl Record {
                 value,
             },
         }
-    }
-}
-
-/// Counts partition assignment changes. The source bumps it on every revoke and assign;
-/// the writer trusts what it learnt about a key only within one epoch, because after a
-/// rebalance another consumer may have written that key.
-#[derive(Debug, Default)]
-pub struct AssignmentEpoch(AtomicU64);
-
-impl AssignmentEpoch {
-    pub fn current(&self) -> u64 {
-        self.0.load(Ordering::Acquire)
-    }
-
-    pub fn bump(&self) {
-        self.0.fetch_add(1, Ordering::AcqRel);
     }
 }
 

@@ -30,7 +30,7 @@ use super::offsets::{Offsets, PartitionId};
 use crate::config::KafkaSettings;
 use crate::model::TopicKind;
 use crate::pipeline::ownership::Ownership;
-use crate::pipeline::record::{Ack, AssignmentEpoch, Chunk, Origin};
+use crate::pipeline::record::{Ack, Chunk, Origin};
 use crate::rate_limit::RateLimit;
 use crate::shutdown::Shutdown;
 use crate::stats::{PartitionFigures, Stats};
@@ -199,7 +199,6 @@ pub struct SourceContext {
     /// Set once shutdown gave up waiting: the revoke that closing the consumer triggers
     /// must not wait a second time.
     closing: AtomicBool,
-    epoch: Arc<AssignmentEpoch>,
     ownership: Arc<Ownership>,
 }
 
@@ -363,7 +362,7 @@ impl ConsumerContext for SourceContext {
         };
         // Before anything else: records still queued for the revoked partitions must not be
         // decided on knowledge from this assignment.
-        self.epoch.bump();
+        self.ownership.rebalancing();
         let revoked = self.ids(tpl);
         {
             let mut state = self.state();
@@ -420,7 +419,7 @@ impl ConsumerContext for SourceContext {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
-                self.epoch.bump();
+                self.ownership.rebalancing();
                 let ids = self.ids(tpl);
                 let paused = {
                     let mut state = self.state();
@@ -525,7 +524,6 @@ impl KafkaSource {
         shutdown: Shutdown,
         records: flume::Sender<Chunk>,
         acks: flume::Receiver<Ack>,
-        epoch: Arc<AssignmentEpoch>,
         ownership: Arc<Ownership>,
         chunk_records: usize,
         shutdown_timeout: Duration,
@@ -547,7 +545,6 @@ impl KafkaSource {
             stats,
             drain_timeout: shutdown_timeout.min(Duration::from_secs(15)),
             closing: AtomicBool::new(false),
-            epoch,
             ownership,
             error_log: Mutex::new(RateLimit::new(Duration::from_secs(5))),
         };
@@ -657,7 +654,7 @@ impl KafkaSource {
                     };
                     state.filling.push(
                         origin,
-                        ctx.epoch.current(),
+                        ctx.ownership.epoch(),
                         message.key(),
                         message.payload(),
                     );

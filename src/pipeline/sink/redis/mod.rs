@@ -3,6 +3,8 @@
 
 pub mod batcher;
 pub mod connect;
+pub mod go_back;
+pub mod inflight;
 /// The key layout, from the contract crate (`metacache-contract`).
 pub use metacache_contract::keys;
 pub mod plan;

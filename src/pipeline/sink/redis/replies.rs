@@ -6,6 +6,75 @@ use redis::{RedisError, RedisResult, Value};
 
 use super::plan::{Expect, Planned};
 
+/// A pipeline's answer as the connection hands it over.
+pub type Replies = RedisResult<Vec<RedisResult<Value>>>;
+
+/// What a pipeline's answer says as a whole.
+#[derive(Debug)]
+pub enum Judged {
+    /// Every command answered as planned; each event's replies can be read (an error
+    /// among them is [permanent](is_permanent): that event is refused for good).
+    Answered {
+        replies: Vec<RedisResult<Value>>,
+        /// The `CLIENT ID` that answered: another one than last time is a reconnect.
+        connection: i64,
+        /// `HSET metacache:writers` had to create this writer's field: Redis lost it.
+        marker_created: bool,
+    },
+    /// Something transient went wrong: retry this batch and everything after it.
+    Retry(Retry),
+}
+
+/// Why a batch is tried again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    pub reason: String,
+    /// Redis said `NOSCRIPT`: load the scripts before the next try.
+    pub reload_scripts: bool,
+}
+
+/// Judges the answer to a pipeline of `commands` commands (its tail included) planned as
+/// `planned`: a connection error, a transient error reply anywhere, or an answer that is
+/// not whole and well-formed ([`malformed`]) is a retry, never an acknowledgement.
+pub fn judge(commands: usize, planned: &[Planned], replies: Replies) -> Judged {
+    let replies = match replies {
+        Err(e) => {
+            return Judged::Retry(Retry {
+                reload_scripts: e.code() == Some("NOSCRIPT"),
+                reason: super::describe_error(&e),
+            })
+        }
+        Ok(replies) => replies,
+    };
+    let mut reload_scripts = false;
+    let mut reason = None;
+    for e in replies.iter().filter_map(|r| r.as_ref().err()) {
+        if is_permanent(e) {
+            continue;
+        }
+        reload_scripts |= e.code() == Some("NOSCRIPT");
+        reason.get_or_insert_with(|| super::describe_error(e));
+    }
+    if let Some(reason) = reason.or_else(|| malformed(commands, planned, &replies)) {
+        return Judged::Retry(Retry {
+            reason,
+            reload_scripts,
+        });
+    }
+    match &replies[commands - TAIL..] {
+        [Ok(Value::Int(connection)), Ok(Value::Int(created))] => Judged::Answered {
+            connection: *connection,
+            marker_created: *created == 1,
+            replies,
+        },
+        // `malformed` lets only that shape through.
+        tail => Judged::Retry(Retry {
+            reason: format!("unexpected replies to CLIENT ID and HSET: {tail:?}"),
+            reload_scripts: false,
+        }),
+    }
+}
+
 /// Commands every pipeline ends with: `CLIENT ID`, then `HSET metacache:writers`.
 pub const TAIL: usize = 2;
 
@@ -143,6 +212,49 @@ mod tests {
         let replies = vec![Ok(Value::Int(3)), Ok(Value::Int(5))];
         assert!(malformed(2, &[], &replies).is_some());
         assert_eq!(malformed(2, &[], &tail()), None);
+    }
+
+    #[test]
+    fn a_whole_answer_is_read_with_its_connection_and_marker() {
+        let mut replies = vec![Ok(Value::Int(1)), Err(server("WRONGTYPE"))];
+        replies.push(Ok(Value::Int(42)));
+        replies.push(Ok(Value::Int(1)));
+        match judge(4, &[guarded(0), guarded(1)], Ok(replies)) {
+            Judged::Answered {
+                replies,
+                connection,
+                marker_created,
+            } => {
+                assert_eq!((connection, marker_created, replies.len()), (42, true, 4));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_transient_error_anywhere_retries_the_batch() {
+        let mut replies = vec![Ok(Value::Int(1)), Err(server("NOSCRIPT"))];
+        replies.extend(tail());
+        match judge(4, &[guarded(0), guarded(1)], Ok(replies)) {
+            Judged::Retry(retry) => {
+                assert!(retry.reload_scripts);
+                assert!(retry.reason.starts_with("NOSCRIPT"), "{}", retry.reason);
+            }
+            other => panic!("{other:?}"),
+        }
+        let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert!(matches!(
+            judge(3, &[guarded(0)], Err(lost)),
+            Judged::Retry(Retry {
+                reload_scripts: false,
+                ..
+            })
+        ));
+        let short = vec![Ok(Value::Int(1))];
+        assert!(matches!(
+            judge(3, &[guarded(0)], Ok(short)),
+            Judged::Retry(_)
+        ));
     }
 
     #[test]

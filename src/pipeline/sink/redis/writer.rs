@@ -27,28 +27,29 @@
 //!   cache is then emptied, and every batch planned with what it knew is planned again
 //!   through the guard.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::stream::{FuturesOrdered, StreamExt};
 use redis::aio::ConnectionLike;
 use redis::{Pipeline, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
 
 use super::batcher::Batcher;
 use super::connect::load_scripts;
+use super::go_back::GoBackN;
+use super::inflight::{Flight, InFlight};
 use super::plan::{Expect, PlanInput, Planned, Planner};
-use super::replies::{is_permanent, malformed, TAIL};
+use super::replies::{judge, Judged, Replies, Retry};
 use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
 use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
 use crate::pipeline::dead_letter::DeadLetter;
-use crate::pipeline::ownership::Ownership;
-use crate::pipeline::record::{Ack, AssignmentEpoch, Chunk, Record};
+use crate::pipeline::decode::{Decode, Rejects};
+use crate::pipeline::ownership::{Ownership, Trust};
+use crate::pipeline::record::{Ack, Chunk, Record};
 use crate::stats::Stats;
 
 /// Batching and retry knobs, from `[writer]`.
@@ -65,8 +66,8 @@ pub struct WriterConfig {
 pub type Connector<C> =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
-type Replies = RedisResult<Vec<RedisResult<Value>>>;
-type Flight = Pin<Box<dyn Future<Output = Replies> + Send>>;
+/// The pipelines on the wire, each with its batch.
+type Sent = InFlight<Batch, Replies>;
 
 /// One pipeline's worth of records and the commands planned for them.
 struct Batch {
@@ -76,9 +77,9 @@ struct Batch {
     /// Commands in `pipe`, the tail included: the replies expected.
     commands: usize,
     events: u64,
-    /// The assignment epoch whose records could be decided locally; `None` when every
-    /// device went through the guard.
-    trust: Option<u64>,
+    /// The trust under which records could be decided locally; `None` when every device
+    /// went through the guard.
+    trust: Option<Trust>,
     /// Some device was written without the guard.
     unguarded: bool,
     /// Some device was decided here (written without the guard, or skipped as stale):
@@ -89,18 +90,6 @@ struct Batch {
     /// When it was last handed to the connection: what its writes can have done is no
     /// older than this (a device key's TTL runs from when Redis ran the command).
     sent_at: Instant,
-}
-
-/// What a batch's replies say as a whole.
-enum Verdict {
-    /// Every command answered as planned; per-event outcomes can be read.
-    Answered(Vec<RedisResult<Value>>),
-    /// Something transient went wrong, or the batch relied on knowledge that turned out
-    /// void: retry this batch (and everything after it).
-    Retry {
-        reason: String,
-        reload_scripts: bool,
-    },
 }
 
 pub struct Writer<C> {
@@ -119,18 +108,16 @@ pub struct Writer<C> {
     kill: Option<i64>,
     /// This writer's field in `metacache:writers`.
     writer_id: String,
-    epoch: Arc<AssignmentEpoch>,
     ownership: Arc<Ownership>,
     fence_served: u64,
-    limits: Limits,
+    decode: Decode,
+    rejects: Rejects,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
-    dead_letters: mpsc::Sender<DeadLetter>,
 }
 
 /// What the writer shares with the rest of the pipeline.
 pub struct WriterLinks {
-    pub epoch: Arc<AssignmentEpoch>,
     pub ownership: Arc<Ownership>,
     pub stats: Arc<Stats>,
     pub acks: flume::Sender<Ack>,
@@ -150,6 +137,7 @@ where
         limits: Limits,
         links: WriterLinks,
     ) -> Self {
+        let rejects = Rejects::new(links.dead_letters, Arc::clone(&links.stats));
         Writer {
             conn: Some(conn),
             connector,
@@ -160,13 +148,12 @@ where
             conn_id: None,
             kill: None,
             writer_id: writer_id(),
-            epoch: links.epoch,
             ownership: links.ownership,
             fence_served: 0,
-            limits,
+            decode: Decode::new(limits, rejects.clone()),
+            rejects,
             stats: links.stats,
             acks: links.acks,
-            dead_letters: links.dead_letters,
         }
     }
 
@@ -174,8 +161,7 @@ where
     pub async fn run(mut self, records: flume::Receiver<Chunk>) {
         let max_in_flight = self.config.max_in_flight.max(1);
         let mut batcher = Batcher::new(self.config.max_batch, self.config.linger);
-        let mut sent: VecDeque<Batch> = VecDeque::new();
-        let mut flights: FuturesOrdered<Flight> = FuturesOrdered::new();
+        let mut sent: Sent = InFlight::new();
         let mut closed = false;
         let ownership = Arc::clone(&self.ownership);
 
@@ -187,15 +173,14 @@ where
                 };
                 if self.conn.is_none() {
                     // A fence dropped the connection: reconnect and send in order.
-                    sent.push_back(batch);
-                    self.go_back(&mut sent, &mut flights, "no connection".into(), false)
+                    self.go_back(&mut sent, Some(batch), "no connection".into(), false)
                         .await;
                     continue;
                 }
                 batch.sent_at = Instant::now();
-                flights.push_back(self.send(&batch));
-                self.stats.in_flight.store(sent.len() as u64 + 1, Relaxed);
-                sent.push_back(batch);
+                let flight = self.send(&batch);
+                sent.push(batch, flight);
+                self.stats.in_flight.store(sent.len() as u64, Relaxed);
                 continue;
             }
             if closed && batcher.is_empty() && sent.is_empty() {
@@ -206,25 +191,26 @@ where
                 biased;
                 _ = ownership.fence_wanted(served) => {
                     self.retain_owned(batcher.pending_mut());
-                    if self.serve_fence(&sent, &mut flights) {
-                        self.go_back(&mut sent, &mut flights, "connection dropped by a fence".into(), false)
+                    if self.serve_fence(sent.batches()) {
+                        sent.abandon();
+                        self.go_back(&mut sent, None, "connection dropped by a fence".into(), false)
                             .await;
                     }
                     self.stats.in_flight.store(sent.len() as u64, Relaxed);
                 }
-                Some(replies) = flights.next(), if !sent.is_empty() => {
+                Some(replies) = sent.next(), if !sent.is_empty() => {
                     let verdict = match sent.front() {
                         Some(batch) => self.judge(batch, replies),
                         None => continue,
                     };
                     match verdict {
-                        Verdict::Answered(replies) => {
+                        Ok(replies) => {
                             if let Some(batch) = sent.pop_front() {
                                 self.complete(batch, replies).await;
                             }
                         }
-                        Verdict::Retry { reason, reload_scripts } => {
-                            self.go_back(&mut sent, &mut flights, reason, reload_scripts).await;
+                        Err(retry) => {
+                            self.go_back(&mut sent, None, retry.reason, retry.reload_scripts).await;
                         }
                     }
                     self.stats.in_flight.store(sent.len() as u64, Relaxed);
@@ -232,10 +218,10 @@ where
                 received = records.recv_async(), if !closed && batcher.has_room() => {
                     match received {
                         Ok(chunk) => {
-                            self.accept(chunk, batcher.pending_mut()).await;
+                            self.decode.admit(chunk, batcher.pending_mut()).await;
                             while batcher.has_room() {
                                 match records.try_recv() {
-                                    Ok(chunk) => self.accept(chunk, batcher.pending_mut()).await,
+                                    Ok(chunk) => self.decode.admit(chunk, batcher.pending_mut()).await,
                                     Err(_) => break,
                                 }
                             }
@@ -249,28 +235,6 @@ where
         }
         self.stats.in_flight.store(0, Relaxed);
         self.sign_off().await;
-    }
-
-    /// Decodes a chunk: valid events join the batch; rejected ones go to the dead-letter
-    /// stage at once.
-    async fn accept(&self, chunk: Chunk, pending: &mut Vec<Record>) {
-        for record in chunk.decode(&self.limits) {
-            match &record.decoded {
-                Ok(_) => pending.push(record),
-                Err(reject) => {
-                    let reject = reject.clone();
-                    self.stats.topic(record.origin.topic).reject(reject.reason);
-                    self.dead_letter(record, reject).await;
-                }
-            }
-        }
-    }
-
-    async fn dead_letter(&self, record: Record, reject: Reject) {
-        // The dead-letter stage only stops when the daemon does; if it is gone the record
-        // stays unacknowledged and is replayed after a restart, which loses nothing.
-        let record = record.detached();
-        let _ = self.dead_letters.send(DeadLetter { record, reject }).await;
     }
 
     /// Drops the records whose partition is no longer owned under their generation;
@@ -298,23 +262,23 @@ where
     }
 
     /// The source asked for a fence: if any pipeline in flight carries records of a
-    /// partition given up, drop every flight and the connection under them, so none of
-    /// their bytes still waiting to be written ever is. Returns whether it did.
-    fn serve_fence(
-        &mut self,
-        sent: &VecDeque<Batch>,
-        flights: &mut FuturesOrdered<Flight>,
-    ) -> bool {
+    /// partition given up, drop the connection under them, so none of their bytes still
+    /// waiting to be written ever is. Returns whether it did: the caller then drops the
+    /// flights.
+    fn serve_fence<'b>(&mut self, batches: impl Iterator<Item = &'b Batch>) -> bool {
         let ticket = self.ownership.fence_requested();
         self.fence_served = ticket;
-        let carries = sent.iter().any(|b| !self.all_owned(&b.records));
+        let (mut count, mut carries) = (0, false);
+        for batch in batches {
+            count += 1;
+            carries |= !self.all_owned(&batch.records);
+        }
         if carries {
-            *flights = FuturesOrdered::new();
             self.conn = None;
             self.kill = self.conn_id.take();
             self.stats.fences.fetch_add(1, Relaxed);
             tracing::warn!(
-                batches = sent.len(),
+                batches = count,
                 "revoked partitions had writes in flight: their Redis connection is dropped so they cannot land after the new owner's"
             );
         }
@@ -338,17 +302,16 @@ where
         if records.is_empty() {
             return None;
         }
-        let trust = Some(self.epoch.current());
+        let trust = Some(self.ownership.trust());
         Some(self.build_under(records, trust))
     }
 
-    /// Plans a batch; only records consumed under `trust` (and keyed) may be decided
-    /// without the guard.
-    fn build_under(&mut self, records: Vec<Record>, trust: Option<u64>) -> Batch {
+    /// Plans a batch; only records `trust` covers may be decided without the guard.
+    fn build_under(&mut self, records: Vec<Record>, trust: Option<Trust>) -> Batch {
         let mut plan = self.planner.plan_batch(
             records.iter().map(|record| PlanInput {
                 event: record.decoded.as_ref().ok(),
-                epoch: record.decidable_under(trust),
+                epoch: trust.and_then(|t| t.scope_of(record)),
             }),
             &mut self.versions,
             Instant::now(),
@@ -381,7 +344,7 @@ where
     }
 
     /// Hands the pipeline to the connection. Called from this task only, in batch order.
-    fn send(&self, batch: &Batch) -> Flight {
+    fn send(&self, batch: &Batch) -> Flight<Replies> {
         let pipe = Arc::clone(&batch.pipe);
         let conn = self.conn.clone();
         let stats = Arc::clone(&self.stats);
@@ -401,41 +364,20 @@ where
         })
     }
 
-    /// Reads a batch's replies as a whole. Anything short of a full, well-formed answer is
-    /// retried; the writer's knowledge is forgotten whenever Redis may have lost data or
-    /// the outcome of a write is unknown.
-    fn judge(&mut self, batch: &Batch, replies: Replies) -> Verdict {
-        let replies = match replies {
-            Err(e) => {
+    /// Reads a batch's replies as a whole ([`judge`]), and keeps the writer's knowledge
+    /// honest: it is forgotten whenever Redis may have lost data or the outcome of a write
+    /// is unknown, and a batch that relied on knowledge now void is planned again.
+    fn judge(&mut self, batch: &Batch, replies: Replies) -> Result<Vec<RedisResult<Value>>, Retry> {
+        let (replies, id, created) = match judge(batch.commands, &batch.planned, replies) {
+            Judged::Retry(retry) => {
                 self.forget_all();
-                return Verdict::Retry {
-                    reload_scripts: e.code() == Some("NOSCRIPT"),
-                    reason: describe(&e),
-                };
+                return Err(retry);
             }
-            Ok(replies) => replies,
-        };
-        let mut reload_scripts = false;
-        let mut reason = None;
-        for e in replies.iter().filter_map(|r| r.as_ref().err()) {
-            if is_permanent(e) {
-                continue;
-            }
-            reload_scripts |= e.code() == Some("NOSCRIPT");
-            reason.get_or_insert_with(|| describe(e));
-        }
-        if let Some(reason) = reason.or_else(|| malformed(batch.commands, &batch.planned, &replies))
-        {
-            self.forget_all();
-            return Verdict::Retry {
-                reason,
-                reload_scripts,
-            };
-        }
-        let (id, created) = match &replies[batch.commands - TAIL..] {
-            [Ok(Value::Int(id)), Ok(Value::Int(created))] => (*id, *created == 1),
-            // `malformed` let only this shape through.
-            _ => (0, true),
+            Judged::Answered {
+                replies,
+                connection,
+                marker_created,
+            } => (replies, connection, marker_created),
         };
         if self.conn_id != Some(id) || created {
             // A new connection (maybe to another node) or a marker that was gone: what
@@ -452,12 +394,12 @@ where
             self.conn_id = Some(id);
         }
         if batch.local && batch.knowledge != self.knowledge {
-            return Verdict::Retry {
+            return Err(Retry {
                 reason: "Redis may have lost what this writer knew (reconnect, restart, flush or failover); planning the batch again through the stale guard".into(),
                 reload_scripts: false,
-            };
+            });
         }
-        Verdict::Answered(replies)
+        Ok(replies)
     }
 
     /// Reads each event's replies: written, skipped as stale, or refused for good. The
@@ -495,7 +437,7 @@ where
                             d.device_id(),
                             seq,
                             d.last_updated_ms(),
-                            record.decidable_under(batch.trust),
+                            batch.trust.and_then(|t| t.scope_of(&record)),
                             wrote,
                             now,
                         );
@@ -526,14 +468,13 @@ where
                 Some(refused_field(&record)),
                 format!("Redis refused the write: {reason}"),
             );
-            self.stats.topic(record.origin.topic).reject(reject.reason);
             tracing::warn!(
                 partition = record.origin.partition,
                 offset = record.origin.offset,
                 %reject,
                 "event refused by Redis; dead-lettering it"
             );
-            self.dead_letter(record, reject).await;
+            self.rejects.send(record, reject).await;
         }
     }
 
@@ -565,7 +506,7 @@ where
     /// `None` (the future, and any connection it held, is dropped).
     async fn unless_fenced<T>(
         &mut self,
-        sent: &VecDeque<Batch>,
+        replay: &GoBackN<Batch>,
         future: impl Future<Output = T>,
     ) -> Option<T> {
         let ownership = Arc::clone(&self.ownership);
@@ -573,8 +514,7 @@ where
         tokio::select! {
             biased;
             _ = ownership.fence_wanted(served) => {
-                let mut none = FuturesOrdered::new();
-                self.serve_fence(sent, &mut none);
+                self.serve_fence(replay.batches());
                 None
             }
             out = future => Some(out),
@@ -582,61 +522,62 @@ where
     }
 
     /// Go back N: let every batch in flight settle, then re-send the failed one and all
-    /// later ones, in order, one at a time, until Redis takes them. Records of partitions
-    /// given up meanwhile are dropped on the way.
+    /// later ones (and `then`, a batch not sent yet), in order, one at a time, until Redis
+    /// takes them. Records of partitions given up meanwhile are dropped on the way.
     async fn go_back(
         &mut self,
-        sent: &mut VecDeque<Batch>,
-        flights: &mut FuturesOrdered<Flight>,
-        mut reason: String,
-        mut reload_scripts: bool,
+        sent: &mut Sent,
+        then: Option<Batch>,
+        reason: String,
+        reload_scripts: bool,
     ) {
-        let settle = async { while flights.next().await.is_some() {} };
         let ownership = Arc::clone(&self.ownership);
         let served = self.fence_served;
         let fenced = tokio::select! {
             biased;
             _ = ownership.fence_wanted(served) => true,
-            _ = settle => false,
+            _ = sent.settle() => false,
         };
         if fenced {
-            self.serve_fence(sent, flights);
+            self.serve_fence(sent.batches().chain(then.as_ref()));
         }
-        *flights = FuturesOrdered::new();
-        let mut delays = self.config.retry.delays();
-        let mut logged_down = false;
-        while !sent.is_empty() {
+        let mut queue = sent.take();
+        queue.extend(then);
+        let mut replay = GoBackN::new(queue, reason, reload_scripts, self.config.retry);
+        while !replay.is_empty() {
             if let Err(e) = self.ensure_connected().await {
-                reason = e;
-            } else if reload_scripts {
+                replay.failed(e, false);
+            } else if replay.wants_scripts() {
                 if let Some(conn) = self.conn.as_mut() {
                     if let Err(e) = load_scripts(conn).await {
-                        reason = describe(&e);
+                        replay.failed(describe(&e), true);
                     }
                 }
             }
-            if !reason.is_empty() {
+            if let Some(backoff) = replay.backoff() {
+                let reason = replay.failure().unwrap_or_default().to_owned();
                 self.stats.retries.fetch_add(1, Relaxed);
                 self.stats.redis_error(&reason);
-                let delay = delays.next().unwrap_or(self.config.retry.max);
-                if !logged_down {
-                    tracing::warn!(%reason, retry_in_ms = delay.as_millis() as u64,
-                        batches = sent.len(), "Redis write failed; retrying in order");
-                    logged_down = true;
+                let retry_in_ms = backoff.delay.as_millis() as u64;
+                if backoff.first {
+                    tracing::warn!(%reason, retry_in_ms, batches = replay.len(),
+                        "Redis write failed; retrying in order");
                 } else {
-                    tracing::debug!(%reason, retry_in_ms = delay.as_millis() as u64, "retrying");
+                    tracing::debug!(%reason, retry_in_ms, "retrying");
                 }
                 self.stats.redis_up.store(false, Relaxed);
                 // A fence during the wait is served at once; the loop goes on.
-                let _ = self.unless_fenced(sent, tokio::time::sleep(delay)).await;
+                let _ = self
+                    .unless_fenced(&replay, tokio::time::sleep(backoff.delay))
+                    .await;
                 if self.conn.is_none() {
-                    reason = "connection dropped by a fence".into();
+                    replay.failed("connection dropped by a fence".into(), false);
                     continue;
                 }
             }
-            let current = self.epoch.current();
+            let trust = self.ownership.trust();
             let knowledge = self.knowledge;
-            let Some(mut batch) = sent.pop_front() else {
+            let Some(mut batch) = replay.take_next() else {
                 break;
             };
             let dropped = self.retain_owned(&mut batch.records);
@@ -647,7 +588,7 @@ where
             // may have written them since), before the device cache was emptied, or with
             // records that are gone now: plan it again, with only the guard deciding.
             if dropped > 0
-                || (batch.unguarded && batch.trust != Some(current))
+                || (batch.unguarded && batch.trust != Some(trust))
                 || (batch.local && batch.knowledge != knowledge)
             {
                 let records = std::mem::take(&mut batch.records);
@@ -655,34 +596,25 @@ where
             }
             batch.sent_at = Instant::now();
             let flight = self.send(&batch);
-            sent.push_front(batch);
-            let Some(replies) = self.unless_fenced(sent, flight).await else {
-                reason = "interrupted by a fence".into();
+            replay.put_back(batch);
+            let Some(replies) = self.unless_fenced(&replay, flight).await else {
+                replay.failed("interrupted by a fence".into(), false);
                 continue;
             };
-            let verdict = match sent.front() {
+            let verdict = match replay.batches().next() {
                 Some(batch) => self.judge(batch, replies),
                 None => break,
             };
             match verdict {
-                Verdict::Answered(replies) => {
-                    if let Some(batch) = sent.pop_front() {
+                Ok(replies) => {
+                    if let Some(batch) = replay.succeeded() {
                         self.complete(batch, replies).await;
                     }
-                    reason.clear();
-                    reload_scripts = false;
-                    delays = self.config.retry.delays();
                 }
-                Verdict::Retry {
-                    reason: r,
-                    reload_scripts: reload,
-                } => {
-                    reason = r;
-                    reload_scripts = reload;
-                }
+                Err(retry) => replay.failed(retry.reason, retry.reload_scripts),
             }
         }
-        if logged_down {
+        if replay.was_down() {
             tracing::info!("Redis writes succeed again");
         }
     }
