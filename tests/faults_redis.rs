@@ -110,7 +110,7 @@ async fn redis_down_longer_than_max_poll_interval_then_back_empty_and_resynced()
 
     // The runbook: stop the group, rewind it, start again.
     daemon.stop().await.expect("clean stop");
-    let (code, out, err) = resync(&h, &group, &["--yes"]);
+    let (code, out, err) = resync(&h, &group, &["--yes", "--assume-idle"]);
     assert_eq!(code, Some(0), "resync: {out}\n{err}");
     assert!(out.contains("done"), "{out}");
     assert_eq!(h.committed(&group, DEVICES), vec![0; 4]);

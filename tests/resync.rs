@@ -42,12 +42,29 @@ async fn refuses_while_a_daemon_is_in_the_group_and_rewinds_once_it_left() {
     })
     .await;
 
-    // A daemon is in the group: refused, nothing changed.
+    // A daemon is in the group. The mock broker cannot list members, so resync refuses
+    // without looking by joining: the daemon keeps its partitions, with no rebalance and
+    // nothing read twice (a join took them away and replayed records).
+    let before = daemon.stats.snapshot();
     let (code, out, err) = resync(&h, &group, &["--yes"]);
     assert_eq!(code, Some(1), "{out}\n{err}");
     println!("refused:\n{out}{err}");
-    assert!(err.contains("active member"), "{err}");
-    assert!(err.contains("Nothing was changed") || err.contains("stop every metacache"));
+    assert!(err.contains("cannot list the members"), "{err}");
+    assert!(err.contains("--assume-idle"), "{err}");
+    assert_eq!(h.committed(&group, DEVICES).iter().sum::<i64>(), 15);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = daemon.stats.snapshot();
+    assert_eq!(
+        after.rebalances, before.rebalances,
+        "resync disturbed the group"
+    );
+    assert_eq!(after.devices.consumed, 15, "records were read twice");
+
+    // An operator who says the group is idle while it is not: joining, resync is handed
+    // only part of the partitions, refuses and commits nothing.
+    let (code, out, err) = resync(&h, &group, &["--yes", "--assume-idle"]);
+    assert_eq!(code, Some(1), "{out}\n{err}");
+    assert!(err.contains("other active members"), "{err}");
     assert_eq!(h.committed(&group, DEVICES).iter().sum::<i64>(), 15);
     // The daemon carries on after resync's visit.
     h.produce(DEVICES, &records[15..]).await;
@@ -57,8 +74,13 @@ async fn refuses_while_a_daemon_is_in_the_group_and_rewinds_once_it_left() {
     .await;
     daemon.stop().await.expect("clean stop");
 
+    // Stopped, but the broker still cannot tell: without the operator's word, refused.
+    let (code, _, err) = resync(&h, &group, &["--yes"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(h.committed(&group, DEVICES).iter().sum::<i64>(), 20);
+
     // The group is idle: rewound, with the plan printed.
-    let (code, out, err) = resync(&h, &group, &["--yes"]);
+    let (code, out, err) = resync(&h, &group, &["--yes", "--assume-idle"]);
     assert_eq!(code, Some(0), "{out}\n{err}");
     println!("rewound:\n{out}");
     for needle in [

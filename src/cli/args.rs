@@ -76,6 +76,10 @@ pub struct ResyncArgs {
     /// Do not ask for confirmation (required when standard input is not a terminal).
     #[arg(long)]
     pub yes: bool,
+    /// Every metacache of the group is stopped: needed only where the broker cannot list
+    /// a group's members (resync never joins a group it cannot see into otherwise).
+    #[arg(long)]
+    pub assume_idle: bool,
 }
 
 #[derive(Debug, Args)]

@@ -43,7 +43,12 @@ pub fn resync(args: ResyncArgs, log_format: Option<LogFormat>) -> ExitCode {
         let _ = std::io::stdin().read_line(&mut answer);
         matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
     };
-    match metacache::tools::resync::run(&settings.kafka, confirm, &mut std::io::stdout()) {
+    match metacache::tools::resync::run(
+        &settings.kafka,
+        args.assume_idle,
+        confirm,
+        &mut std::io::stdout(),
+    ) {
         Ok(_) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("resync: {e}");

@@ -8,14 +8,20 @@
 //! `kafka-consumer-groups --reset-offsets --to-earliest --execute` on both topics.
 //!
 //! Rewinding under a running daemon would be undone by that daemon's next commit, so the
-//! group must have no active members. Two checks, because brokers differ:
+//! group must have no active members, and checking that must not disturb a group that has
+//! some: joining it would make the broker take partitions away from the running daemons
+//! (a rebalance, and records read twice) only to find out they are there. So:
 //!
-//! 1. ListGroups/DescribeGroups (real brokers): a group with members is refused at once,
-//!    naming them, without disturbing it.
-//! 2. Then resync joins the group itself, waits for its assignment and commits as a
-//!    member (some brokers, librdkafka's mock cluster among them, refuse offset commits
-//!    from outside a group that ever existed). If anyone else is in the group, resync is
-//!    handed only part of the partitions: it refuses, commits nothing and leaves.
+//! 1. resync asks the broker to describe the group (ListGroups/DescribeGroups). Members
+//!    listed: refused at once, naming them. No members: the offsets are committed from
+//!    outside the group, which a broker accepts only while the group is empty (Kafka
+//!    refuses it with `UNKNOWN_MEMBER_ID` or `ILLEGAL_GENERATION` once anyone joined).
+//! 2. A broker that cannot describe groups (librdkafka's mock cluster, for one) gives no
+//!    way to look without joining. resync then refuses unless the operator states that
+//!    every metacache of the group is stopped (`--assume-idle`); only then does it join
+//!    and commit as a member, which such brokers require. The join still checks: if
+//!    anyone else is in the group, resync is handed only part of the partitions, and it
+//!    refuses, commits nothing and leaves.
 
 use std::fmt;
 use std::io::Write;
@@ -105,6 +111,8 @@ pub enum ResyncError {
     NoTopic(String),
     #[error("the group {group:?} has {} active member(s): {}; stop every metacache of this group first (scale it to 0), then run resync again", .members.len(), .members.join(", "))]
     ActiveMembers { group: String, members: Vec<String> },
+    #[error("the broker cannot list the members of group {0:?} (it does not answer DescribeGroups), and finding out by joining would take partitions from any metacache still running; nothing was changed. Stop every metacache of this group (scale it to 0), then run resync again with --assume-idle")]
+    CannotListMembers(String),
     #[error("the group {group:?} has other active members: joining it, resync was given {got} of {want} partitions; stop every metacache of this group first (scale it to 0), then run resync again. Nothing was changed.")]
     PartialAssignment {
         group: String,
@@ -188,35 +196,68 @@ fn listed_members(consumer: &BaseConsumer, group: &str) -> Option<Vec<String>> {
     )
 }
 
-/// Checks the group is idle, asks `confirm`, then commits the earliest offsets as a member
-/// of the group and verifies them. Progress goes to `out`.
+/// How resync knows the group is idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Idle {
+    /// The broker described it with no members.
+    Listed,
+    /// The broker cannot describe groups; the operator said every member is stopped.
+    Assumed,
+}
+
+/// Checks the group is idle without disturbing it, asks `confirm`, then commits the
+/// earliest offsets and verifies them. `assume_idle` is the operator's word that no
+/// member runs, for brokers that cannot list members. Progress goes to `out`.
 pub fn run(
     kafka: &KafkaSettings,
+    assume_idle: bool,
     confirm: impl FnOnce(&Plan) -> bool,
     out: &mut impl Write,
 ) -> Result<Plan, ResyncError> {
     let plan = plan(kafka)?;
     let _ = writeln!(out, "{plan}");
     let consumer = consumer(kafka)?;
-    if let Some(members) = listed_members(&consumer, &kafka.group_id) {
-        if !members.is_empty() {
+    let idle = match listed_members(&consumer, &kafka.group_id) {
+        Some(members) if !members.is_empty() => {
             return Err(ResyncError::ActiveMembers {
                 group: kafka.group_id.clone(),
                 members,
-            });
+            })
         }
-    }
+        Some(_) => Idle::Listed,
+        None if assume_idle => Idle::Assumed,
+        None => return Err(ResyncError::CannotListMembers(kafka.group_id.clone())),
+    };
     if !confirm(&plan) {
         return Err(ResyncError::NotConfirmed);
     }
 
-    let _ = writeln!(out, "joining the group to check nobody else is in it ...");
-    consumer.subscribe(&[&kafka.device_topic, &kafka.metric_topic])?;
-    let result = commit_as_member(&consumer, kafka, &plan);
-    consumer.unsubscribe();
-    // Poll once more so the leave is sent before the consumer closes.
-    let _ = consumer.poll(Duration::from_millis(100));
-    result?;
+    match idle {
+        Idle::Listed => {
+            let _ = writeln!(
+                out,
+                "the broker lists no members: committing from outside the group ..."
+            );
+            if let Err(e) = consumer.commit(&earliest(&plan)?, CommitMode::Sync) {
+                // Refused: either someone joined since the check (a real broker), or the
+                // broker takes commits only from members. Look again before joining.
+                match listed_members(&consumer, &kafka.group_id) {
+                    Some(members) if members.is_empty() => {
+                        tracing::debug!(error = %e, "commit from outside the group refused; joining the empty group");
+                        join_and_commit(&consumer, kafka, &plan, out)?;
+                    }
+                    Some(members) => {
+                        return Err(ResyncError::ActiveMembers {
+                            group: kafka.group_id.clone(),
+                            members,
+                        })
+                    }
+                    None => return Err(e.into()),
+                }
+            }
+        }
+        Idle::Assumed => join_and_commit(&consumer, kafka, &plan, out)?,
+    }
 
     let check = self::plan(kafka)?;
     for (before, after) in plan.partitions.iter().zip(&check.partitions) {
@@ -234,6 +275,35 @@ pub fn run(
         plan.replays()
     );
     Ok(plan)
+}
+
+/// Joins the group, commits as a member and leaves: for brokers that take commits only
+/// from members.
+fn join_and_commit(
+    consumer: &BaseConsumer,
+    kafka: &KafkaSettings,
+    plan: &Plan,
+    out: &mut impl Write,
+) -> Result<(), ResyncError> {
+    let _ = writeln!(
+        out,
+        "joining the group to commit as its member (and to check nobody else is in it) ..."
+    );
+    consumer.subscribe(&[&kafka.device_topic, &kafka.metric_topic])?;
+    let result = commit_as_member(consumer, kafka, plan);
+    consumer.unsubscribe();
+    // Poll once more so the leave is sent before the consumer closes.
+    let _ = consumer.poll(Duration::from_millis(100));
+    result
+}
+
+/// The plan's earliest offsets, as a commit.
+fn earliest(plan: &Plan) -> Result<TopicPartitionList, ResyncError> {
+    let mut tpl = TopicPartitionList::new();
+    for p in &plan.partitions {
+        tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.earliest))?;
+    }
+    Ok(tpl)
 }
 
 fn commit_as_member(
@@ -264,10 +334,6 @@ fn commit_as_member(
             want,
         });
     }
-    let mut tpl = TopicPartitionList::new();
-    for p in &plan.partitions {
-        tpl.add_partition_offset(&p.topic, p.partition, Offset::Offset(p.earliest))?;
-    }
-    consumer.commit(&tpl, CommitMode::Sync)?;
+    consumer.commit(&earliest(plan)?, CommitMode::Sync)?;
     Ok(())
 }
