@@ -112,6 +112,30 @@ impl Rig {
         self.send_with_key(id, last_updated, keyed.then_some(id))
     }
 
+    /// Several keyed device events in one chunk, so the writer takes them into one batch;
+    /// returns the last offset.
+    fn send_together(&mut self, events: &[(&str, &str)]) -> i64 {
+        let mut chunk = Chunk::new();
+        for (id, last_updated) in events {
+            let value = device_json(id, "temperature", last_updated).into_bytes();
+            let origin = Origin {
+                topic: TopicKind::Device,
+                partition: 0,
+                offset: self.next_offset,
+                generation: self.generation,
+            };
+            self.next_offset += 1;
+            chunk.push(
+                origin,
+                self.ownership.epoch(),
+                Some(id.as_bytes()),
+                Some(&value),
+            );
+        }
+        self.records.try_send(chunk).expect("room in the channel");
+        self.next_offset - 1
+    }
+
     fn send_with_key(&mut self, id: &str, last_updated: &str, key: Option<&str>) -> i64 {
         let value = device_json(id, "temperature", last_updated).into_bytes();
         let key = key.map(str::as_bytes);
@@ -186,6 +210,7 @@ impl Rig {
 const T10: &str = "2026-11-22T10:00:10Z";
 const T15: &str = "2026-11-22T10:00:15Z";
 const T20: &str = "2026-11-22T10:00:20Z";
+const T25: &str = "2026-11-22T10:00:25Z";
 const T30: &str = "2026-11-22T10:00:30Z";
 const T40: &str = "2026-11-22T10:00:40Z";
 const T50: &str = "2026-11-22T10:00:50Z";
@@ -384,4 +409,61 @@ async fn the_device_cache_forgets_when_a_lagging_replica_is_promoted() {
     let v: serde_json::Value = serde_json::from_str(&json).expect("stored JSON");
     assert_eq!(v["last_updated"], "2026-11-22T10:00:20.000Z");
     assert_eq!(rig.stats.snapshot().devices.stale, 0);
+}
+
+/// Go-back-N plans a batch again when what it was planned on is void, while the batches
+/// behind it were planned before that and still write the same devices. Here batch 1 (`e`
+/// decided locally, `d` through the guard) and batch 2 (`d` newer, through the guard) are
+/// on the wire when the connection is cut. The replay plans batch 1 again, which makes
+/// batch 2's answer for `d` no longer the latest; if batch 1's answer taught the writer
+/// that `d` holds 10:00:20 while Redis holds batch 2's 10:00:30, a later 10:00:25 would be
+/// written as a plain SET over the newer value. A batch planned again is planned without
+/// trust, so its answers teach nothing, and the later update goes through the guard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_plans_a_batch_again_plans_every_later_one_again() {
+    use support::proxy::HoldingProxy;
+    let redis = EmbeddedRedis::start().unwrap_or_else(|e| panic!("{e}"));
+    let proxy = HoldingProxy::start(redis.port()).await;
+    let port = redis.port();
+    let mut rig = Rig::start_at(
+        RetryPolicy::new(Duration::from_millis(20), Duration::from_millis(200)),
+        redis,
+        proxy.url(),
+    )
+    .await;
+    rig.write("e", T10, true).await;
+    proxy.hold();
+    rig.send_together(&[("e", T15), ("d", T20)]);
+    wait_for(Duration::from_secs(10), "batch 1 on the wire", || async {
+        proxy.bytes_held() > 0
+    })
+    .await;
+    let first = proxy.bytes_held();
+    let last = rig.send("d", T30, true);
+    wait_for(Duration::from_secs(10), "batch 2 on the wire", || async {
+        proxy.bytes_held() > first
+    })
+    .await;
+    // The connection is cut with both batches unanswered; nothing of them reached Redis.
+    let connections = proxy.connections();
+    proxy.switch_to(port);
+    proxy.release();
+    rig.acked(last).await;
+    assert!(
+        rig.stats.snapshot().retries > 0,
+        "the batches were not retried"
+    );
+    assert!(
+        proxy.connections() > connections,
+        "the writer did not reconnect"
+    );
+    assert_eq!(rig.stored("d"), "2026-11-22T10:00:30.000Z");
+
+    rig.write("d", T25, true).await;
+    assert_eq!(
+        rig.stored("d"),
+        "2026-11-22T10:00:30.000Z",
+        "an older update won"
+    );
+    assert_eq!(rig.stats.snapshot().devices.stale, 1);
 }
