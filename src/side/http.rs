@@ -97,6 +97,7 @@ pub async fn start(
             Arc::clone(&stats),
             Arc::clone(&observed),
             topics.clone(),
+            thresholds(settings),
         ),
         stats,
         observed,

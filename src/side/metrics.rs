@@ -12,12 +12,21 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::model::{RejectReason, TopicKind};
+use crate::side::health::{self, Status, Thresholds};
+use crate::side::http::inputs;
 use crate::side::monitor::Observed;
 use crate::stats::{Stats, TopicStats};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// The registry `/metrics` encodes: the pipeline-duration histogram and the collector.
-pub fn registry(stats: Arc<Stats>, observed: Arc<Observed>, topics: [String; 2]) -> Registry {
+/// `thresholds` are the probes' own, so the readiness and liveness gauges say what
+/// `/readyz` and `/healthz` answer at the same moment (alerts page on the gauges).
+pub fn registry(
+    stats: Arc<Stats>,
+    observed: Arc<Observed>,
+    topics: [String; 2],
+    thresholds: Thresholds,
+) -> Registry {
     let mut registry = Registry::default();
     registry.register_with_unit(
         "metacache_redis_pipeline_duration",
@@ -29,6 +38,7 @@ pub fn registry(stats: Arc<Stats>, observed: Arc<Observed>, topics: [String; 2])
         stats,
         observed,
         topics,
+        thresholds,
     }));
     registry
 }
@@ -39,6 +49,7 @@ struct StatsCollector {
     observed: Arc<Observed>,
     /// Device topic, metric topic: the `topic` label values.
     topics: [String; 2],
+    thresholds: Thresholds,
 }
 
 impl StatsCollector {
@@ -71,6 +82,43 @@ fn gauge(
     let metric = ConstGauge::new(value);
     let e = encoder.encode_descriptor(name, help, unit, metric.metric_type())?;
     metric.encode(e)
+}
+
+impl StatsCollector {
+    /// What `/readyz` and `/healthz` would answer now, as gauges.
+    fn encode_health(&self, encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let inputs = inputs(&self.stats, &self.observed);
+        let ready = health::readiness(&inputs, &self.thresholds);
+        gauge(
+            encoder,
+            "metacache_ready",
+            "1 while /readyz answers 200 (healthy or degraded), 0 while it answers 503",
+            None,
+            (ready.status != Status::Unhealthy) as i64,
+        )?;
+        let mut e = encoder.encode_descriptor(
+            "metacache_readiness",
+            "Each /readyz check: 0 healthy, 1 degraded, 2 unhealthy",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (check, verdict) in &ready.checks {
+            let level = match verdict.status {
+                Status::Healthy => 0,
+                Status::Degraded => 1,
+                Status::Unhealthy => 2,
+            };
+            ConstGauge::new(level).encode(e.encode_family(&[("check", *check)])?)?;
+        }
+        let live = health::liveness(&inputs, &self.thresholds);
+        gauge(
+            encoder,
+            "metacache_live",
+            "1 while /healthz answers 200; 0 when the pipeline is wedged",
+            None,
+            live.alive as i64,
+        )
+    }
 }
 
 impl Collector for StatsCollector {
@@ -252,6 +300,26 @@ impl Collector for StatsCollector {
             None,
             (observed.redis_reachable == Some(true)) as i64,
         )?;
+        self.encode_health(&mut encoder)?;
+        gauge(
+            &mut encoder,
+            "metacache_redis_eviction_possible",
+            "1 when Redis's maxmemory-policy may evict keys metacache wrote",
+            None,
+            observed.eviction_warning.is_some() as i64,
+        )?;
+        if let Some(c) = &observed.cache {
+            if !c.maxmemory_policy.is_empty() {
+                let mut e = encoder.encode_descriptor(
+                    "metacache_redis_maxmemory_policy",
+                    "Redis's maxmemory-policy, as the label (always 1)",
+                    None,
+                    MetricType::Gauge,
+                )?;
+                let labels = [("policy", c.maxmemory_policy.as_str())];
+                ConstGauge::new(1).encode(e.encode_family(&labels)?)?;
+            }
+        }
         if let Some(c) = &observed.cache {
             gauge(
                 &mut encoder,

@@ -6,6 +6,7 @@ Run from the repository root: `python -m pytest -q tests/deploy`.
 """
 
 import copy
+import json
 import re
 import textwrap
 import tomllib
@@ -74,6 +75,8 @@ ALL_OPTIONAL = {
     "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
     "podDisruptionBudget": {"enabled": True},
     "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 6},
+    "grafanaDashboard": {"enabled": True},
+    "prometheusRule": {"enabled": True, "labels": {"release": "prometheus"}},
 }
 
 
@@ -89,8 +92,8 @@ def test_defaults_render_valid_manifests(chart):
 def test_optional_resources_render_valid_manifests(chart):
     docs = render(chart, ALL_OPTIONAL)
     assert sorted(d["kind"] for d in docs) == [
-        "ConfigMap", "Deployment", "HorizontalPodAutoscaler", "PodDisruptionBudget",
-        "Service", "ServiceMonitor",
+        "ConfigMap", "ConfigMap", "Deployment", "HorizontalPodAutoscaler",
+        "PodDisruptionBudget", "PrometheusRule", "Service", "ServiceMonitor",
     ]
     validate(docs)
     deployment = kind(docs, "Deployment")
@@ -410,3 +413,174 @@ def test_docs_values_files_install(chart):
         assert f"create secret generic {ref['name']}" in page
         assert f"--from-literal={ref['key']}=" in page
     assert config_toml(docs)["kafka"]["client"]["ssl.ca.location"] == "/etc/kafka-ca/ca.crt"
+
+
+# --- dashboard and alerts ------------------------------------------------------------------
+
+DASHBOARD = CHART / "dashboards" / "metacache.json"
+
+# The PrometheusRule resource as the Prometheus Operator's CRD (monitoring.coreos.com/v1)
+# defines it, written from the operator's API reference: kubernetes_validate ships only the
+# built-in kinds, and the CRD itself is not installable offline.
+DURATION = {"type": "string", "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": {"type": "object", "required": ["name"]},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": DURATION,
+                            "limit": {"type": "integer"},
+                            "partial_response_strategy": {"type": "string"},
+                            "query_offset": DURATION,
+                            "labels": STRINGS,
+                            "rules": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "required": ["expr"],
+                                    "additionalProperties": False,
+                                    "properties": {
+                                        "alert": {"type": "string"},
+                                        "record": {"type": "string"},
+                                        "expr": {"type": ["string", "integer"]},
+                                        "for": DURATION,
+                                        "keep_firing_for": DURATION,
+                                        "labels": STRINGS,
+                                        "annotations": STRINGS,
+                                    },
+                                    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+
+
+def github_anchors(markdown):
+    """The anchors GitHub gives a page's headings."""
+    anchors = set()
+    for line in markdown.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            slug = re.sub(r"[^a-z0-9 _-]", "", title).replace(" ", "-")
+            anchors.add(slug)
+    return anchors
+
+
+def balanced(expr):
+    pairs = {")": "(", "]": "[", "}": "{"}
+    stack = []
+    for ch in expr:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return False
+    return not stack
+
+
+def test_dashboard_and_alerts_are_off_by_default(chart):
+    kinds = [d["kind"] for d in render(chart)]
+    assert "PrometheusRule" not in kinds
+    assert kinds.count("ConfigMap") == 1
+
+
+def test_dashboard_configmap_carries_the_file_for_grafanas_sidecar(chart):
+    docs = render(chart, {"grafanaDashboard": {"enabled": True,
+                                               "annotations": {"grafana_folder": "Kafka"}}})
+    validate(docs)
+    maps = [d for d in docs if d["kind"] == "ConfigMap" and "metacache.json" in d.get("data", {})]
+    assert len(maps) == 1
+    cm = maps[0]
+    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert cm["metadata"]["annotations"] == {"grafana_folder": "Kafka"}
+    shipped = json.loads(cm["data"]["metacache.json"])
+    assert shipped == json.loads(DASHBOARD.read_text())
+
+
+def test_dashboard_panels_have_queries_on_the_chosen_datasource():
+    dashboard = json.loads(DASHBOARD.read_text())
+    assert dashboard["uid"] == "metacache"
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    assert variables["datasource"]["query"] == "prometheus"
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    titles = " / ".join(p["title"].lower() for p in panels)
+    # What the issue asks to see.
+    for needle in ["consumed", "written, stale, dead-lettered", "rejected by reason",
+                   "lag per partition", "latency", "retries", "paused", "memory",
+                   "eviction policy", "ready"]:
+        assert needle in titles, needle
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in panels:
+        assert panel["datasource"]["uid"] == "${datasource}", panel["title"]
+        assert panel["targets"], panel["title"]
+        for target in panel["targets"]:
+            expr = target["expr"]
+            assert balanced(expr), expr
+            assert "metacache_" in expr, expr
+            # Every selector is limited to the chosen jobs.
+            for selector in re.findall(r"metacache_[a-z_]+\{([^}]*)\}", expr):
+                assert 'job=~"$job"' in selector, expr
+
+
+def test_prometheus_rule_matches_the_crd_and_every_alert_has_a_runbook(chart):
+    import jsonschema
+
+    docs = render(chart, {"prometheusRule": {"enabled": True,
+                                             "runbookBaseUrl": "https://docs.example/r.md",
+                                             "lagRecords": 5000, "notReadyFor": "3m"}})
+    rule = kind(docs, "PrometheusRule")
+    jsonschema.validate(rule, PROMETHEUS_RULE_SCHEMA)
+    anchors = github_anchors((ROOT / "docs" / "reliability.md").read_text())
+    alerts = rule["spec"]["groups"][0]["rules"]
+    names = {a["alert"] for a in alerts}
+    assert names == {
+        "MetacacheConsumerLagGrowing", "MetacacheDeadLetters", "MetacacheDeadLettersLost",
+        "MetacacheNotReady", "MetacacheRedisErrors", "MetacachePipelineWedged",
+        "MetacacheEvictionPolicyCanDropEntries",
+    }
+    for alert in alerts:
+        assert alert["labels"]["severity"] in {"warning", "critical"}, alert["alert"]
+        annotations = alert["annotations"]
+        assert annotations["summary"] and annotations["description"], alert["alert"]
+        url = annotations["runbook_url"]
+        base, _, anchor = url.partition("#")
+        assert base == "https://docs.example/r.md"
+        assert anchor in anchors, f"{alert['alert']}: no heading #{anchor} in docs/reliability.md"
+        assert balanced(alert["expr"]), alert["expr"]
+        assert "metacache_" in alert["expr"]
+    lag = next(a for a in alerts if a["alert"] == "MetacacheConsumerLagGrowing")
+    assert "> 5000" in lag["expr"]
+    ready = next(a for a in alerts if a["alert"] == "MetacacheNotReady")
+    assert ready["for"] == "3m"
+
+
+@pytest.mark.parametrize("values", [
+    {"prometheusRule": {"enabled": True, "lagRecords": 0}},
+    {"prometheusRule": {"enabled": True, "notReadyFor": "five minutes"}},
+    {"prometheusRule": {"enabled": True, "runbookBaseUrl": "docs/reliability.md"}},
+    {"grafanaDashboard": {"enabled": "yes"}},
+])
+def test_bad_dashboard_and_alert_values_are_rejected(chart, values):
+    with pytest.raises(Exception):
+        chart.render(values=values, name="mc", namespace="cache")
