@@ -36,6 +36,15 @@ if [ ! -x "$hadolint" ]; then
   hadolint=$(command -v hadolint) || { echo "check-deploy: hadolint not found" >&2; exit 1; }
 fi
 
+# promtool (Debian's prometheus package) checks the alert rules and the dashboard's queries.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "check-deploy: installing prometheus (for promtool)" >&2
+  sudo=""
+  if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 echo "check-deploy: hadolint Dockerfile" >&2
 "$hadolint" Dockerfile
 echo "check-deploy: chart tests" >&2

@@ -7,6 +7,8 @@ Run from the repository root: `python -m pytest -q tests/deploy`.
 
 import copy
 import json
+import shutil
+import subprocess
 import re
 import textwrap
 import tomllib
@@ -584,3 +586,39 @@ def test_prometheus_rule_matches_the_crd_and_every_alert_has_a_runbook(chart):
 def test_bad_dashboard_and_alert_values_are_rejected(chart, values):
     with pytest.raises(Exception):
         chart.render(values=values, name="mc", namespace="cache")
+
+
+def promtool_check(tmp_path, groups):
+    """`promtool check rules` on rule groups; skipped where Prometheus is not installed
+    (scripts/check-deploy.sh installs it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed (Debian: apt-get install prometheus)")
+    path = tmp_path / "rules.yaml"
+    path.write_text(yaml.safe_dump({"groups": groups}))
+    run = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    return run.stdout
+
+
+def test_promtool_accepts_the_alert_rules(chart, tmp_path):
+    rule = kind(render(chart, {"prometheusRule": {"enabled": True}}), "PrometheusRule")
+    out = promtool_check(tmp_path, rule["spec"]["groups"])
+    assert "SUCCESS: 7 rules found" in out, out
+
+
+def test_promtool_parses_every_dashboard_query(tmp_path):
+    """Each panel query as a recording rule, with Grafana's variables filled in, so
+    Prometheus's own parser reads it."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    grafana = {"$__rate_interval": "1m", "$__range": "1h", "$job": ".*"}
+    rules = []
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            for variable, value in grafana.items():
+                expr = expr.replace(variable, value)
+            assert "$" not in expr, expr
+            rules.append({"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": expr})
+    out = promtool_check(tmp_path, [{"name": "dashboard", "rules": rules}])
+    assert f"SUCCESS: {len(rules)} rules found" in out, out
