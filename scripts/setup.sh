@@ -14,6 +14,9 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # The TLS tests make their certificates with it.
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# The Python client's tests run in a virtualenv (Debian splits venv and ensurepip out).
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2

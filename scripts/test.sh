@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Quick start: the whole test suite, against a real redis-server and librdkafka's mock
-# Kafka cluster (both started by the tests themselves).
+# Kafka cluster (both started by the tests themselves): the Rust workspace, then the
+# Python client package (clients/python) in a virtualenv of its own.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
-exec cargo test --workspace --locked "$@"
+cargo test --workspace --locked "$@"
+# The Python client package's tests, against the binary cargo just built.
+scripts/test-python.sh
