@@ -627,6 +627,7 @@ fn each_subcommand_takes_only_what_it_uses_in_one_help_layout() {
         &["info"],
         &["produce"],
         &["resync"],
+        &["verify"],
     ];
     for args in all {
         let text = help(args);
@@ -638,7 +639,10 @@ fn each_subcommand_takes_only_what_it_uses_in_one_help_layout() {
             "{args:?} uses the long help layout:\n{text}"
         );
         let reads_redis = !matches!(args, ["produce"] | ["resync"] | ["bench"]);
-        let reads_kafka = matches!(args, ["run"] | ["check-config"] | ["produce"] | ["resync"]);
+        let reads_kafka = matches!(
+            args,
+            ["run"] | ["check-config"] | ["produce"] | ["resync"] | ["verify"]
+        );
         if !matches!(args, ["demo"] | ["bench"]) {
             assert_eq!(
                 text.contains("--redis-url"),

@@ -60,6 +60,10 @@ pub enum Command {
     /// replays everything Kafka holds into Redis (after Redis lost its data). The group
     /// must have no running members.
     Resync(ResyncArgs),
+    /// Prove the cache matches the stream: read both topics from the earliest retained
+    /// offsets (joining no group), compute what Redis must hold and compare key by key.
+    /// Writes nothing. Exit 0 when they match, 1 when they differ.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -80,6 +84,26 @@ pub struct ResyncArgs {
     /// a group's members (resync never joins a group it cannot see into otherwise).
     #[arg(long)]
     pub assume_idle: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides `kafka.brokers`).
+    #[arg(long)]
+    pub brokers: Option<String>,
+    /// Redis URL (overrides `redis.url`).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// The daemons' consumer group, whose committed offsets say what is caught up
+    /// (overrides `kafka.group_id`; read only, never joined).
+    #[arg(long)]
+    pub group: Option<String>,
+    /// Print the summary and every difference as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@ mod lookup;
 mod produce;
 mod resync;
 mod tools;
+mod verify;
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -42,6 +43,7 @@ pub fn main() -> ExitCode {
         Command::MockKafka(args) => tools::mock_kafka(&args),
         Command::Demo(args) => tools::demo(cli.log_format, args),
         Command::Resync(args) => resync::resync(args, cli.log_format),
+        Command::Verify(args) => verify::verify(args, cli.log_format),
         Command::Produce(args) => produce::produce(cli.log_format, &args),
         Command::Get(get) => lookup::get(cli.log_format, get),
         Command::CheckMetric(args) => lookup::check_metric_command(cli.log_format, args),

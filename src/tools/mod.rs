@@ -8,3 +8,4 @@ pub mod demo;
 pub mod embedded;
 pub mod publish;
 pub mod resync;
+pub mod verify;
