@@ -380,7 +380,7 @@ pub async fn run(
     let (expected, not_caught_up, partitions) = {
         let mut report = |read: u64, total: u64| {
             if let Some(out) = progress_out.as_mut() {
-                let percent = if total == 0 { 100 } else { read * 100 / total };
+                let percent = (read * 100).checked_div(total).unwrap_or(100);
                 let _ = write!(
                     out,
                     "\rreading Kafka: {read} of {total} records ({percent}%)   "
