@@ -198,6 +198,10 @@ impl Settings {
             }
         }
         check.between("shutdown.timeout_secs", self.shutdown.timeout_secs, 1, 3600);
+        check.between("api.max_page", self.api.max_page, 1, 10_000);
+        if let Err(reason) = self.api.token() {
+            check.fail("api.token_file", reason);
+        }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             check.fail(
                 "http.listen",

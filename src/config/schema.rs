@@ -16,6 +16,7 @@ pub struct Settings {
     pub shutdown: ShutdownSettings,
     pub janitor: JanitorSettings,
     pub http: HttpSettings,
+    pub api: ApiSettings,
     pub log: LogSettings,
 }
 
@@ -197,6 +198,49 @@ impl Default for HttpSettings {
             lag_degraded: 100_000,
             degraded_window_secs: 60,
         }
+    }
+}
+
+/// The HTTP read API (`/v1` on `http.listen`), for services without Redis credentials.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiSettings {
+    /// A file holding the bearer token callers must send; empty: the API is off. A file,
+    /// not a value, so the token comes from a mounted Secret and never sits in the config.
+    pub token_file: String,
+    /// The most devices one page or one batch may ask for.
+    pub max_page: usize,
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        ApiSettings {
+            token_file: String::new(),
+            max_page: 1000,
+        }
+    }
+}
+
+/// The shortest bearer token the API accepts.
+pub const MIN_API_TOKEN: usize = 16;
+
+impl ApiSettings {
+    /// The token, read from `token_file` (surrounding whitespace removed); `Ok(None)` when
+    /// the API is off. The error never contains the token.
+    pub fn token(&self) -> Result<Option<String>, String> {
+        if self.token_file.is_empty() {
+            return Ok(None);
+        }
+        let text = std::fs::read_to_string(&self.token_file)
+            .map_err(|e| format!("cannot read {:?}: {e}", self.token_file))?;
+        let token = text.trim();
+        if token.chars().count() < MIN_API_TOKEN {
+            return Err(format!(
+                "{:?} must hold a token of at least {MIN_API_TOKEN} characters",
+                self.token_file
+            ));
+        }
+        Ok(Some(token.to_owned()))
     }
 }
 

@@ -948,3 +948,29 @@ fn the_probe_listener_is_an_address_apart_from_the_main_one() {
         assert!(found[0].1.contains(why), "{}", found[0].1);
     }
 }
+
+#[test]
+fn an_api_token_file_must_be_readable_and_long_enough_and_is_never_shown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").expect("written");
+    let long = dir.path().join("long");
+    std::fs::write(&long, "0123456789abcdef-secret\n").expect("written");
+    let mut settings = Settings::default();
+    for (file, wanted) in [
+        (dir.path().join("missing"), "cannot read"),
+        (short, "at least 16 characters"),
+    ] {
+        settings.api.token_file = file.display().to_string();
+        let e = settings.validate().expect_err("refused");
+        let text = e.to_string();
+        assert!(text.contains("api.token_file") && text.contains(wanted), "{text}");
+        assert!(!text.contains("abc"), "the token leaked: {text}");
+    }
+    settings.api.token_file = long.display().to_string();
+    settings.validate().expect("a readable token of 23 characters");
+    assert_eq!(
+        settings.api.token().expect("read").as_deref(),
+        Some("0123456789abcdef-secret")
+    );
+}

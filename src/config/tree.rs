@@ -61,6 +61,7 @@ pub(super) fn from_tree(mut tree: Map<String, Value>, found: &mut Found) -> Sett
         shutdown: section("shutdown", take("shutdown"), found),
         janitor: section("janitor", take("janitor"), found),
         http: section("http", take("http"), found),
+        api: section("api", take("api"), found),
         log: section("log", take("log"), found),
     }
 }

@@ -108,11 +108,33 @@ pub async fn start(
     let probe_routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz));
-    let app = probe_routes
+    let mut app = probe_routes
         .clone()
         .route("/stats", get(stats_json))
         .route("/metrics", get(metrics))
         .with_state(Arc::clone(&state));
+    // The read API, when a token is configured (settings validation read the file once
+    // already; a file gone since start-up leaves the API off, said in the log).
+    let api = match settings.api.token() {
+        Ok(Some(token)) => Some(token),
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(error = %e, "api.token_file unreadable: the /v1 read API is off");
+            None
+        }
+    };
+    if let Some(token) = api {
+        let api = crate::side::api::ApiState::new(
+            token,
+            settings.api.max_page,
+            settings.redis.clone(),
+            Arc::clone(&state.stats),
+            Arc::clone(&state.observed),
+            state.topics.clone(),
+        );
+        app = app.merge(crate::side::api::routes(Arc::new(api)));
+        tracing::info!(%addr, "serving the read API under /v1");
+    }
     if let Some((listener, probe_addr)) = probes {
         let _ = state.stats.probe_addr.set(probe_addr);
         let app = probe_routes.with_state(Arc::clone(&state));

@@ -4,6 +4,7 @@
 //! how the cache looks once a second; the [`janitor`] removes index entries whose keys
 //! expired.
 
+pub mod api;
 pub mod health;
 pub mod http;
 pub mod janitor;
