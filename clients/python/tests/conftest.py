@@ -65,3 +65,44 @@ def raw(cache_url):
     conn = redis.Redis.from_url(cache_url)
     yield conn
     conn.close()
+
+
+TOKEN = "python-test-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def api_url(daemon_binary, cache_url, tmp_path_factory):
+    """The real daemon (`metacache run`) serving the read API over the demo's cache; its
+    Kafka is the mock cluster `metacache mock-kafka` serves (topics empty: nothing is
+    written while the tests read)."""
+    work = tmp_path_factory.mktemp("api")
+    token_file = work / "token"
+    token_file.write_text(TOKEN + "\n")
+    kafka = subprocess.Popen(
+        [str(daemon_binary), "mock-kafka", "--partitions", "1", "--topic", "device-metadata",
+         "--topic", "metric-catalog", "--topic", "device-metadata.dlq",
+         "--topic", "metric-catalog.dlq"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    bootstrap = kafka.stdout.readline().strip()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METACACHE")}
+    env.update(METACACHE__KAFKA__BROKERS=bootstrap, METACACHE__REDIS__URL=cache_url,
+               METACACHE__HTTP__LISTEN=f"127.0.0.1:{port}",
+               METACACHE__API__TOKEN_FILE=str(token_file))
+    daemon = subprocess.Popen([str(daemon_binary), "run"], env=env, cwd=work,
+                              stdout=subprocess.DEVNULL, stderr=open(work / "daemon.log", "w"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+        except OSError:
+            if daemon.poll() is not None or time.time() > deadline:
+                pytest.fail("the daemon did not serve: " + (work / "daemon.log").read_text())
+            time.sleep(0.1)
+    yield url
+    daemon.terminate()
+    daemon.wait(timeout=30)
+    kafka.stdin.close()
+    kafka.wait(timeout=30)

@@ -168,6 +168,6 @@ def test_a_passed_in_client_and_a_key_prefix(cache_url, raw):
         raw.delete("app:device:dev-42", "app:devices")
 
 
-def test_use_http_says_it_is_not_served_yet():
-    with pytest.raises(NotImplementedError):
-        CacheServiceClientSync(use_http=True, http_url="http://127.0.0.1:8080")
+def test_use_http_needs_the_url():
+    with pytest.raises(ValueError):
+        CacheServiceClientSync(use_http=True)

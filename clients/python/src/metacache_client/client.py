@@ -91,12 +91,9 @@ class _Settings:
         retries: int = 3,
         client: Any = None,
     ) -> None:
-        if use_http:
-            # The daemon's HTTP read API is not released yet; say so rather than pretend.
-            raise NotImplementedError(
-                "use_http needs metacache's HTTP read API (/v1), which this daemon version "
-                "does not serve yet; read Redis directly"
-            )
+        if use_http and not http_url:
+            raise ValueError("use_http=True needs http_url (the daemon's http.listen address)")
+        self.use_http = use_http
         self.layout = lay.Layout(key_prefix)
         self.host, self.port, self.password, self.db = host, port, password, db
         self.socket_timeout, self.connection_pool, self.url = socket_timeout, connection_pool, url
@@ -132,13 +129,11 @@ def _health(latency_ms: Optional[float], error: Optional[Exception], policy: Any
                         latency_ms=latency_ms, maxmemory_policy=name)
 
 
-class CacheServiceClient:
-    """Async reads of the cache. Use as ``async with CacheServiceClient(...) as cache:``
-    or call ``close()``."""
+class _RedisAsync:
+    """The async reads over redis-py."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._s = _Settings(**kwargs)
-        s = self._s
+    def __init__(self, s: "_Settings") -> None:
+        self._s = s
         if s.client is not None:
             self._redis = s.client
         elif s.connection_pool is not None:
@@ -152,12 +147,6 @@ class CacheServiceClient:
             self._redis = redis.asyncio.Redis(**_options(s.host, s.port, s.password, s.db,
                                                          s.socket_timeout, s.retries, AsyncRetry))
         self._layout = s.layout
-
-    async def __aenter__(self) -> "CacheServiceClient":
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
 
     async def close(self) -> None:
         if self._s.client is None:
@@ -276,12 +265,11 @@ class CacheServiceClient:
         return sorted(lay.text(self._layout.metric_namespaces, m) for m in members)
 
 
-class CacheServiceClientSync:
-    """The same reads without asyncio: ``with CacheServiceClientSync(...) as cache:``."""
+class _RedisSync:
+    """The sync reads over redis-py."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self._s = _Settings(**kwargs)
-        s = self._s
+    def __init__(self, s: "_Settings") -> None:
+        self._s = s
         if s.client is not None:
             self._redis = s.client
         elif s.connection_pool is not None:
@@ -295,12 +283,6 @@ class CacheServiceClientSync:
             self._redis = redis.Redis(**_options(s.host, s.port, s.password, s.db,
                                                  s.socket_timeout, s.retries))
         self._layout = s.layout
-
-    def __enter__(self) -> "CacheServiceClientSync":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
 
     def close(self) -> None:
         if self._s.client is None:
@@ -408,3 +390,111 @@ class CacheServiceClientSync:
         with _errors():
             members = self._redis.smembers(self._layout.metric_namespaces)
         return sorted(lay.text(self._layout.metric_namespaces, m) for m in members)
+
+
+class CacheServiceClient:
+    """Async reads of the cache: ``async with CacheServiceClient(url=...) as cache:`` (or
+    call ``close()``). Over Redis by default; over the daemon's HTTP read API with
+    ``use_http=True, http_url=..., http_auth_token=...``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        s = _Settings(**kwargs)
+        if s.use_http:
+            from .http import HttpAsync
+            self._b: Any = HttpAsync(s)
+        else:
+            self._b = _RedisAsync(s)
+
+    async def __aenter__(self) -> "CacheServiceClient":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._b.close()
+
+    async def get_device_metadata(self, device_id: str, required: bool = False) -> Optional[DeviceMetadata]:
+        """The device, or None when it is not cached (``required=True``: DeviceNotFound)."""
+        return await self._b.get_device_metadata(device_id, required)
+
+    async def get_devices(self, device_ids: Sequence[str]) -> Dict[str, DeviceMetadata]:
+        """The cached ones among ``device_ids``, in one round trip; missing ids left out."""
+        return await self._b.get_devices(device_ids)
+
+    async def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
+                           newest_first: bool = True) -> List[DeviceEntry]:
+        """A page of the ``devices`` index; ``pattern`` is a Redis-style glob on the id."""
+        return await self._b.list_devices(limit, offset, pattern, newest_first)
+
+    async def get_cache_info(self) -> CacheInfo:
+        return await self._b.get_cache_info()
+
+    async def check_health(self) -> HealthStatus:
+        """Never raises: a failure is the verdict."""
+        return await self._b.check_health()
+
+    async def get_metric_names(self, namespace: Optional[str] = None) -> MetricNames:
+        return await self._b.get_metric_names(namespace)
+
+    async def is_valid_metric_name(self, namespace: Optional[str], name: str) -> bool:
+        return await self._b.is_valid_metric_name(namespace, name)
+
+    async def are_valid_metric_names(self, namespace: Optional[str], names: Sequence[str]) -> Dict[str, bool]:
+        return await self._b.are_valid_metric_names(namespace, names)
+
+    async def list_namespaces(self) -> List[str]:
+        return await self._b.list_namespaces()
+
+
+class CacheServiceClientSync:
+    """The same reads without asyncio: ``with CacheServiceClientSync(url=...) as cache:``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        s = _Settings(**kwargs)
+        if s.use_http:
+            from .http import HttpSync
+            self._b: Any = HttpSync(s)
+        else:
+            self._b = _RedisSync(s)
+
+    def __enter__(self) -> "CacheServiceClientSync":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._b.close()
+
+    def get_device_metadata(self, device_id: str, required: bool = False) -> Optional[DeviceMetadata]:
+        """The device, or None when it is not cached (``required=True``: DeviceNotFound)."""
+        return self._b.get_device_metadata(device_id, required)
+
+    def get_devices(self, device_ids: Sequence[str]) -> Dict[str, DeviceMetadata]:
+        """The cached ones among ``device_ids``, in one round trip; missing ids left out."""
+        return self._b.get_devices(device_ids)
+
+    def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
+                     newest_first: bool = True) -> List[DeviceEntry]:
+        """A page of the ``devices`` index; ``pattern`` is a Redis-style glob on the id."""
+        return self._b.list_devices(limit, offset, pattern, newest_first)
+
+    def get_cache_info(self) -> CacheInfo:
+        return self._b.get_cache_info()
+
+    def check_health(self) -> HealthStatus:
+        """Never raises: a failure is the verdict."""
+        return self._b.check_health()
+
+    def get_metric_names(self, namespace: Optional[str] = None) -> MetricNames:
+        return self._b.get_metric_names(namespace)
+
+    def is_valid_metric_name(self, namespace: Optional[str], name: str) -> bool:
+        return self._b.is_valid_metric_name(namespace, name)
+
+    def are_valid_metric_names(self, namespace: Optional[str], names: Sequence[str]) -> Dict[str, bool]:
+        return self._b.are_valid_metric_names(namespace, names)
+
+    def list_namespaces(self) -> List[str]:
+        return self._b.list_namespaces()
