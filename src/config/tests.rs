@@ -964,11 +964,16 @@ fn an_api_token_file_must_be_readable_and_long_enough_and_is_never_shown() {
         settings.api.token_file = file.display().to_string();
         let e = settings.validate().expect_err("refused");
         let text = e.to_string();
-        assert!(text.contains("api.token_file") && text.contains(wanted), "{text}");
+        assert!(
+            text.contains("api.token_file") && text.contains(wanted),
+            "{text}"
+        );
         assert!(!text.contains("abc"), "the token leaked: {text}");
     }
     settings.api.token_file = long.display().to_string();
-    settings.validate().expect("a readable token of 23 characters");
+    settings
+        .validate()
+        .expect("a readable token of 23 characters");
     assert_eq!(
         settings.api.token().expect("read").as_deref(),
         Some("0123456789abcdef-secret")
