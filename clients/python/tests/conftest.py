@@ -106,3 +106,30 @@ def api_url(daemon_binary, cache_url, tmp_path_factory):
     daemon.wait(timeout=30)
     kafka.stdin.close()
     kafka.wait(timeout=30)
+
+
+@pytest.fixture()
+def pipeline(daemon_binary, tmp_path):
+    """A fresh redis-server, the mock Kafka and the real daemon between them: what is
+    published lands in this Redis. Yields (bootstrap, redis URL)."""
+    proc, port = start_redis()
+    url = f"redis://127.0.0.1:{port}/0"
+    kafka = subprocess.Popen(
+        [str(daemon_binary), "mock-kafka", "--partitions", "2", "--topic", "device-metadata",
+         "--topic", "metric-catalog", "--topic", "device-metadata.dlq",
+         "--topic", "metric-catalog.dlq"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    bootstrap = kafka.stdout.readline().strip()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METACACHE")}
+    env.update(METACACHE__KAFKA__BROKERS=bootstrap, METACACHE__REDIS__URL=url,
+               METACACHE__HTTP__LISTEN="127.0.0.1:0",
+               METACACHE__KAFKA__CLIENT__FETCH_WAIT_MAX_MS="10")
+    daemon = subprocess.Popen([str(daemon_binary), "run"], env=env, cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "daemon.log", "w"))
+    yield bootstrap, url
+    daemon.terminate()
+    daemon.wait(timeout=30)
+    kafka.stdin.close()
+    kafka.wait(timeout=30)
+    proc.terminate()
+    proc.wait(timeout=10)
