@@ -27,6 +27,7 @@ pub use metacache_contract::keys;
 /// The events and their rules, from the contract crate (`metacache-contract`).
 pub use metacache_contract::model;
 
+pub mod acl;
 pub mod config;
 pub mod daemon;
 pub mod pipeline;

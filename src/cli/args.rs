@@ -33,7 +33,7 @@ pub enum Command {
     Run(ConfigArgs),
     /// Load and validate the configuration, print the effective settings (secrets
     /// masked), and exit non-zero listing every problem.
-    CheckConfig(ConfigArgs),
+    CheckConfig(CheckConfigArgs),
     /// Run the whole job on an embedded Kafka mock cluster and a redis-server child.
     Demo(DemoArgs),
     /// Measure Kafka's and Redis's ceilings, a naive consumer, and metacache, on one
@@ -84,6 +84,16 @@ pub struct ResyncArgs {
     /// a group's members (resync never joins a group it cannot see into otherwise).
     #[arg(long)]
     pub assume_idle: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print the least-privilege Redis ACL lines for these settings (the daemon's, and a
+    /// read-only one for readers) instead of the settings.
+    #[arg(long)]
+    pub print_acl: bool,
 }
 
 #[derive(Debug, Args)]

@@ -5,12 +5,19 @@ use std::sync::Arc;
 
 use metacache::stats::Stats;
 
-use super::args::{ConfigArgs, LogFormat};
+use super::args::{CheckConfigArgs, ConfigArgs, LogFormat};
 use super::{init_logging, runtime};
 
 /// `metacache check-config`: the effective settings with secrets masked, or every problem.
-pub fn check_config(args: &ConfigArgs) -> ExitCode {
-    match args.load() {
+pub fn check_config(args: &CheckConfigArgs) -> ExitCode {
+    match args.config.load() {
+        Ok(settings) if args.print_acl => {
+            println!("# the daemon (metacache run with these settings):");
+            println!("{}", metacache::acl::daemon_line(&settings));
+            println!("# services that read the cache (clients, the CLI look-ups):");
+            println!("{}", metacache::acl::reader_line(&settings));
+            ExitCode::SUCCESS
+        }
         Ok(settings) => {
             print!("{}", settings.redacted().to_toml_string());
             eprintln!("configuration is valid");

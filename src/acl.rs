@@ -1,0 +1,149 @@
+//! The least-privilege Redis ACL for the daemon and for readers, for the current settings
+//! (`metacache check-config --print-acl`). Pure: it lists what the code sends, so a change
+//! that sends a new command fails `tests/acl.rs` (which runs the whole pipeline as a user
+//! with exactly this line) until it is added here.
+
+use crate::config::Settings;
+use crate::keys::KeyLayout;
+
+/// Commands every running daemon sends: the writer (its pipelines, the scripts, and what
+/// the scripts run inside Redis, which ACL checks too), the writers' marker, the fence's
+/// `CLIENT KILL`, and the monitor.
+const DAEMON: &[&str] = &[
+    // The writer's pipelines and the scripts' own commands.
+    "evalsha",
+    "script|load",
+    "get",
+    "set",
+    "del",
+    "zadd",
+    "zrem",
+    "sadd",
+    "srem",
+    "expire",
+    // Each pipeline's tail, and the fence.
+    "client|id",
+    "hset",
+    "hdel",
+    "client|kill",
+    // The monitor: PING, the cache figures, INFO memory and server.
+    "ping",
+    "zcard",
+    "zrange",
+    "scard",
+    "info",
+];
+
+/// The janitor (only with a TTL): index walks, existence checks, the guarded removal (a
+/// script: `EVALSHA`, and `ZSCORE` inside it).
+const JANITOR: &[&str] = &["zscan", "sscan", "exists", "zscore"];
+
+/// The read API (only with `api.token_file`), and any reader: the client crate's reads.
+const READER: &[&str] = &[
+    "ping",
+    "get",
+    "mget",
+    "zrange",
+    "zrevrange",
+    "zcard",
+    "scard",
+    "smembers",
+    "sismember",
+    "smismember",
+    "info",
+    "config|get",
+];
+
+/// A literal text inside a Redis key pattern.
+fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The key patterns of metacache's layout under `prefix`.
+fn key_patterns(keys: &KeyLayout, writer: bool) -> Vec<String> {
+    let p = glob_escape(keys.prefix());
+    let mut patterns = vec![
+        format!("~{p}device:*"),
+        format!("~{p}devices"),
+        format!("~{p}*#metric_names"),
+        format!("~{p}metric_namespaces"),
+    ];
+    if writer {
+        patterns.push(format!("~{p}metacache:writers"));
+    }
+    patterns
+}
+
+fn line(user: &str, keys: Vec<String>, commands: Vec<&str>) -> String {
+    let mut commands = commands;
+    commands.sort_unstable();
+    commands.dedup();
+    let allowed: Vec<String> = commands.iter().map(|c| format!("+{c}")).collect();
+    format!(
+        "ACL SETUSER {user} reset on ><password> {} resetchannels -@all {}",
+        keys.join(" "),
+        allowed.join(" ")
+    )
+}
+
+/// The daemon's ACL line for `settings` (user `redis.username`, or `metacache`).
+pub fn daemon_line(settings: &Settings) -> String {
+    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let mut commands: Vec<&str> = DAEMON.to_vec();
+    if settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0 {
+        commands.extend(JANITOR);
+    }
+    if !settings.api.token_file.is_empty() {
+        commands.extend(READER);
+    }
+    let user = settings.redis.username.as_deref().unwrap_or("metacache");
+    line(user, key_patterns(&keys, true), commands)
+}
+
+/// A read-only line for services that read the cache (the Rust and Python clients).
+pub fn reader_line(settings: &Settings) -> String {
+    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    line(
+        "metacache-reader",
+        key_patterns(&keys, false),
+        READER.to_vec(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_lines_follow_the_prefix_and_the_features_in_use() {
+        let mut settings = Settings::default();
+        settings.redis.key_prefix = "app:[1]".into();
+        let plain = daemon_line(&settings);
+        assert!(
+            plain.starts_with("ACL SETUSER metacache reset on ><password> ~app:\\[1\\]device:* "),
+            "{plain}"
+        );
+        assert!(plain.contains("~app:\\[1\\]metacache:writers"));
+        assert!(
+            plain.contains(" -@all ") && plain.contains(" +evalsha") && plain.contains(" +hset")
+        );
+        assert!(
+            !plain.contains("+zscan") && !plain.contains("+mget"),
+            "{plain}"
+        );
+        settings.devices.ttl_secs = 60;
+        settings.api.token_file = "/run/token".into();
+        let full = daemon_line(&settings);
+        assert!(full.contains("+zscan") && full.contains("+mget") && full.contains("+smismember"));
+        let reader = reader_line(&settings);
+        assert!(reader.contains("+get") && !reader.contains("+set ") && !reader.contains("+del"));
+        assert!(!reader.contains("metacache:writers"));
+    }
+}

@@ -1,0 +1,164 @@
+//! The least-privilege ACL (`metacache check-config --print-acl`, `metacache::acl`) is
+//! enough: a daemon logged in as a user with exactly that line runs the whole pipeline
+//! (writer, scripts, fence marker, monitor, janitor, read API) without one refusal; a
+//! user missing one command is named in `/readyz`.
+
+mod support;
+
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+const PASSWORD: &str = "acl-test-password";
+const TOKEN: &str = "acl-test-token-0123456789";
+
+/// Creates the user an ACL line describes, with the test's password.
+fn create_user(h: &Harness, line: &str) {
+    let line = line.replace("<password>", PASSWORD);
+    let mut words = line.split_whitespace();
+    assert_eq!((words.next(), words.next()), (Some("ACL"), Some("SETUSER")));
+    let mut cmd = redis::cmd("ACL");
+    cmd.arg("SETUSER");
+    for w in words {
+        cmd.arg(w);
+    }
+    cmd.query::<()>(&mut h.redis()).expect("ACL SETUSER");
+}
+
+fn settings(h: &Harness, dir: &tempfile::TempDir) -> metacache::config::Settings {
+    let mut settings = h.settings();
+    settings.redis.username = Some("metacache".into());
+    settings.redis.password = Some(PASSWORD.into());
+    settings.redis.key_prefix = "app:".into();
+    // The janitor runs only with a TTL; the API only with a token.
+    settings.devices.ttl_secs = 3600;
+    settings.metrics.ttl_secs = 3600;
+    settings.janitor.interval_secs = 1;
+    let token = dir.path().join("token");
+    std::fs::write(&token, TOKEN).unwrap();
+    settings.api.token_file = token.display().to_string();
+    settings
+}
+
+async fn feed(h: &Harness) {
+    let devices: Vec<(String, String)> = (0..20)
+        .map(|i| {
+            let id = format!("d{i}");
+            (id.clone(), device_json(&id, "t", "2026-11-22T10:00:00Z"))
+        })
+        .collect();
+    let records: Vec<(Option<&str>, Option<&str>)> = devices
+        .iter()
+        .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
+        .collect();
+    h.produce(DEVICES, &records).await;
+    h.produce(DEVICES, &[(Some("d0"), None)]).await;
+    h.produce(
+        METRICS,
+        &[
+            (
+                Some("ns"),
+                Some(r#"{"op":"replace","namespace":"ns","metric_names":["a","b"]}"#),
+            ),
+            (
+                Some("ns"),
+                Some(r#"{"op":"remove","namespace":"ns","metric_names":["a"]}"#),
+            ),
+            (
+                Some("gone"),
+                Some(r#"{"op":"add","namespace":"gone","metric_names":["x"]}"#),
+            ),
+            (Some("gone"), None),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_printed_acl_runs_the_whole_pipeline() {
+    let h = Harness::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&h, &dir);
+    create_user(&h, &metacache::acl::daemon_line(&settings));
+    let daemon = h.start_daemon(settings);
+    let addr = daemon.http().await;
+    feed(&h).await;
+    daemon.wait_finished(25, Duration::from_secs(30)).await;
+
+    let mut r = h.redis();
+    assert_eq!(r.zcard::<_, u64>("app:devices").unwrap(), 19);
+    assert!(!r.exists::<_, bool>("app:device:d0").unwrap());
+    let names: Vec<String> = r.smembers("app:ns#metric_names").unwrap();
+    assert_eq!(names, ["b"]);
+    // Keys gone as if expired: the janitor (a pass a second) removes their index entries,
+    // its guarded-removal script included.
+    let _: () = r.del(&["app:device:d5", "app:ns#metric_names"]).unwrap();
+    wait_for(
+        Duration::from_secs(20),
+        "the janitor to clean up",
+        || async {
+            let mut r = h.redis();
+            r.zscore::<_, _, Option<f64>>("app:devices", "d5")
+                .unwrap()
+                .is_none()
+                && !r
+                    .sismember::<_, _, bool>("app:metric_namespaces", "ns")
+                    .unwrap()
+        },
+    )
+    .await;
+    let (status, ready) = readyz(addr).await;
+    assert_eq!(status, 200, "{ready:#}");
+    assert_eq!(ready["checks"]["redis"]["status"], "healthy", "{ready:#}");
+    let auth = format!("Authorization: Bearer {TOKEN}");
+    let (status, body) = http_get_with(addr, "/v1/devices/d3", &[&auth]).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http_get_with(addr, "/v1/cache/info", &[&auth]).await;
+    assert_eq!(status, 200, "{body}");
+    let s = daemon.stats.snapshot();
+    assert_eq!(s.retries, 0, "a command was refused: {:?}", s);
+    // Nothing was refused anywhere: Redis counts ACL denials.
+    let info: String = redis::cmd("INFO").arg("stats").query(&mut r).unwrap();
+    let denied: Vec<&str> = info
+        .lines()
+        .filter(|l| l.starts_with("acl_access_denied"))
+        .collect();
+    assert!(
+        denied.iter().all(|l| l.ends_with(":0")),
+        "ACL denials: {denied:?}"
+    );
+    daemon.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_command_is_named_in_readiness() {
+    let h = Harness::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(&h, &dir);
+    settings.shutdown.timeout_secs = 1;
+    let group = settings.kafka.group_id.clone();
+    let line = metacache::acl::daemon_line(&settings).replace(" +hset", "");
+    create_user(&h, &line);
+    let daemon = h.start_daemon(settings);
+    let addr = daemon.http().await;
+    feed(&h).await;
+    wait_for(Duration::from_secs(30), "/readyz to name hset", || async {
+        let (_, ready) = readyz(addr).await;
+        ready["checks"]["redis"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("NOPERM") && m.contains("hset"))
+    })
+    .await;
+    // Nothing is acknowledged while the writer is refused.
+    assert_eq!(
+        h.committed(&group, DEVICES)
+            .iter()
+            .map(|c| (*c).max(0))
+            .sum::<i64>(),
+        0
+    );
+    assert!(daemon.stats.snapshot().retries > 0);
+    // Records are still unacknowledged: the stop gives up after its timeout.
+    assert!(daemon.stop().await.is_err());
+}
