@@ -162,3 +162,43 @@ async fn a_missing_command_is_named_in_readiness() {
     // Records are still unacknowledged: the stop gives up after its timeout.
     assert!(daemon.stop().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_password_file_reaches_the_next_connection() {
+    let h = Harness::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = settings(&h, &dir);
+    create_user(&h, &metacache::acl::daemon_line(&settings));
+    let file = dir.path().join("redis-password");
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    settings.redis.password = None;
+    settings.redis.password_file = Some(file.display().to_string());
+    let daemon = h.start_daemon(settings);
+    let one = device_json("r1", "t", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("r1"), Some(&one))]).await;
+    daemon.wait_finished(1, Duration::from_secs(30)).await;
+
+    // The Secret rotates: the user's password changes and the file follows; then every
+    // connection of the user is cut, so the daemon must log in again.
+    let mut r = h.redis();
+    redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("metacache")
+        .arg("resetpass")
+        .arg(">rotated-password-2")
+        .query::<()>(&mut r)
+        .unwrap();
+    std::fs::write(&file, "rotated-password-2\n").unwrap();
+    let killed: i64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("USER")
+        .arg("metacache")
+        .query(&mut r)
+        .unwrap();
+    assert!(killed > 0, "the daemon had no connection to cut");
+    let two = device_json("r2", "t", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("r2"), Some(&two))]).await;
+    daemon.wait_finished(2, Duration::from_secs(30)).await;
+    assert!(r.exists::<_, bool>("app:device:r2").unwrap());
+    daemon.stop().await.expect("clean stop");
+}

@@ -391,6 +391,16 @@ impl CheckRedis for RedisSettings {
                 ),
             );
         }
+        if let Some(Err(reason)) = self.password_from_file() {
+            check.fail("redis.password_file", reason);
+        }
+        if self.password_file.is_some() && self.password.is_some() {
+            check.fail_at(
+                "redis.password_file",
+                &["redis.password_file", "redis.password"],
+                "give the password one way: redis.password_file or redis.password (METACACHE__REDIS__PASSWORD), not both",
+            );
+        }
         check.at_least("redis.connect_timeout_ms", self.connect_timeout_ms, 1);
         check.at_least("redis.response_timeout_ms", self.response_timeout_ms, 1);
     }

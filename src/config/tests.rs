@@ -979,3 +979,23 @@ fn an_api_token_file_must_be_readable_and_long_enough_and_is_never_shown() {
         Some("0123456789abcdef-secret")
     );
 }
+
+#[test]
+fn a_redis_password_file_must_be_readable_and_not_beside_a_password() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut settings = Settings::default();
+    settings.redis.password_file = Some(dir.path().join("missing").display().to_string());
+    let text = settings.validate().expect_err("refused").to_string();
+    assert!(
+        text.contains("redis.password_file") && text.contains("cannot read"),
+        "{text}"
+    );
+    let file = dir.path().join("password");
+    std::fs::write(&file, "hunter2-secret\n").expect("written");
+    settings.redis.password_file = Some(file.display().to_string());
+    settings.validate().expect("a readable file");
+    settings.redis.password = Some("other".into());
+    let text = settings.validate().expect_err("refused").to_string();
+    assert!(text.contains("not both"), "{text}");
+    assert!(!text.contains("hunter2"), "the password leaked: {text}");
+}

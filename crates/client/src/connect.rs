@@ -1,9 +1,12 @@
 //! Opening a Redis connection from settings. Connection repair (reconnecting after a
 //! drop) is the `redis` crate's `ConnectionManager`'s job; this module only builds it.
 
+use std::pin::Pin;
 use std::time::Duration;
 
+use futures_util::Stream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::io::tcp::TcpSettings;
 use redis::{Client, IntoConnectionInfo, RedisResult};
 use url::Url;
@@ -46,13 +49,72 @@ pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
         .as_str()
         .into_connection_info()?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let user = info.redis_settings().username().map(str::to_owned);
     let client = Client::open(info)?;
-    let config = ConnectionManagerConfig::new()
+    let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
         .set_number_of_retries(1)
         .set_max_delay(Duration::from_secs(2));
+    if let Some(path) = &settings.password_file {
+        config = config.set_credentials_provider(PasswordFile {
+            path: path.clone(),
+            username: user.unwrap_or_else(|| "default".to_owned()),
+            every: PASSWORD_FILE_POLL,
+        });
+    }
     ConnectionManager::new_with_config(client, config).await
+}
+
+/// How often an open connection looks at `redis.password_file` for a rotated password.
+pub const PASSWORD_FILE_POLL: Duration = Duration::from_secs(10);
+
+/// `redis.password_file` as the `redis` crate's credentials provider: every connection
+/// (the first and each reconnect) authenticates with what the file holds at that moment,
+/// and an open connection re-authenticates (`AUTH`) when the file changes, so a rotated
+/// Kubernetes Secret needs no restart.
+struct PasswordFile {
+    path: String,
+    username: String,
+    every: Duration,
+}
+
+impl PasswordFile {
+    fn read(path: &str, username: &str) -> redis::RedisResult<BasicAuth> {
+        match crate::settings::read_secret_file(path) {
+            Ok(password) => Ok(BasicAuth::new(username.to_owned(), password)),
+            Err(reason) => Err(redis::RedisError::from((
+                redis::ErrorKind::AuthenticationFailed,
+                "redis.password_file",
+                reason,
+            ))),
+        }
+    }
+}
+
+impl StreamingCredentialsProvider for PasswordFile {
+    fn subscribe(&self) -> Pin<Box<dyn Stream<Item = redis::RedisResult<BasicAuth>> + Send>> {
+        let (path, username, every) = (self.path.clone(), self.username.clone(), self.every);
+        // The current password at once, then each change.
+        Box::pin(futures_util::stream::unfold(None::<String>, move |last| {
+            let (path, username) = (path.clone(), username.clone());
+            async move {
+                loop {
+                    if last.is_some() {
+                        tokio::time::sleep(every).await;
+                    }
+                    let read = PasswordFile::read(&path, &username);
+                    let seen = read.as_ref().ok().map(|a| a.password().to_owned());
+                    match (&read, &last) {
+                        (Ok(_), Some(before)) if seen.as_ref() == Some(before) => continue,
+                        // An unreadable file after a good read keeps the connection as it is.
+                        (Err(_), Some(_)) => continue,
+                        _ => return Some((read, seen.or(last))),
+                    }
+                }
+            }
+        }))
+    }
 }
 
 /// `rediss://` needs a process-wide rustls crypto provider; installing one twice is harmless.

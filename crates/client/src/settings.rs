@@ -17,6 +17,10 @@ pub struct RedisSettings {
     pub username: Option<String>,
     /// Overrides the URL's password when set. Never logged or printed.
     pub password: Option<String>,
+    /// A file holding the password (a mounted Secret): read when each connection is made,
+    /// and every few seconds after, so a rotated Secret reaches new connections and
+    /// re-authenticates the open ones. Overrides `password` and the URL's.
+    pub password_file: Option<String>,
     /// Overrides the URL's database number when set.
     pub db: Option<i64>,
     /// Put in front of every key metacache writes.
@@ -33,6 +37,7 @@ impl Default for RedisSettings {
             url: "redis://127.0.0.1:6379/0".into(),
             username: None,
             password: None,
+            password_file: None,
             db: None,
             key_prefix: String::new(),
             connect_timeout_ms: 2000,
@@ -42,9 +47,25 @@ impl Default for RedisSettings {
 }
 
 impl RedisSettings {
+    /// The password in `password_file`, surrounding whitespace removed; the error names
+    /// the file, never its content.
+    pub fn password_from_file(&self) -> Option<Result<String, String>> {
+        self.password_file.as_deref().map(read_secret_file)
+    }
+
     /// The URL with any password replaced by `***`, for logs.
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
+    }
+}
+
+/// A secret mounted as a file, surrounding whitespace removed; the error names the file,
+/// never its content.
+pub fn read_secret_file(path: &str) -> Result<String, String> {
+    match std::fs::read_to_string(path) {
+        Err(e) => Err(format!("cannot read {path:?}: {e}")),
+        Ok(text) if text.trim().is_empty() => Err(format!("{path:?} is empty")),
+        Ok(text) => Ok(text.trim().to_owned()),
     }
 }
 
