@@ -401,6 +401,35 @@ impl CheckRedis for RedisSettings {
                 "give the password one way: redis.password_file or redis.password (METACACHE__REDIS__PASSWORD), not both",
             );
         }
+        let tls = &self.tls;
+        for (field, path) in [
+            ("redis.tls.ca_file", &tls.ca_file),
+            ("redis.tls.client_cert_file", &tls.client_cert_file),
+            ("redis.tls.client_key_file", &tls.client_key_file),
+        ] {
+            if !path.is_empty() {
+                if let Err(e) = std::fs::metadata(path) {
+                    check.fail(field, format!("cannot read {path:?}: {e}"));
+                }
+            }
+        }
+        if tls.client_cert_file.is_empty() != tls.client_key_file.is_empty() {
+            check.fail_at(
+                "redis.tls.client_cert_file",
+                &["redis.tls.client_cert_file", "redis.tls.client_key_file"],
+                "client_cert_file and client_key_file go together (mutual TLS needs both)",
+            );
+        }
+        if tls.is_set() && !self.url.starts_with("rediss://") {
+            check.fail_at(
+                "redis.tls",
+                &["redis.tls", "redis.url"],
+                format!(
+                    "certificates are set but redis.url is not rediss:// ({})",
+                    self.redacted_url()
+                ),
+            );
+        }
         check.at_least("redis.connect_timeout_ms", self.connect_timeout_ms, 1);
         check.at_least("redis.response_timeout_ms", self.response_timeout_ms, 1);
     }

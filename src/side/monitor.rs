@@ -8,11 +8,10 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::Serialize;
 
 use crate::config::Settings;
-use crate::pipeline::sink::redis::connect::{effective_url, install_crypto_provider};
 use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
@@ -175,17 +174,9 @@ fn mark_down(observed: &Observed, error: String) {
 }
 
 async fn open(settings: &Settings) -> redis::RedisResult<ConnectionManager> {
-    install_crypto_provider();
-    let url = effective_url(&settings.redis).map_err(|e| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_millis(
-            settings.redis.connect_timeout_ms,
-        )))
-        .set_response_timeout(Some(Duration::from_secs(1)))
-        .set_number_of_retries(0);
-    ConnectionManager::new_with_config(redis::Client::open(url)?, config).await
+    // The same connection as everyone's (credentials, password file, TLS), answering
+    // within a second and never retried, so that /readyz tells the truth at once.
+    metacache_client::connect::open_with(&settings.redis, Duration::from_secs(1), 0).await
 }
 
 async fn refresh(

@@ -8,7 +8,7 @@ use futures_util::Stream;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, IntoConnectionInfo, RedisResult};
+use redis::{Client, ClientTlsConfig, IntoConnectionInfo, RedisResult, TlsCertificates};
 use url::Url;
 
 use crate::settings::RedisSettings;
@@ -39,6 +39,19 @@ pub fn effective_url(settings: &RedisSettings) -> Result<String, String> {
 /// timeouts, without loading the scripts (the read side needs none, and a read-only user
 /// may not be allowed `SCRIPT LOAD`).
 pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
+    let response_timeout = Duration::from_millis(settings.response_timeout_ms);
+    open_with(settings, response_timeout, 1).await
+}
+
+/// [`open`] with another response timeout and number of connection retries: the
+/// daemon's monitor wants a short timeout and no retry, so that a slow or absent Redis
+/// shows in `/readyz` at once. Every other setting (credentials, password file, TLS) is
+/// the same for every connection metacache opens.
+pub async fn open_with(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+    retries: usize,
+) -> RedisResult<ConnectionManager> {
     install_crypto_provider();
     let url = effective_url(settings).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
@@ -50,11 +63,15 @@ pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
         .into_connection_info()?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
     let user = info.redis_settings().username().map(str::to_owned);
-    let client = Client::open(info)?;
+    let client = if settings.tls.is_set() {
+        Client::build_with_tls(info, certificates(&settings.tls)?)?
+    } else {
+        Client::open(info)?
+    };
     let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
-        .set_response_timeout(Some(Duration::from_millis(settings.response_timeout_ms)))
-        .set_number_of_retries(1)
+        .set_response_timeout(Some(response_timeout))
+        .set_number_of_retries(retries)
         .set_max_delay(Duration::from_secs(2));
     if let Some(path) = &settings.password_file {
         config = config.set_credentials_provider(PasswordFile {
@@ -64,6 +81,41 @@ pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
         });
     }
     ConnectionManager::new_with_config(client, config).await
+}
+
+/// The `[redis.tls]` files, read now (each connection of this client uses them).
+fn certificates(tls: &crate::settings::TlsSettings) -> RedisResult<TlsCertificates> {
+    let read = |field: &str, path: &str| -> RedisResult<Vec<u8>> {
+        std::fs::read(path).map_err(|e| {
+            redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS file",
+                format!("redis.tls.{field}: cannot read {path:?}: {e}"),
+            ))
+        })
+    };
+    let root_cert = match tls.ca_file.as_str() {
+        "" => None,
+        path => Some(read("ca_file", path)?),
+    };
+    let client_tls = match (tls.client_cert_file.as_str(), tls.client_key_file.as_str()) {
+        ("", "") => None,
+        (cert, key) if !cert.is_empty() && !key.is_empty() => Some(ClientTlsConfig {
+            client_cert: read("client_cert_file", cert)?,
+            client_key: read("client_key_file", key)?,
+        }),
+        _ => {
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::InvalidClientConfig,
+                "TLS files",
+                "redis.tls.client_cert_file and redis.tls.client_key_file go together".to_owned(),
+            )))
+        }
+    };
+    Ok(TlsCertificates {
+        client_tls,
+        root_cert,
+    })
 }
 
 /// How often an open connection looks at `redis.password_file` for a rotated password.

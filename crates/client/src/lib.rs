@@ -56,7 +56,7 @@ use redis::{Cmd, Value};
 pub use blocking::BlockingCacheClient;
 pub use error::ClientError;
 pub use glob::Glob;
-pub use settings::RedisSettings;
+pub use settings::{RedisSettings, TlsSettings};
 pub use types::{CacheInfo, DeviceEntry, Health, HealthStatus, ListOptions, Order};
 
 use metacache_contract::model::{namespace_or_default, DeviceMetadata};

@@ -29,6 +29,31 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// How long a command may wait for its answer.
     pub response_timeout_ms: u64,
+    /// Certificates for `rediss://` beyond the system's roots: a private CA, and a client
+    /// certificate for servers that require mutual TLS.
+    pub tls: TlsSettings,
+}
+
+/// The `[redis.tls]` section. Empty strings: not used. There is no switch that turns
+/// verification off: a server whose certificate does not verify is refused.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSettings {
+    /// PEM file of the CA(s) that sign the server's certificate; empty: the system's roots.
+    pub ca_file: String,
+    /// PEM file of this client's certificate, for mutual TLS (with `client_key_file`).
+    pub client_cert_file: String,
+    /// PEM file of this client's private key.
+    pub client_key_file: String,
+}
+
+impl TlsSettings {
+    /// Whether any certificate is configured.
+    pub fn is_set(&self) -> bool {
+        !(self.ca_file.is_empty()
+            && self.client_cert_file.is_empty()
+            && self.client_key_file.is_empty())
+    }
 }
 
 impl Default for RedisSettings {
@@ -42,6 +67,7 @@ impl Default for RedisSettings {
             key_prefix: String::new(),
             connect_timeout_ms: 2000,
             response_timeout_ms: 5000,
+            tls: TlsSettings::default(),
         }
     }
 }

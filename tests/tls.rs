@@ -1,0 +1,200 @@
+//! `[redis.tls]`: a private CA and a client certificate against a redis-server that
+//! requires mutual TLS (its own `--tls-port`, certificates made here with openssl). The
+//! whole pipeline writes through it; a missing client certificate and an untrusted server
+//! each give one clear line in `/readyz`.
+
+mod support;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use redis::Commands;
+use support::*;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "openssl {args:?} (scripts/setup.sh installs openssl)");
+}
+
+/// A CA named `name` in `dir`: `{name}.pem`, `{name}.key`.
+fn ca(dir: &Path, name: &str) {
+    let (key, pem, subj) = (
+        format!("{name}.key"),
+        format!("{name}.pem"),
+        format!("/CN={name}"),
+    );
+    openssl(
+        dir,
+        &[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &pem,
+            "-days", "1", "-subj", &subj,
+        ],
+    );
+}
+
+/// A certificate `{name}.pem`/`{name}.key` for `cn`, signed by CA `by`.
+fn cert(dir: &Path, name: &str, cn: &str, by: &str, ext: &str) {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let subj = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", &key, "-out", &csr, "-subj", &subj,
+        ],
+    );
+    let extfile = format!("{name}.cnf");
+    std::fs::write(dir.join(&extfile), ext).unwrap();
+    let (ca_pem, ca_key) = (format!("{by}.pem"), format!("{by}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "1",
+            "-extfile",
+            &extfile,
+        ],
+    );
+}
+
+struct Tls {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Tls {
+    fn file(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn settings(&self, h: &Harness, ca: &str, client: bool) -> metacache::config::Settings {
+        let mut settings = h.settings();
+        settings.redis.url = format!("rediss://localhost:{}/0", self.port);
+        settings.redis.tls.ca_file = self.file(ca);
+        if client {
+            settings.redis.tls.client_cert_file = self.file("client.pem");
+            settings.redis.tls.client_key_file = self.file("client.key");
+        }
+        settings.http.redis_grace_secs = 1;
+        settings
+    }
+}
+
+fn start() -> (Harness, Tls) {
+    let dir = tempfile::tempdir().unwrap();
+    ca(dir.path(), "ca");
+    ca(dir.path(), "other-ca");
+    cert(
+        dir.path(),
+        "server",
+        "localhost",
+        "ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    );
+    cert(
+        dir.path(),
+        "client",
+        "metacache",
+        "ca",
+        "extendedKeyUsage=clientAuth\n",
+    );
+    let port = metacache::tools::embedded::free_port().unwrap();
+    let f = |n: &str| dir.path().join(n).display().to_string();
+    let (p, crt, key, ca) = (
+        port.to_string(),
+        f("server.pem"),
+        f("server.key"),
+        f("ca.pem"),
+    );
+    let h = Harness::start_with(
+        1,
+        &[
+            "--tls-port",
+            &p,
+            "--tls-cert-file",
+            &crt,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+            "--tls-auth-clients",
+            "yes",
+        ],
+    );
+    (h, Tls { dir, port })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_writes_over_mutual_tls() {
+    let (h, tls) = start();
+    // The URL names the TLS port, where Redis speaks nothing but TLS and requires a client
+    // certificate signed by its CA: a write there is a write over mutual TLS.
+    let daemon = h.start_daemon(tls.settings(&h, "ca.pem", true));
+    let addr = daemon.http().await;
+    let value = device_json("t1", "temperature", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("t1"), Some(&value))]).await;
+    daemon.wait_finished(1, Duration::from_secs(30)).await;
+    assert!(h.redis().exists::<_, bool>("device:t1").unwrap());
+    wait_for(
+        Duration::from_secs(10),
+        "/readyz healthy over TLS",
+        || async { readyz(addr).await.1["checks"]["redis"]["status"] == "healthy" },
+    )
+    .await;
+    daemon.stop().await.expect("clean stop");
+}
+
+/// Waits for `/readyz` to call Redis unhealthy, and returns the check's message.
+async fn redis_problem(addr: std::net::SocketAddr) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, ready) = readyz(addr).await;
+        let check = &ready["checks"]["redis"];
+        if check["status"] == "unhealthy" {
+            return check["message"].as_str().unwrap_or_default().to_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unhealthy: {ready:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_client_certificate_or_an_untrusted_server_is_one_clear_line() {
+    let (h, tls) = start();
+    let without = h.start_daemon(tls.settings(&h, "ca.pem", false));
+    let message = redis_problem(without.http().await).await;
+    println!("no client certificate: {message}");
+    assert!(message.contains("Redis not usable"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
+    drop(without);
+
+    let untrusted = h.start_daemon(tls.settings(&h, "other-ca.pem", true));
+    let message = redis_problem(untrusted.http().await).await;
+    println!("untrusted server: {message}");
+    assert!(message.contains("TLS failed"), "{message}");
+    assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
