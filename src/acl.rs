@@ -103,6 +103,9 @@ pub fn daemon_line(settings: &Settings) -> String {
     if !settings.api.token_file.is_empty() {
         commands.extend(READER);
     }
+    if settings.redis.wait_replicas > 0 {
+        commands.push("wait");
+    }
     let user = settings.redis.username.as_deref().unwrap_or("metacache");
     line(user, key_patterns(&keys, true), commands)
 }

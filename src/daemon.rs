@@ -16,6 +16,7 @@ use crate::pipeline::ownership::Ownership;
 use crate::pipeline::record::chunk_records;
 use crate::pipeline::sink::redis::connect::connect;
 use crate::pipeline::sink::redis::plan::{Planner, Ttls};
+use crate::pipeline::sink::redis::replies::Tail;
 use crate::pipeline::sink::redis::retry::RetryPolicy;
 use crate::pipeline::sink::redis::versions::KnownVersions;
 use crate::pipeline::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
@@ -182,6 +183,10 @@ pub async fn run_variant(
             linger: Duration::from_millis(settings.writer.linger_ms),
             max_in_flight: settings.writer.max_in_flight,
             retry,
+            tail: Tail {
+                wait_replicas: settings.redis.wait_replicas,
+                wait_timeout_ms: settings.redis.wait_timeout_ms,
+            },
         },
         KnownVersions::new(settings.devices.guard_cache, settings.devices.ttl_secs),
         settings.limits.clone(),

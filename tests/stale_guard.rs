@@ -73,6 +73,7 @@ impl Rig {
                 linger: Duration::from_millis(1),
                 max_in_flight: 2,
                 retry,
+                tail: Default::default(),
             },
             KnownVersions::new(1000, 0),
             Limits::default(),

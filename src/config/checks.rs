@@ -430,6 +430,22 @@ impl CheckRedis for RedisSettings {
                 ),
             );
         }
+        check.at_most("redis.wait_replicas", self.wait_replicas, 16);
+        if self.wait_replicas > 0 {
+            check.between("redis.wait_timeout_ms", self.wait_timeout_ms, 1, 60_000);
+            // WAIT blocks the writer's connection for up to its timeout: it must end well
+            // before the response timeout would call the connection dead.
+            if self.wait_timeout_ms >= self.response_timeout_ms {
+                check.fail_at(
+                    "redis.wait_timeout_ms",
+                    &["redis.wait_timeout_ms", "redis.response_timeout_ms"],
+                    format!(
+                        "must be below redis.response_timeout_ms ({}), got {}",
+                        self.response_timeout_ms, self.wait_timeout_ms
+                    ),
+                );
+            }
+        }
         check.at_least("redis.connect_timeout_ms", self.connect_timeout_ms, 1);
         check.at_least("redis.response_timeout_ms", self.response_timeout_ms, 1);
     }

@@ -29,6 +29,11 @@ pub struct RedisSettings {
     pub connect_timeout_ms: u64,
     /// How long a command may wait for its answer.
     pub response_timeout_ms: u64,
+    /// The daemon's writes count as done only once this many replicas have them (`WAIT`
+    /// at the end of every pipeline); 0: once the primary has them.
+    pub wait_replicas: u32,
+    /// How long each `WAIT` may take; fewer replicas by then is retried, never acknowledged.
+    pub wait_timeout_ms: u64,
     /// Certificates for `rediss://` beyond the system's roots: a private CA, and a client
     /// certificate for servers that require mutual TLS.
     pub tls: TlsSettings,
@@ -67,6 +72,8 @@ impl Default for RedisSettings {
             key_prefix: String::new(),
             connect_timeout_ms: 2000,
             response_timeout_ms: 5000,
+            wait_replicas: 0,
+            wait_timeout_ms: 1000,
             tls: TlsSettings::default(),
         }
     }

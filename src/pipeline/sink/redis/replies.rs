@@ -33,10 +33,11 @@ pub struct Retry {
     pub reload_scripts: bool,
 }
 
-/// Judges the answer to a pipeline of `commands` commands (its tail included) planned as
-/// `planned`: a connection error, a transient error reply anywhere, or an answer that is
-/// not whole and well-formed ([`malformed`]) is a retry, never an acknowledgement.
-pub fn judge(commands: usize, planned: &[Planned], replies: Replies) -> Judged {
+/// Judges the answer to a pipeline of `commands` commands (its `tail` included) planned as
+/// `planned`: a connection error, a transient error reply anywhere, an answer that is not
+/// whole and well-formed ([`malformed`]), or fewer replicas than `WAIT` asked for is a
+/// retry, never an acknowledgement.
+pub fn judge(commands: usize, planned: &[Planned], replies: Replies, tail: Tail) -> Judged {
     let replies = match replies {
         Err(e) => {
             return Judged::Retry(Retry {
@@ -55,13 +56,27 @@ pub fn judge(commands: usize, planned: &[Planned], replies: Replies) -> Judged {
         reload_scripts |= e.code() == Some("NOSCRIPT");
         reason.get_or_insert_with(|| super::describe_error(e));
     }
-    if let Some(reason) = reason.or_else(|| malformed(commands, planned, &replies)) {
+    if let Some(reason) = reason.or_else(|| malformed(commands, planned, &replies, tail)) {
         return Judged::Retry(Retry {
             reason,
             reload_scripts,
         });
     }
-    match &replies[commands - TAIL..] {
+    let at = commands - tail.len();
+    if let Some(want) = tail.wait_replicas() {
+        if let Some(Ok(Value::Int(got))) = replies.get(at + 2) {
+            if *got < i64::from(want) {
+                return Judged::Retry(Retry {
+                    reason: format!(
+                        "WAIT: {got} of {want} replicas acknowledged the writes within {} ms (redis.wait_replicas); not acknowledged, retrying",
+                        tail.wait_timeout_ms
+                    ),
+                    reload_scripts: false,
+                });
+            }
+        }
+    }
+    match &replies[at..at + 2] {
         [Ok(Value::Int(connection)), Ok(Value::Int(created))] => Judged::Answered {
             connection: *connection,
             marker_created: *created == 1,
@@ -75,7 +90,33 @@ pub fn judge(commands: usize, planned: &[Planned], replies: Replies) -> Judged {
     }
 }
 
-/// Commands every pipeline ends with: `CLIENT ID`, then `HSET metacache:writers`.
+/// What every pipeline ends with: `CLIENT ID`, then `HSET metacache:writers`, then, with
+/// `redis.wait_replicas` above 0, `WAIT <replicas> <timeout>`, so that a batch counts as
+/// done only once that many replicas have it (a failover cannot lose an acknowledged
+/// write).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Tail {
+    pub wait_replicas: u32,
+    pub wait_timeout_ms: u64,
+}
+
+impl Tail {
+    /// The commands of the tail.
+    pub fn len(self) -> usize {
+        2 + usize::from(self.wait_replicas > 0)
+    }
+
+    pub fn is_empty(self) -> bool {
+        false
+    }
+
+    /// The replicas `WAIT` asks for, when it is sent.
+    pub fn wait_replicas(self) -> Option<u32> {
+        (self.wait_replicas > 0).then_some(self.wait_replicas)
+    }
+}
+
+/// The tail without `WAIT`.
 pub const TAIL: usize = 2;
 
 /// Why `replies` is not a full, well-formed answer to a pipeline of `commands` commands
@@ -86,22 +127,30 @@ pub fn malformed(
     commands: usize,
     planned: &[Planned],
     replies: &[RedisResult<Value>],
+    tail: Tail,
 ) -> Option<String> {
-    if replies.len() != commands || commands < TAIL {
+    let len = tail.len();
+    if replies.len() != commands || commands < len {
         return Some(format!(
             "Redis answered {} replies to a pipeline of {commands} commands",
             replies.len()
         ));
     }
-    let tail = &replies[commands - TAIL..];
-    if !matches!(tail, [Ok(Value::Int(_)), Ok(Value::Int(0 | 1))]) {
+    let answers = &replies[commands - len..];
+    let shape = match answers {
+        [Ok(Value::Int(_)), Ok(Value::Int(0 | 1))] => len == 2,
+        [Ok(Value::Int(_)), Ok(Value::Int(0 | 1)), Ok(Value::Int(n))] => len == 3 && *n >= 0,
+        _ => false,
+    };
+    if !shape {
         return Some(format!(
-            "unexpected replies to CLIENT ID and HSET: {tail:?}"
+            "unexpected replies to the pipeline's tail (CLIENT ID, HSET{}): {answers:?}",
+            if len == 3 { ", WAIT" } else { "" }
         ));
     }
     for plan in planned {
-        if plan.first + plan.commands > commands - TAIL
-            || plan.shared.is_some_and(|at| at >= commands - TAIL)
+        if plan.first + plan.commands > commands - len
+            || plan.shared.is_some_and(|at| at >= commands - len)
         {
             return Some("the plan does not fit the pipeline's replies".into());
         }
@@ -177,7 +226,7 @@ mod tests {
         let planned = [guarded(0), guarded(1)];
         let mut replies = vec![Ok(Value::Int(1)), Err(server("WRONGTYPE"))];
         replies.extend(tail());
-        assert_eq!(malformed(4, &planned, &replies), None);
+        assert_eq!(malformed(4, &planned, &replies, Tail::default()), None);
     }
 
     #[test]
@@ -185,9 +234,9 @@ mod tests {
         let planned = [guarded(0), guarded(1)];
         let mut replies = vec![Ok(Value::Int(1))];
         replies.extend(tail());
-        let why = malformed(4, &planned, &replies).expect("refused");
+        let why = malformed(4, &planned, &replies, Tail::default()).expect("refused");
         assert!(why.contains("3 replies to a pipeline of 4"), "{why}");
-        assert!(malformed(4, &planned, &[]).is_some());
+        assert!(malformed(4, &planned, &[], Tail::default()).is_some());
     }
 
     #[test]
@@ -200,7 +249,7 @@ mod tests {
         ] {
             let mut replies = vec![Ok(odd.clone())];
             replies.extend(tail());
-            let why = malformed(3, &[guarded(0)], &replies).expect("refused");
+            let why = malformed(3, &[guarded(0)], &replies, Tail::default()).expect("refused");
             assert!(why.contains("stale guard"), "{odd:?}: {why}");
         }
     }
@@ -208,10 +257,10 @@ mod tests {
     #[test]
     fn a_tail_that_is_not_an_id_and_a_flag_is_retried() {
         let replies = vec![Ok(Value::Okay), Ok(Value::Int(0))];
-        assert!(malformed(2, &[], &replies).is_some());
+        assert!(malformed(2, &[], &replies, Tail::default()).is_some());
         let replies = vec![Ok(Value::Int(3)), Ok(Value::Int(5))];
-        assert!(malformed(2, &[], &replies).is_some());
-        assert_eq!(malformed(2, &[], &tail()), None);
+        assert!(malformed(2, &[], &replies, Tail::default()).is_some());
+        assert_eq!(malformed(2, &[], &tail(), Tail::default()), None);
     }
 
     #[test]
@@ -219,7 +268,7 @@ mod tests {
         let mut replies = vec![Ok(Value::Int(1)), Err(server("WRONGTYPE"))];
         replies.push(Ok(Value::Int(42)));
         replies.push(Ok(Value::Int(1)));
-        match judge(4, &[guarded(0), guarded(1)], Ok(replies)) {
+        match judge(4, &[guarded(0), guarded(1)], Ok(replies), Tail::default()) {
             Judged::Answered {
                 replies,
                 connection,
@@ -235,7 +284,7 @@ mod tests {
     fn a_transient_error_anywhere_retries_the_batch() {
         let mut replies = vec![Ok(Value::Int(1)), Err(server("NOSCRIPT"))];
         replies.extend(tail());
-        match judge(4, &[guarded(0), guarded(1)], Ok(replies)) {
+        match judge(4, &[guarded(0), guarded(1)], Ok(replies), Tail::default()) {
             Judged::Retry(retry) => {
                 assert!(retry.reload_scripts);
                 assert!(retry.reason.starts_with("NOSCRIPT"), "{}", retry.reason);
@@ -244,7 +293,7 @@ mod tests {
         }
         let lost = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(matches!(
-            judge(3, &[guarded(0)], Err(lost)),
+            judge(3, &[guarded(0)], Err(lost), Tail::default()),
             Judged::Retry(Retry {
                 reload_scripts: false,
                 ..
@@ -252,7 +301,7 @@ mod tests {
         ));
         let short = vec![Ok(Value::Int(1))];
         assert!(matches!(
-            judge(3, &[guarded(0)], Ok(short)),
+            judge(3, &[guarded(0)], Ok(short), Tail::default()),
             Judged::Retry(_)
         ));
     }
@@ -269,5 +318,49 @@ mod tests {
         }
         let io = RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
         assert!(!is_permanent(&io));
+    }
+}
+
+#[cfg(test)]
+mod wait_tests {
+    use super::*;
+    fn tail3(n: i64) -> Vec<RedisResult<Value>> {
+        vec![Ok(Value::Int(7)), Ok(Value::Int(0)), Ok(Value::Int(n))]
+    }
+
+    #[test]
+    fn too_few_replicas_is_a_retry_never_an_acknowledgement() {
+        let tail = Tail {
+            wait_replicas: 2,
+            wait_timeout_ms: 100,
+        };
+        assert_eq!(tail.len(), 3);
+        match judge(3, &[], Ok(tail3(1)), tail) {
+            Judged::Retry(retry) => {
+                assert!(retry.reason.contains("1 of 2 replicas"), "{}", retry.reason)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            judge(3, &[], Ok(tail3(2)), tail),
+            Judged::Answered { connection: 7, .. }
+        ));
+        assert!(matches!(
+            judge(3, &[], Ok(tail3(3)), tail),
+            Judged::Answered { .. }
+        ));
+        // A WAIT that failed (e.g. not allowed) is an error reply: transient or not, the
+        // batch is not acknowledged.
+        let mut refused = tail3(0);
+        refused[2] = Err(redis::make_extension_error(
+            "NOPERM".into(),
+            Some("no WAIT".into()),
+        ));
+        assert!(matches!(judge(3, &[], Ok(refused), tail), Judged::Retry(_)));
+        // Without WAIT configured, a third tail reply does not fit.
+        assert!(matches!(
+            judge(3, &[], Ok(tail3(2)), Tail::default()),
+            Judged::Retry(_)
+        ));
     }
 }

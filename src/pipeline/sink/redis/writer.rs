@@ -42,7 +42,7 @@ use super::connect::load_scripts;
 use super::go_back::GoBackN;
 use super::inflight::{Flight, InFlight};
 use super::plan::{Expect, PlanInput, Planned, Planner};
-use super::replies::{judge, Judged, Replies, Retry};
+use super::replies::{judge, Judged, Replies, Retry, Tail};
 use super::retry::RetryPolicy;
 use super::versions::KnownVersions;
 use crate::model::{Event, Limits, Reject, RejectReason, TopicKind};
@@ -59,6 +59,8 @@ pub struct WriterConfig {
     pub linger: Duration,
     pub max_in_flight: usize,
     pub retry: RetryPolicy,
+    /// What ends each pipeline (`WAIT` for replicas or not).
+    pub tail: Tail,
 }
 
 /// Opens a new connection (with the scripts loaded): after a fence the writer needs one
@@ -327,6 +329,15 @@ where
                 .arg(1)
                 .to_owned(),
         );
+        if let Some(replicas) = self.config.tail.wait_replicas() {
+            // Counts the replicas that have every write of this connection so far.
+            plan.pipe.add_command(
+                redis::cmd("WAIT")
+                    .arg(replicas)
+                    .arg(self.config.tail.wait_timeout_ms)
+                    .to_owned(),
+            );
+        }
         let commands = plan.pipe.cmd_iter().count();
         let events = records.len() as u64;
         Batch {
@@ -368,17 +379,18 @@ where
     /// honest: it is forgotten whenever Redis may have lost data or the outcome of a write
     /// is unknown, and a batch that relied on knowledge now void is planned again.
     fn judge(&mut self, batch: &Batch, replies: Replies) -> Result<Vec<RedisResult<Value>>, Retry> {
-        let (replies, id, created) = match judge(batch.commands, &batch.planned, replies) {
-            Judged::Retry(retry) => {
-                self.forget_all();
-                return Err(retry);
-            }
-            Judged::Answered {
-                replies,
-                connection,
-                marker_created,
-            } => (replies, connection, marker_created),
-        };
+        let (replies, id, created) =
+            match judge(batch.commands, &batch.planned, replies, self.config.tail) {
+                Judged::Retry(retry) => {
+                    self.forget_all();
+                    return Err(retry);
+                }
+                Judged::Answered {
+                    replies,
+                    connection,
+                    marker_created,
+                } => (replies, connection, marker_created),
+            };
         if self.conn_id != Some(id) || created {
             // A new connection (maybe to another node) or a marker that was gone: what
             // this writer knew about the keys may not hold. (The first pipeline of a
