@@ -28,7 +28,8 @@ SECRET_ENV = {
     "METACACHE__KAFKA__CLIENT__SASL_PASSWORD",
 }
 # Settings that config/default.toml lists only as comments (no default value).
-OPTIONAL_SETTINGS = {("redis", "username"): str, ("redis", "db"): int}
+OPTIONAL_SETTINGS = {("redis", "username"): str, ("redis", "db"): int,
+                     ("redis", "password_file"): str}
 
 
 @pytest.fixture(scope="module")
@@ -622,3 +623,20 @@ def test_promtool_parses_every_dashboard_query(tmp_path):
             rules.append({"record": f"dashboard:panel{panel['id']}:{target['refId']}", "expr": expr})
     out = promtool_check(tmp_path, [{"name": "dashboard", "rules": rules}])
     assert f"SUCCESS: {len(rules)} rules found" in out, out
+
+
+def test_the_redis_deployment_pages_values_install(chart):
+    """Each values block of docs/redis-deployments.md renders valid manifests, and the
+    files its settings name are mounted where they say."""
+    page = (ROOT / "docs" / "redis-deployments.md").read_text()
+    blocks = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", page, re.S)
+              if b.lstrip().startswith("# values")]
+    assert len(blocks) == 2
+    for block in blocks:
+        docs = render(chart, helm.values_from_yaml(block))
+        validate(docs)
+        mounts = [m["mountPath"] for m in container(docs).get("volumeMounts", [])]
+        redis = config_toml(docs)["redis"]
+        files = [redis.get("password_file", "")] + list(redis.get("tls", {}).values())
+        for path in filter(None, files):
+            assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), (path, mounts)
