@@ -22,6 +22,7 @@ scenarios=(
   "faults_redis:redis_errors_oom_readonly_busy_loading_hold_offsets_and_converge"
   "faults_kafka:the_broker_unreachable_and_back_the_daemon_recovers_without_a_restart"
   "fencing:a_revoked_members_writes_in_flight_never_land_after_the_new_owners"
+  "fencing:a_dead_writers_late_bytes_never_land_after_the_new_owners"
 )
 for name in $(grep -A1 '#\[tokio::test' tests/faults_process.rs | grep -o 'async fn [a-z_]*' | cut -d' ' -f3); do
   scenarios+=("faults_process:$name")

@@ -61,6 +61,8 @@ pub struct Stats {
     pub disowned: AtomicU64,
     /// Connections dropped so that records of given-up partitions could not land.
     pub fences: AtomicU64,
+    /// Other writers' connections closed before writing under a new assignment.
+    pub writers_fenced: AtomicU64,
     /// Dead letters given up after being refused for good (logged at error level).
     pub dead_letters_lost: AtomicU64,
     /// Why dead letters are failing right now (cleared by the next success).
@@ -111,6 +113,7 @@ impl Default for Stats {
             retries: AtomicU64::new(0),
             disowned: AtomicU64::new(0),
             fences: AtomicU64::new(0),
+            writers_fenced: AtomicU64::new(0),
             guard_cache_resets: AtomicU64::new(0),
             dead_letters_lost: AtomicU64::new(0),
             dead_letter_failing: Mutex::new(None),

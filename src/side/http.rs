@@ -327,6 +327,8 @@ pub struct WriterReport {
     pub retries: u64,
     pub in_flight_pipelines: u64,
     pub pending_records: u64,
+    /// Other writers' connections closed before writing under a new assignment.
+    pub writers_fenced: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -394,6 +396,7 @@ pub fn report(stats: &Stats, observed: &Observed, topics: &[String; 2]) -> Stats
             retries: s.retries,
             in_flight_pipelines: s.in_flight,
             pending_records: s.pending_records,
+            writers_fenced: stats.writers_fenced.load(Relaxed),
         },
         kafka: KafkaReport {
             assigned_partitions: s.kafka_assigned_partitions,

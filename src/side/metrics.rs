@@ -200,6 +200,12 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "metacache_redis_writers_fenced",
+            "Other writers' Redis connections closed before writing under a new assignment",
+            s.writers_fenced.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "metacache_http_connections_evicted",
             "HTTP connections closed to make room for a new one, oldest first (many means a flood of clients)",
             s.http_evicted.load(Relaxed),

@@ -77,6 +77,67 @@ pub struct Rec {
     pub effect: Effect,
 }
 
+#[allow(dead_code)]
+impl Rec {
+    /// A keyed device upsert at `at` (RFC 3339, whole seconds, UTC), and what it stores.
+    pub fn device(id: &str, at: &str) -> Rec {
+        let value = serde_json::json!({
+            "device_id": id, "datatype_id": "dt-1", "datatype_name": "n",
+            "persist": true, "last_updated": at,
+        })
+        .to_string();
+        let ts_ms = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+            .expect("an RFC 3339 time");
+        let stored = format!(
+            "{{\"device_id\":{},\"datatype_id\":\"dt-1\",\"datatype_name\":\"n\",\"datatype_unit\":null,\"persist\":true,\"last_updated\":\"{}.000Z\"}}",
+            serde_json::to_string(id).unwrap(),
+            at.trim_end_matches('Z')
+        );
+        Rec {
+            topic: DEVICES,
+            key: Some(id.to_owned()),
+            value: Some(value),
+            effect: Effect::DeviceUpsert {
+                id: id.to_owned(),
+                ts_ms,
+                stored,
+            },
+        }
+    }
+
+    /// A device tombstone.
+    pub fn tombstone(id: &str) -> Rec {
+        Rec {
+            topic: DEVICES,
+            key: Some(id.to_owned()),
+            value: None,
+            effect: Effect::DeviceDelete { id: id.to_owned() },
+        }
+    }
+
+    /// A catalog operation (`replace`, `add` or `remove`) on `ns`.
+    pub fn metric(op: &str, ns: &str, names: &[&str]) -> Rec {
+        let list: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let value =
+            serde_json::json!({"op": op, "namespace": ns, "metric_names": list}).to_string();
+        let key = ns.to_owned();
+        let (ns, names) = (ns.to_owned(), list);
+        let effect = match op {
+            "replace" => Effect::Replace { ns, names },
+            "add" => Effect::Add { ns, names },
+            "remove" => Effect::Remove { ns, names },
+            other => panic!("op {other}"),
+        };
+        Rec {
+            topic: METRICS,
+            key: Some(key),
+            value: Some(value),
+            effect,
+        }
+    }
+}
+
 /// Shape of a generated stream.
 #[derive(Debug, Clone, Copy)]
 pub struct StreamSpec {

@@ -5,6 +5,10 @@
 //! connection while bytes are held, those bytes are discarded, as a connection reset
 //! discards data not yet delivered: this is the network a fence relies on (bytes that never
 //! reached Redis never run once the connection is gone).
+//!
+//! With [`HoldingProxy::deliver_after_close`] a closed client's held bytes are delivered
+//! on release instead, as the kernel does for a process that died with data in its send
+//! buffer and no unread replies (a graceful close): the late bytes of a dead writer.
 
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,6 +33,10 @@ struct State {
     switches: AtomicU64,
     /// Wakes every connection to look at `switches`.
     cut: Notify,
+    /// A closed client's held bytes are delivered on release (see the module doc).
+    deliver_after_close: AtomicBool,
+    /// Held bytes of a closed client delivered later, and those Redis would not take.
+    bytes_delivered_late: AtomicU64,
 }
 
 pub struct HoldingProxy {
@@ -87,6 +95,15 @@ impl HoldingProxy {
         self.state.bytes_held.load(Ordering::Relaxed)
     }
 
+    /// Held bytes of a client that closes are delivered on release, not discarded.
+    pub fn deliver_after_close(&self) {
+        self.state.deliver_after_close.store(true, Ordering::SeqCst);
+    }
+
+    pub fn bytes_delivered_late(&self) -> u64 {
+        self.state.bytes_delivered_late.load(Ordering::Relaxed)
+    }
+
     pub fn bytes_discarded(&self) -> u64 {
         self.state.bytes_discarded.load(Ordering::Relaxed)
     }
@@ -131,6 +148,24 @@ async fn pipe(client: TcpStream, server: TcpStream, state: Arc<State>, switches:
             _ = cut => break,
             read = client_read.read(&mut chunk) => match read {
                 Ok(0) | Err(_) => {
+                    if state.deliver_after_close.load(Ordering::SeqCst) && !buffer.is_empty() {
+                        // A graceful close: the bytes still go, once released.
+                        while state.held.load(Ordering::SeqCst) {
+                            let released = state.released.notified();
+                            if !state.held.load(Ordering::SeqCst) {
+                                break;
+                            }
+                            released.await;
+                        }
+                        let n = buffer.len() as u64;
+                        match server_write.write_all(&buffer).await {
+                            Ok(()) => state.bytes_delivered_late.fetch_add(n, Ordering::Relaxed),
+                            Err(_) => state.bytes_discarded.fetch_add(n, Ordering::Relaxed),
+                        };
+                        // Let Redis read them before the close reaches it.
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        break;
+                    }
                     // The client is gone: what it sent and Redis never saw is dropped.
                     state.bytes_discarded.fetch_add(buffer.len() as u64, Ordering::Relaxed);
                     break;

@@ -108,6 +108,11 @@ pub struct Writer<C> {
     conn_id: Option<i64>,
     /// A connection dropped by a fence, to `CLIENT KILL` once a new one is up.
     kill: Option<i64>,
+    /// The current connection is not named [`WRITER_NAME`] yet (it is new).
+    unnamed: bool,
+    /// The assignment epoch whose previous writers' connections were closed (see
+    /// [`Writer::fence_previous_writers`]).
+    fenced_epoch: Option<u64>,
     /// This writer's field in `metacache:writers`.
     writer_id: String,
     ownership: Arc<Ownership>,
@@ -149,6 +154,8 @@ where
             knowledge: 0,
             conn_id: None,
             kill: None,
+            unnamed: true,
+            fenced_epoch: None,
             writer_id: writer_id(),
             ownership: links.ownership,
             fence_served: 0,
@@ -179,6 +186,7 @@ where
                         .await;
                     continue;
                 }
+                self.before_send().await;
                 batch.sent_at = Instant::now();
                 let flight = self.send(&batch);
                 sent.push(batch, flight);
@@ -403,6 +411,9 @@ where
                 );
             }
             self.forget_all();
+            if self.conn_id != Some(id) {
+                self.unnamed = true;
+            }
             self.conn_id = Some(id);
         }
         if batch.local && batch.knowledge != self.knowledge {
@@ -488,6 +499,88 @@ where
             );
             self.rejects.send(record, reject).await;
         }
+    }
+
+    /// Names a new connection, and fences the previous writers after a rebalance: both
+    /// before the next pipeline goes.
+    async fn before_send(&mut self) {
+        if self.unnamed {
+            self.name_connection().await;
+        }
+        if self.fenced_epoch != Some(self.ownership.epoch()) {
+            self.fence_previous_writers().await;
+        }
+    }
+
+    /// `CLIENT SETNAME metacache-writer`, so that a new owner can find this connection
+    /// (and close it if this process is gone): see [`Writer::fence_previous_writers`].
+    async fn name_connection(&mut self) {
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("SETNAME").arg(WRITER_NAME);
+        match tokio::time::timeout(Duration::from_secs(2), cmd.query_async::<Value>(conn)).await {
+            Ok(Ok(_)) => self.unnamed = false,
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                tracing::warn!(error = %describe(&e), "cannot name the writer's connection (CLIENT SETNAME): a writer taking over after this one dies cannot close its connection");
+                self.unnamed = false;
+            }
+            // Lost connection or timeout: the next pipeline fails too and is retried; name
+            // the connection it then uses.
+            _ => {}
+        }
+    }
+
+    /// Before its first write under a new assignment, a writer closes every other
+    /// writer's connection (`CLIENT KILL` of each connection named [`WRITER_NAME`] but its
+    /// own). A process that died (SIGKILL, OOM, a lost node) can leave pipelines in the
+    /// kernel's buffers or Redis's: Redis runs them whenever it reads them, possibly after
+    /// the new owner of their partitions wrote newer values, and plain `SET`s, set
+    /// operations and tombstones carry no guard. Killing the connection discards what
+    /// Redis has not run yet. A live writer of other partitions loses its connection too
+    /// and replays its unanswered pipelines in order (go-back-N): a rebalance is rare and
+    /// the replay is correct; a late write is not.
+    async fn fence_previous_writers(&mut self) {
+        let epoch = self.ownership.epoch();
+        let me = self.conn_id;
+        let Some(conn) = self.conn.as_mut() else {
+            return;
+        };
+        let mut list = redis::cmd("CLIENT");
+        list.arg("LIST").arg("TYPE").arg("normal");
+        let listed =
+            tokio::time::timeout(Duration::from_secs(2), list.query_async::<String>(conn)).await;
+        let others = match listed {
+            Ok(Ok(text)) => other_writers(&text, me),
+            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+                tracing::warn!(error = %describe(&e), "cannot list Redis connections (CLIENT LIST): late writes of a writer that died cannot be fenced");
+                self.fenced_epoch = Some(epoch);
+                return;
+            }
+            // Try again before the next pipeline.
+            _ => return,
+        };
+        if !others.is_empty() {
+            let mut pipe = redis::pipe();
+            for id in &others {
+                pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(*id).ignore();
+            }
+            pipe.ignore_errors();
+            let killed =
+                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Value>(conn)).await;
+            if !matches!(killed, Ok(Ok(_))) {
+                return;
+            }
+            self.stats
+                .writers_fenced
+                .fetch_add(others.len() as u64, Relaxed);
+            tracing::info!(
+                connections = others.len(),
+                "closed the connections of other metacache writers before writing under the new assignment"
+            );
+        }
+        self.fenced_epoch = Some(epoch);
     }
 
     /// Opens a connection when a fence dropped the last one, and kills the dropped one on
@@ -606,6 +699,7 @@ where
                 let records = std::mem::take(&mut batch.records);
                 batch = self.build_under(records, None);
             }
+            self.before_send().await;
             batch.sent_at = Instant::now();
             let flight = self.send(&batch);
             replay.put_back(batch);
@@ -644,6 +738,28 @@ where
     }
 }
 
+/// The name every writer gives its connection (`CLIENT SETNAME`), so that a new owner
+/// finds the connections of writers that may have died.
+pub const WRITER_NAME: &str = "metacache-writer";
+
+/// The ids of the connections named [`WRITER_NAME`] in a `CLIENT LIST` reply, but `me`.
+fn other_writers(list: &str, me: Option<i64>) -> Vec<i64> {
+    list.lines()
+        .filter_map(|line| {
+            let mut id = None;
+            let mut named = false;
+            for field in line.split(' ') {
+                if let Some(v) = field.strip_prefix("id=") {
+                    id = v.parse::<i64>().ok();
+                } else if let Some(v) = field.strip_prefix("name=") {
+                    named = v == WRITER_NAME;
+                }
+            }
+            id.filter(|id| named && Some(*id) != me)
+        })
+        .collect()
+}
+
 /// A field name no other writer uses: the process, the time it started, a random part.
 fn writer_id() -> String {
     use std::hash::BuildHasher;
@@ -665,5 +781,21 @@ fn refused_field(record: &Record) -> &'static str {
         Ok(Event::DeviceUpsert(_)) | Ok(Event::DeviceDelete { .. }) => "device_id",
         Ok(Event::Metric(_)) => "namespace",
         Err(_) => "value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn other_writers_are_the_connections_named_so_but_this_one() {
+        let list = "id=3 addr=127.0.0.1:5 laddr=x fd=8 name=metacache-writer age=9 cmd=hset\n\
+                    id=4 addr=127.0.0.1:6 laddr=x fd=9 name= age=2 cmd=get\n\
+                    id=7 addr=127.0.0.1:7 laddr=x fd=10 name=metacache-writer age=1 cmd=evalsha\n\
+                    id=8 addr=127.0.0.1:8 laddr=x fd=11 name=metacache-writer-x age=1 cmd=get\n";
+        assert_eq!(other_writers(list, Some(7)), [3]);
+        assert_eq!(other_writers(list, None), [3, 7]);
+        assert!(other_writers("", Some(1)).is_empty());
     }
 }
