@@ -4,7 +4,7 @@
 //! with exactly this line) until it is added here.
 
 use crate::config::Settings;
-use crate::keys::KeyLayout;
+use crate::keys::{glob_escape, KeyLayout};
 
 /// Commands every running daemon sends: the writer (its pipelines, the scripts, and what
 /// the scripts run inside Redis, which ACL checks too), the writers' marker, the fence's
@@ -53,18 +53,6 @@ const READER: &[&str] = &[
     "info",
     "config|get",
 ];
-
-/// A literal text inside a Redis key pattern.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
 
 /// The key patterns of metacache's layout under `prefix`.
 fn key_patterns(keys: &KeyLayout, writer: bool) -> Vec<String> {

@@ -39,6 +39,19 @@ pub struct KeyLayout {
     writers: String,
 }
 
+/// `text` as a literal inside a Redis glob pattern (`SCAN MATCH`, ACL key patterns):
+/// `*`, `?`, `[`, `]` and `\` escaped, so a prefix such as `app[1]:` matches only itself.
+pub fn glob_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 impl KeyLayout {
     pub fn new(prefix: &str) -> Self {
         KeyLayout {

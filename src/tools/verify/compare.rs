@@ -278,25 +278,13 @@ impl fmt::Display for Comparison {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{self, Event, Limits, TopicKind};
+    use crate::model::Event;
 
     fn device(id: &str, at: &str) -> Event {
-        let json = format!(
-            r#"{{"device_id":"{id}","datatype_id":"t","datatype_name":"n","persist":true,"last_updated":"{at}"}}"#
-        );
-        model::decode(
-            TopicKind::Device,
-            Some(id.as_bytes()),
-            Some(json.as_bytes()),
-            &Limits::default(),
-        )
-        .expect("valid device")
+        crate::tools::verify::events::device(id, at, "n")
     }
 
-    fn metric(json: &str) -> Event {
-        model::decode_value(TopicKind::Metric, json.as_bytes(), &Limits::default())
-            .expect("valid op")
-    }
+    use crate::tools::verify::events::metric;
 
     /// Redis exactly as the writer would leave it after `expected`.
     fn faithful(e: &Expected) -> Observed {

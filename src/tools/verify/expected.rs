@@ -143,25 +143,7 @@ impl Expected {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{self, Limits, TopicKind};
-
-    fn device(id: &str, at: &str, name: &str) -> Event {
-        let json = format!(
-            r#"{{"device_id":"{id}","datatype_id":"t","datatype_name":"{name}","persist":true,"last_updated":"{at}"}}"#
-        );
-        model::decode(
-            TopicKind::Device,
-            Some(id.as_bytes()),
-            Some(json.as_bytes()),
-            &Limits::default(),
-        )
-        .expect("valid device")
-    }
-
-    fn metric(json: &str) -> Event {
-        model::decode_value(TopicKind::Metric, json.as_bytes(), &Limits::default())
-            .expect("valid op")
-    }
+    use crate::tools::verify::events::{device, metric};
 
     fn names(e: &Expected, ns: &str) -> Names {
         e.namespaces[ns].names.clone()

@@ -26,7 +26,7 @@ use redis::RedisError;
 use serde::Serialize;
 
 use crate::config::{KafkaSettings, Settings};
-use crate::keys::KeyLayout;
+use crate::keys::{glob_escape, KeyLayout};
 use crate::model::{self, Limits, TopicKind};
 use crate::pipeline::source::kafka::consumer_config;
 use compare::{Comparison, Observed};
@@ -357,18 +357,6 @@ fn strip(key: &[u8], prefix: &[u8], suffix: &[u8]) -> Option<String> {
     Some(String::from_utf8_lossy(rest).into_owned())
 }
 
-/// A literal text as a Redis glob pattern.
-fn glob_escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// The whole run: the stream, then Redis, then the comparison. `progress` lines go to
 /// `progress_out` (a terminal), overwritten in place.
 pub async fn run(
@@ -509,6 +497,32 @@ fn clip(text: &str) -> String {
         end -= 1;
     }
     format!("{}…", &text[..end])
+}
+
+/// Valid events for the unit tests of this folder.
+#[cfg(test)]
+pub(crate) mod events {
+    use crate::model::{self, Event, Limits, TopicKind};
+
+    /// A keyed device upsert with this datatype name.
+    pub fn device(id: &str, at: &str, name: &str) -> Event {
+        let json = format!(
+            r#"{{"device_id":"{id}","datatype_id":"t","datatype_name":"{name}","persist":true,"last_updated":"{at}"}}"#
+        );
+        model::decode(
+            TopicKind::Device,
+            Some(id.as_bytes()),
+            Some(json.as_bytes()),
+            &Limits::default(),
+        )
+        .expect("valid device")
+    }
+
+    /// A catalog event from its JSON.
+    pub fn metric(json: &str) -> Event {
+        model::decode_value(TopicKind::Metric, json.as_bytes(), &Limits::default())
+            .expect("valid op")
+    }
 }
 
 #[cfg(test)]
