@@ -17,8 +17,9 @@ use std::fmt;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::KafkaError;
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 use redis::aio::ConnectionLike;
@@ -91,6 +92,21 @@ impl Report {
     }
 }
 
+/// The reader's librdkafka context: the end of a partition is how reading stops, not an
+/// error worth a line (the default context logs each at error level).
+struct Reader;
+
+impl ClientContext for Reader {
+    fn error(&self, error: KafkaError, reason: &str) {
+        match error {
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF) => {}
+            error => tracing::warn!(%error, reason, "kafka client error"),
+        }
+    }
+}
+
+impl ConsumerContext for Reader {}
+
 /// How the stream is read: which partitions, from where to where.
 struct Span {
     kind: TopicKind,
@@ -117,7 +133,7 @@ pub fn read_stream(
         .set("statistics.interval.ms", "0")
         .set("enable.partition.eof", "true")
         .set("auto.offset.reset", "earliest");
-    let consumer: BaseConsumer = config.create()?;
+    let consumer: BaseConsumer<Reader> = config.create_with_context(Reader)?;
 
     let mut spans = Vec::new();
     let mut all = TopicPartitionList::new();
@@ -239,7 +255,7 @@ pub fn read_stream(
 }
 
 /// Whether the consumer's position in `topic[partition]` is at `end` or past it.
-fn reached(consumer: &BaseConsumer, topic: &str, partition: i32, end: i64) -> bool {
+fn reached(consumer: &BaseConsumer<Reader>, topic: &str, partition: i32, end: i64) -> bool {
     consumer
         .position()
         .ok()
