@@ -435,14 +435,18 @@ async fn a_replay_that_plans_a_batch_again_plans_every_later_one_again() {
     rig.write("e", T10, true).await;
     proxy.hold();
     rig.send_together(&[("e", T15), ("d", T20)]);
-    wait_for(Duration::from_secs(10), "batch 1 on the wire", || async {
-        proxy.bytes_held() > 0
+    let stats = Arc::clone(&rig.stats);
+    let proxied = &proxy;
+    wait_for(Duration::from_secs(10), "batch 1 on the wire", || {
+        let stats = Arc::clone(&stats);
+        async move { stats.snapshot().in_flight == 1 && proxied.bytes_held() > 0 }
     })
     .await;
-    let first = proxy.bytes_held();
     let last = rig.send("d", T30, true);
-    wait_for(Duration::from_secs(10), "batch 2 on the wire", || async {
-        proxy.bytes_held() > first
+    let stats = Arc::clone(&rig.stats);
+    wait_for(Duration::from_secs(10), "batch 2 on the wire", || {
+        let stats = Arc::clone(&stats);
+        async move { stats.snapshot().in_flight == 2 }
     })
     .await;
     // The connection is cut with both batches unanswered; nothing of them reached Redis.

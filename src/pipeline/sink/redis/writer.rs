@@ -111,8 +111,9 @@ pub struct Writer<C> {
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
     /// The assignment epoch whose previous writers' connections were closed (see
-    /// [`Writer::fence_previous_writers`]).
+    /// [`Writer::fence_previous_writers`]), and the tries so far under the current one.
     fenced_epoch: Option<u64>,
+    fence_tries: u32,
     /// This writer's field in `metacache:writers`.
     writer_id: String,
     ownership: Arc<Ownership>,
@@ -156,6 +157,7 @@ where
             kill: None,
             unnamed: true,
             fenced_epoch: None,
+            fence_tries: 0,
             writer_id: writer_id(),
             ownership: links.ownership,
             fence_served: 0,
@@ -514,22 +516,26 @@ where
 
     /// `CLIENT SETNAME metacache-writer`, so that a new owner can find this connection
     /// (and close it if this process is gone): see [`Writer::fence_previous_writers`].
+    /// Sent beside the pipelines, never waited for: a slow Redis must not hold a batch
+    /// back for a name. A name lost with its connection is given to the next one.
     async fn name_connection(&mut self) {
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.conn.clone() else {
             return;
         };
-        let mut cmd = redis::cmd("CLIENT");
-        cmd.arg("SETNAME").arg(WRITER_NAME);
-        match tokio::time::timeout(Duration::from_secs(2), cmd.query_async::<Value>(conn)).await {
-            Ok(Ok(_)) => self.unnamed = false,
-            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                tracing::warn!(error = %describe(&e), "cannot name the writer's connection (CLIENT SETNAME): a writer taking over after this one dies cannot close its connection");
-                self.unnamed = false;
+        self.unnamed = false;
+        tokio::spawn(async move {
+            let mut conn = conn;
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("SETNAME").arg(WRITER_NAME);
+            let named =
+                tokio::time::timeout(Duration::from_secs(5), cmd.query_async::<Value>(&mut conn))
+                    .await;
+            if let Ok(Err(e)) = named {
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) {
+                    tracing::warn!(error = %describe(&e), "cannot name the writer's connection (CLIENT SETNAME): a writer taking over after this one dies cannot close its connection");
+                }
             }
-            // Lost connection or timeout: the next pipeline fails too and is retried; name
-            // the connection it then uses.
-            _ => {}
-        }
+        });
     }
 
     /// Before its first write under a new assignment, a writer closes every other
@@ -543,23 +549,37 @@ where
     /// the replay is correct; a late write is not.
     async fn fence_previous_writers(&mut self) {
         let epoch = self.ownership.epoch();
-        let me = self.conn_id;
         let Some(conn) = self.conn.as_mut() else {
             return;
         };
-        let mut list = redis::cmd("CLIENT");
-        list.arg("LIST").arg("TYPE").arg("normal");
-        let listed =
-            tokio::time::timeout(Duration::from_secs(2), list.query_async::<String>(conn)).await;
+        // This connection's own id from the same round trip: `conn_id` is not known before
+        // the first pipeline's answer, or may be an older connection's.
+        let mut pipe = redis::pipe();
+        pipe.cmd("CLIENT").arg("ID");
+        pipe.cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal");
+        let listed = tokio::time::timeout(
+            Duration::from_secs(2),
+            pipe.query_async::<(i64, String)>(conn),
+        )
+        .await;
         let others = match listed {
-            Ok(Ok(text)) => other_writers(&text, me),
+            Ok(Ok((me, text))) => other_writers(&text, Some(me)),
             Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
                 tracing::warn!(error = %describe(&e), "cannot list Redis connections (CLIENT LIST): late writes of a writer that died cannot be fenced");
                 self.fenced_epoch = Some(epoch);
                 return;
             }
-            // Try again before the next pipeline.
-            _ => return,
+            // Lost connection or a slow Redis: try again before the next pipelines, a
+            // few times, then go on (a writer must not stall on it).
+            _ => {
+                self.fence_tries += 1;
+                if self.fence_tries >= FENCE_TRIES {
+                    tracing::warn!("could not list Redis connections to fence previous writers; going on without");
+                    self.fenced_epoch = Some(epoch);
+                    self.fence_tries = 0;
+                }
+                return;
+            }
         };
         if !others.is_empty() {
             let mut pipe = redis::pipe();
@@ -581,6 +601,7 @@ where
             );
         }
         self.fenced_epoch = Some(epoch);
+        self.fence_tries = 0;
     }
 
     /// Opens a connection when a fence dropped the last one, and kills the dropped one on
@@ -737,6 +758,9 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), hdel).await;
     }
 }
+
+/// Tries at fencing the previous writers under one assignment before going on without.
+const FENCE_TRIES: u32 = 3;
 
 /// The name every writer gives its connection (`CLIENT SETNAME`), so that a new owner
 /// finds the connections of writers that may have died.
