@@ -136,6 +136,33 @@ fn consumer(kafka: &KafkaSettings) -> Result<BaseConsumer, KafkaError> {
     config.create()
 }
 
+/// A partition, its earliest retained offset and its end.
+pub type Watermarks = (i32, i64, i64);
+
+/// Each partition of `topic` with its earliest retained offset and its end; `None` when
+/// the topic does not exist or has no partitions. Shared with `metacache verify`.
+pub fn watermarks<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    topic: &str,
+) -> Result<Option<Vec<Watermarks>>, KafkaError> {
+    let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
+    let count = metadata
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic && t.error().is_none())
+        .map(|t| t.partitions().len())
+        .unwrap_or(0);
+    if count == 0 {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(count);
+    for partition in 0..count as i32 {
+        let (earliest, end) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+        out.push((partition, earliest, end));
+    }
+    Ok(Some(out))
+}
+
 /// Reads the partitions, their earliest and latest offsets, and the group's committed
 /// offsets. Changes nothing.
 pub fn plan(kafka: &KafkaSettings) -> Result<Plan, ResyncError> {
@@ -143,19 +170,9 @@ pub fn plan(kafka: &KafkaSettings) -> Result<Plan, ResyncError> {
     let mut partitions = Vec::new();
     let mut tpl = TopicPartitionList::new();
     for topic in [&kafka.device_topic, &kafka.metric_topic] {
-        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic.as_str() && t.error().is_none())
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if count == 0 {
-            return Err(ResyncError::NoTopic(topic.clone()));
-        }
-        for partition in 0..count as i32 {
-            let (earliest, latest) =
-                consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+        let watermarks =
+            watermarks(&consumer, topic)?.ok_or_else(|| ResyncError::NoTopic(topic.clone()))?;
+        for (partition, earliest, latest) in watermarks {
             partitions.push(PartitionPlan {
                 topic: topic.clone(),
                 partition,

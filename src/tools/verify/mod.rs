@@ -141,18 +141,9 @@ pub fn read_stream(
         (TopicKind::Device, &kafka.device_topic),
         (TopicKind::Metric, &kafka.metric_topic),
     ] {
-        let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
-        let count = metadata
-            .topics()
-            .iter()
-            .find(|t| t.name() == topic.as_str() && t.error().is_none())
-            .map(|t| t.partitions().len())
-            .unwrap_or(0);
-        if count == 0 {
-            return Err(VerifyError::NoTopic(topic.clone()));
-        }
-        for partition in 0..count as i32 {
-            let (earliest, end) = consumer.fetch_watermarks(topic, partition, REQUEST_TIMEOUT)?;
+        let watermarks = crate::tools::resync::watermarks(&consumer, topic)?
+            .ok_or_else(|| VerifyError::NoTopic(topic.clone()))?;
+        for (partition, earliest, end) in watermarks {
             spans.push(Span {
                 kind,
                 topic: topic.clone(),
