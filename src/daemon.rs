@@ -10,16 +10,16 @@ use std::time::Duration;
 use rdkafka::producer::FutureProducer;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::Settings;
+use crate::config::{RedisMode, Settings};
 use crate::pipeline::dead_letter::{DeadLetterStage, Topics};
 use crate::pipeline::ownership::Ownership;
 use crate::pipeline::record::chunk_records;
-use crate::pipeline::sink::redis::connect::connect;
+use crate::pipeline::sink::redis::connect::Target;
 use crate::pipeline::sink::redis::plan::{Planner, Ttls};
 use crate::pipeline::sink::redis::replies::Tail;
 use crate::pipeline::sink::redis::retry::RetryPolicy;
 use crate::pipeline::sink::redis::versions::KnownVersions;
-use crate::pipeline::sink::redis::writer::{Connector, Writer, WriterConfig, WriterLinks};
+use crate::pipeline::sink::redis::writer::{Connector, Moved, Writer, WriterConfig, WriterLinks};
 use crate::pipeline::sink::redis::KeyLayout;
 use crate::pipeline::source::kafka::{
     client_config, consumer_config, KafkaSource, ProducerLogContext, SourceReport,
@@ -102,9 +102,11 @@ pub async fn run_variant(
         shutdown.clone(),
     ));
 
-    let Some(conn) = connect_redis(&settings, retry, &shutdown, &stats).await else {
+    let target = Target::new(settings.redis.clone());
+    let Some(conn) = connect_redis(&settings, &target, retry, &shutdown, &stats).await else {
         return Ok(());
     };
+    stats.set_redis_primary(target.primary());
 
     // About max_batch × max_in_flight records waiting, in chunks of at most a batch.
     let chunk = chunk_records(settings.writer.max_batch);
@@ -160,19 +162,41 @@ pub async fn run_variant(
     // The janitor has a connection of its own: the writer must be able to drop its
     // connection (a fence) knowing nothing else keeps it open.
     if settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0 {
-        if let Some(janitor_conn) = connect_redis(&settings, retry, &shutdown, &stats).await {
+        let janitor_target = Target::new(settings.redis.clone());
+        if let Some(janitor_conn) =
+            connect_redis(&settings, &janitor_target, retry, &shutdown, &stats).await
+        {
+            let reconnect: Connector<redis::aio::ConnectionManager> = Arc::new(move || {
+                let target = Arc::clone(&janitor_target);
+                Box::pin(async move { target.connect().await })
+            });
             tokio::spawn(crate::side::janitor::run(
                 janitor_conn,
+                reconnect,
                 settings.clone(),
                 shutdown.clone(),
             ));
         }
     }
     let ownership = Arc::new(Ownership::new());
-    let redis_settings = settings.redis.clone();
-    let connector: Connector<redis::aio::ConnectionManager> = Arc::new(move || {
-        let redis_settings = redis_settings.clone();
-        Box::pin(async move { connect(&redis_settings).await })
+    let connector: Connector<redis::aio::ConnectionManager> = {
+        let (target, stats) = (Arc::clone(&target), Arc::clone(&stats));
+        Arc::new(move || {
+            let (target, stats) = (Arc::clone(&target), Arc::clone(&stats));
+            Box::pin(async move {
+                let conn = target.connect().await;
+                stats.set_redis_primary(target.primary());
+                conn
+            })
+        })
+    };
+    let moved: Option<Moved> = (settings.redis.mode() == RedisMode::Sentinel).then(|| {
+        let target = Arc::clone(&target);
+        let moved: Moved = Arc::new(move || {
+            let target = Arc::clone(&target);
+            Box::pin(async move { target.moved().await })
+        });
+        moved
     });
     let writer = Writer::new(
         conn,
@@ -195,6 +219,7 @@ pub async fn run_variant(
             stats: Arc::clone(&stats),
             acks: acks_tx,
             dead_letters: dead_tx,
+            moved,
         },
     );
     let writer_task = tokio::spawn(writer.run(records_rx));
@@ -246,19 +271,23 @@ pub async fn run_variant(
 /// exits because Redis is briefly unavailable at start would crash-loop under Kubernetes.
 async fn connect_redis(
     settings: &Settings,
+    target: &Target,
     retry: RetryPolicy,
     shutdown: &Shutdown,
     stats: &Stats,
 ) -> Option<redis::aio::ConnectionManager> {
     let mut delays = retry.delays();
-    let url = settings.redis.redacted_url();
+    let url = settings.redis.describe_target();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return None,
-            result = connect(&settings.redis) => match result {
+            result = target.connect() => match result {
                 Ok(conn) => {
                     stats.redis_up.store(true, Relaxed);
-                    tracing::info!(redis = %url, "connected to Redis");
+                    match target.primary() {
+                        Some(primary) => tracing::info!(redis = %url, %primary, "connected to the Redis primary"),
+                        None => tracing::info!(redis = %url, "connected to Redis"),
+                    }
                     return Some(conn);
                 }
                 Err(e) => {

@@ -80,6 +80,8 @@ pub struct Stats {
     pub rebalances: AtomicU64,
     /// The last transient Redis write error, for `/readyz` to say why writes are retried.
     pub last_redis_error: Mutex<Option<String>>,
+    /// Sentinel mode: the primary (`host:port`) the writer's connection went to.
+    pub redis_primary: Mutex<Option<String>>,
     /// Milliseconds since `started` of the last acknowledgement (Redis or dead letter).
     pub last_ack_ms: AtomicU64,
     /// Records handed to the pipeline and not yet acknowledged (refreshed by the source).
@@ -126,6 +128,7 @@ impl Default for Stats {
             commits: AtomicU64::new(0),
             rebalances: AtomicU64::new(0),
             last_redis_error: Mutex::new(None),
+            redis_primary: Mutex::new(None),
             last_ack_ms: AtomicU64::new(0),
             pending_records: AtomicU64::new(0),
             kafka_brokers_up: AtomicU64::new(0),
@@ -186,6 +189,16 @@ impl Stats {
         self.dead_letter_failing.lock().ok().and_then(|f| f.clone())
     }
 
+    pub fn redis_primary(&self) -> Option<String> {
+        self.redis_primary.lock().ok().and_then(|p| p.clone())
+    }
+
+    pub fn set_redis_primary(&self, primary: Option<String>) {
+        if let Ok(mut current) = self.redis_primary.lock() {
+            *current = primary;
+        }
+    }
+
     pub fn last_redis_error(&self) -> Option<String> {
         self.last_redis_error.lock().ok().and_then(|l| l.clone())
     }
@@ -242,6 +255,7 @@ impl Stats {
             paused: self.paused.load(Relaxed),
             commits: self.commits.load(Relaxed),
             rebalances: self.rebalances.load(Relaxed),
+            redis_primary: self.redis_primary(),
         }
     }
 }
@@ -297,4 +311,7 @@ pub struct StatsSnapshot {
     pub paused: bool,
     pub commits: u64,
     pub rebalances: u64,
+    /// Sentinel mode: the primary the writer writes to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis_primary: Option<String>,
 }

@@ -82,6 +82,7 @@ impl Rig {
                 stats: Arc::clone(&stats),
                 acks: acks_tx,
                 dead_letters: dead_tx,
+                moved: None,
             },
         );
         tokio::spawn(writer.run(records_rx));

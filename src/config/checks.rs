@@ -334,6 +334,15 @@ pub(super) trait CheckRedis {
 
 impl CheckRedis for RedisSettings {
     fn check(&self, check: &mut Checks) {
+        check.one_of("redis.mode", &self.mode, &REDIS_MODES);
+        match self.mode() {
+            RedisMode::Cluster => check.fail(
+                "redis.mode",
+                "\"cluster\" is not supported yet (Redis Cluster support is its own work); use \"standalone\" or \"sentinel\"",
+            ),
+            RedisMode::Sentinel => self.check_sentinel(check),
+            RedisMode::Standalone => {}
+        }
         match Url::parse(&self.url) {
             Err(e) => check.fail(
                 "redis.url",
@@ -420,7 +429,10 @@ impl CheckRedis for RedisSettings {
                 "client_cert_file and client_key_file go together (mutual TLS needs both)",
             );
         }
-        if tls.is_set() && !self.url.starts_with("rediss://") {
+        if tls.is_set()
+            && self.mode() == RedisMode::Standalone
+            && !self.url.starts_with("rediss://")
+        {
             check.fail_at(
                 "redis.tls",
                 &["redis.tls", "redis.url"],
@@ -448,6 +460,67 @@ impl CheckRedis for RedisSettings {
         }
         check.at_least("redis.connect_timeout_ms", self.connect_timeout_ms, 1);
         check.at_least("redis.response_timeout_ms", self.response_timeout_ms, 1);
+    }
+}
+
+trait CheckSentinel {
+    fn check_sentinel(&self, check: &mut Checks);
+}
+
+impl CheckSentinel for RedisSettings {
+    fn check_sentinel(&self, check: &mut Checks) {
+        if self.nodes.is_empty() {
+            check.fail(
+                "redis.nodes",
+                "sentinel mode needs the sentinels' addresses, e.g. [\"redis://sentinel-0:26379\"] (METACACHE__REDIS__NODES=redis://s0:26379,redis://s1:26379)",
+            );
+        }
+        for node in &self.nodes {
+            match Url::parse(node) {
+                Err(e) => check.fail(
+                    "redis.nodes",
+                    format!(
+                        "{:?} is not a URL such as redis://sentinel-0:26379 ({e})",
+                        redact_url(node)
+                    ),
+                ),
+                Ok(url) if !matches!(url.scheme(), "redis" | "rediss") => check.fail(
+                    "redis.nodes",
+                    format!(
+                        "{:?}: a sentinel is reached over redis:// or rediss://",
+                        redact_url(node)
+                    ),
+                ),
+                Ok(url) if url.host_str().is_none_or(str::is_empty) => {
+                    check.fail("redis.nodes", format!("{:?} has no host", redact_url(node)))
+                }
+                Ok(_) => {}
+            }
+        }
+        let tls: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| n.starts_with("rediss://"))
+            .collect();
+        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+            check.fail(
+                "redis.nodes",
+                "mixes redis:// and rediss://: the sentinels and the primary are reached either all over TLS or none",
+            );
+        }
+        if self.sentinel_master.trim().is_empty() {
+            check.fail(
+                "redis.sentinel_master",
+                "sentinel mode needs the name the sentinels monitor the primary under (`sentinel monitor <name> ...`)",
+            );
+        }
+        if self.tls.is_set() && !tls.iter().any(|t| *t) {
+            check.fail_at(
+                "redis.tls",
+                &["redis.tls", "redis.nodes"],
+                "certificates are set but the sentinels in redis.nodes are not rediss://",
+            );
+        }
     }
 }
 

@@ -35,7 +35,7 @@ pub const DEFAULT_FILE: &str = "config/default.toml";
 pub const CONFIG_FILE_ENV: &str = "METACACHE_CONFIG";
 
 /// Shown instead of a secret.
-pub use metacache_client::settings::{redact_url, MASK};
+pub use metacache_client::settings::{redact_url, RedisMode, MASK, REDIS_MODES};
 pub use metacache_client::RedisSettings;
 
 /// One thing wrong with the configuration.
@@ -262,6 +262,10 @@ impl Settings {
         if copy.redis.password.is_some() {
             copy.redis.password = Some(MASK.into());
         }
+        if copy.redis.sentinel_password.is_some() {
+            copy.redis.sentinel_password = Some(MASK.into());
+        }
+        copy.redis.nodes = self.redis.nodes.iter().map(|n| redact_url(n)).collect();
         for (key, value) in copy.kafka.client.iter_mut() {
             if is_secret_property(key) {
                 *value = MASK.into();

@@ -21,6 +21,9 @@ pub(super) fn is_secret_property(name: &str) -> bool {
 pub(super) fn is_secret_field(field: &str) -> bool {
     match field.strip_prefix("kafka.client.") {
         Some(property) => is_secret_property(property),
-        None => matches!(field, "redis.password" | "redis.url"),
+        None => matches!(
+            field,
+            "redis.password" | "redis.url" | "redis.sentinel_password" | "redis.nodes"
+        ),
     }
 }

@@ -999,3 +999,69 @@ fn a_redis_password_file_must_be_readable_and_not_beside_a_password() {
     assert!(text.contains("not both"), "{text}");
     assert!(!text.contains("hunter2"), "the password leaked: {text}");
 }
+
+#[test]
+fn sentinel_mode_needs_sentinels_and_a_master_and_takes_them_from_the_environment() {
+    let found = problems(load(None, &[("METACACHE__REDIS__MODE", "sentinel")]));
+    let fields: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+    assert!(fields.contains(&"redis.nodes"), "{found:?}");
+    assert!(fields.contains(&"redis.sentinel_master"), "{found:?}");
+
+    let settings = load(
+        None,
+        &[
+            ("METACACHE__REDIS__MODE", "sentinel"),
+            (
+                "METACACHE__REDIS__NODES",
+                "redis://s0:26379, redis://s1:26379,redis://s2:26379",
+            ),
+            ("METACACHE__REDIS__SENTINEL_MASTER", "cache"),
+            ("METACACHE__REDIS__SENTINEL_PASSWORD", "sentinel-secret"),
+        ],
+    )
+    .expect("a complete sentinel configuration");
+    assert_eq!(
+        settings.redis.nodes,
+        ["redis://s0:26379", "redis://s1:26379", "redis://s2:26379"]
+    );
+    assert_eq!(settings.redis.mode(), RedisMode::Sentinel);
+    let printed = settings.to_toml_string();
+    assert!(!printed.contains("sentinel-secret"), "{printed}");
+
+    let found = problems(load(
+        None,
+        &[
+            ("METACACHE__REDIS__MODE", "sentinel"),
+            (
+                "METACACHE__REDIS__NODES",
+                "redis://s0:26379,rediss://s1:26379,s2",
+            ),
+            ("METACACHE__REDIS__SENTINEL_MASTER", "cache"),
+        ],
+    ));
+    assert!(
+        found
+            .iter()
+            .any(|(f, r)| f == "redis.nodes" && r.contains("mixes")),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(f, r)| f == "redis.nodes" && r.contains("\"s2\"")),
+        "{found:?}"
+    );
+}
+
+#[test]
+fn cluster_mode_and_unknown_modes_are_refused_by_name() {
+    let found = problems(load(None, &[("METACACHE__REDIS__MODE", "cluster")]));
+    assert!(
+        found
+            .iter()
+            .any(|(f, r)| f == "redis.mode" && r.contains("not supported yet")),
+        "{found:?}"
+    );
+    let found = problems(load(None, &[("METACACHE__REDIS__MODE", "replicated")]));
+    assert!(found.iter().any(|(f, _)| f == "redis.mode"), "{found:?}");
+}

@@ -138,6 +138,8 @@ pub(super) enum Kind {
     Bool,
     Text,
     Table,
+    /// A list of strings; from the environment, one comma-separated string.
+    List,
 }
 
 /// The config crate converts too freely (`10.5` to 11, `true` to 1, `"yes"` to true, 42
@@ -154,6 +156,7 @@ pub(super) fn check_kind(
         serde_json::Value::Number(_) => Kind::Integer,
         serde_json::Value::Bool(_) => Kind::Bool,
         serde_json::Value::Object(_) => Kind::Table,
+        serde_json::Value::Array(_) => Kind::List,
         serde_json::Value::Null if OPTIONAL_INTEGERS.contains(&field) => Kind::Integer,
         _ => Kind::Text,
     };
@@ -175,6 +178,10 @@ pub(super) fn check_kind(
         }
         (Kind::Text, ValueKind::String(_)) => true,
         (Kind::Table, ValueKind::Table(_)) => true,
+        (Kind::List, ValueKind::String(_)) => true,
+        (Kind::List, ValueKind::Array(items)) => {
+            items.iter().all(|i| matches!(i.kind, ValueKind::String(_)))
+        }
         _ => false,
     };
     if ok {
@@ -185,6 +192,7 @@ pub(super) fn check_kind(
         Kind::Bool => "a boolean (true or false)",
         Kind::Text => "a string",
         Kind::Table => "a table",
+        Kind::List => "a list of strings",
     };
     Err(format!(
         "expected {expected}, got {}",

@@ -64,6 +64,8 @@ pub struct Inputs {
     pub recent_redis_errors: u64,
     /// The writer's last transient Redis error (what it is retrying).
     pub last_redis_error: Option<String>,
+    /// Sentinel mode: the primary the writer writes to.
+    pub redis_primary: Option<String>,
     pub recent_dead_letters: u64,
     /// Why dead letters cannot be produced right now.
     pub dead_letter_error: Option<String>,
@@ -133,7 +135,13 @@ pub fn readiness(i: &Inputs, t: &Thresholds) -> Readiness {
                 ),
             },
         ),
-        (Some(true), _) => Check::new(Status::Healthy, "Redis answering"),
+        (Some(true), _) => match &i.redis_primary {
+            Some(primary) => Check::new(
+                Status::Healthy,
+                format!("Redis answering; writing to primary {primary} (named by the sentinels)"),
+            ),
+            None => Check::new(Status::Healthy, "Redis answering"),
+        },
     };
     checks.insert("redis", redis);
 

@@ -274,6 +274,7 @@ pub fn inputs(stats: &Stats, observed: &Observed) -> Inputs {
         redis_error: o.redis_error,
         recent_redis_errors: o.recent_redis_errors,
         last_redis_error: stats.last_redis_error(),
+        redis_primary: stats.redis_primary(),
         recent_dead_letters: o.recent_dead_letters,
         dead_letter_error: stats.dead_letter_failing(),
         max_lag,

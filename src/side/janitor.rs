@@ -14,6 +14,7 @@ use redis::aio::ConnectionLike;
 use redis::Script;
 
 use crate::config::Settings;
+use crate::pipeline::sink::redis::writer::Connector;
 use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
 
@@ -40,11 +41,16 @@ pub struct Swept {
 }
 
 /// Runs passes until shutdown; does nothing when no TTL is set.
+///
+/// A failed pass drops the connection and the next pass opens one through `reconnect`:
+/// in sentinel mode that is how the janitor follows a failover to the new primary.
 pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
     conn: C,
+    reconnect: Connector<C>,
     settings: Settings,
     shutdown: Shutdown,
 ) {
+    let mut conn = Some(conn);
     let devices = settings.devices.ttl_secs > 0;
     let metrics = settings.metrics.ttl_secs > 0;
     if !devices && !metrics {
@@ -57,22 +63,36 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let mut conn = conn.clone();
+        let mut current = match conn.take() {
+            Some(c) => c,
+            None => match reconnect().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "janitor cannot reach Redis; retrying next interval");
+                    continue;
+                }
+            },
+        };
         let pass = sweep(
-            &mut conn,
+            &mut current,
             &keys,
             devices,
             metrics,
             settings.janitor.batch,
             &shutdown,
         );
-        match pass.await {
-            Ok(swept) if swept != Swept::default() => tracing::info!(
-                devices = swept.devices,
-                namespaces = swept.namespaces,
-                "janitor removed index entries of expired keys"
-            ),
-            Ok(_) => {}
+        let result = pass.await;
+        match result {
+            Ok(swept) => {
+                if swept != Swept::default() {
+                    tracing::info!(
+                        devices = swept.devices,
+                        namespaces = swept.namespaces,
+                        "janitor removed index entries of expired keys"
+                    );
+                }
+                conn = Some(current);
+            }
             Err(e) => tracing::warn!(error = %e, "janitor pass failed; retrying next interval"),
         }
     }

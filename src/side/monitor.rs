@@ -100,6 +100,8 @@ pub async fn run(
     let window = Duration::from_secs(settings.http.degraded_window_secs);
     let mut history: VecDeque<(Instant, u64, u64)> = VecDeque::new();
     let mut conn: Option<ConnectionManager> = None;
+    let mut at: Option<String> = None;
+    let sentinel = settings.redis.mode() == metacache_client::settings::RedisMode::Sentinel;
     let mut warned_policy: Option<String> = None;
     let mut ticker = tokio::time::interval(REFRESH);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -129,9 +131,16 @@ pub async fn run(
             s.recent_dead_letters = recent_dead;
         });
 
+        // Sentinel mode: follow the writer to the primary it writes to now.
+        if sentinel && stats.redis_primary().is_some() && stats.redis_primary() != at {
+            conn = None;
+        }
         if conn.is_none() {
             match open(&settings).await {
-                Ok(c) => conn = Some(c),
+                Ok((c, primary)) => {
+                    conn = Some(c);
+                    at = primary;
+                }
                 Err(e) => {
                     mark_down(&observed, crate::pipeline::sink::redis::connect_trouble(&e));
                     continue;
@@ -141,6 +150,10 @@ pub async fn run(
         let Some(c) = conn.as_mut() else { continue };
         if let Err(e) = redis::cmd("PING").query_async::<String>(c).await {
             mark_down(&observed, crate::pipeline::sink::redis::connect_trouble(&e));
+            if sentinel {
+                // The next tick asks the sentinels again.
+                conn = None;
+            }
             continue;
         }
         let figures = refresh(c, &keys).await;
@@ -173,10 +186,10 @@ fn mark_down(observed: &Observed, error: String) {
     });
 }
 
-async fn open(settings: &Settings) -> redis::RedisResult<ConnectionManager> {
+async fn open(settings: &Settings) -> redis::RedisResult<(ConnectionManager, Option<String>)> {
     // The same connection as everyone's (credentials, password file, TLS), answering
     // within a second and never retried, so that /readyz tells the truth at once.
-    metacache_client::connect::open_with(&settings.redis, Duration::from_secs(1), 0).await
+    metacache_client::connect::open_located(&settings.redis, Duration::from_secs(1), 0).await
 }
 
 async fn refresh(

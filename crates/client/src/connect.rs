@@ -52,6 +52,44 @@ pub async fn open_with(
     response_timeout: Duration,
     retries: usize,
 ) -> RedisResult<ConnectionManager> {
+    Ok(open_located(settings, response_timeout, retries).await?.0)
+}
+
+/// [`open_with`], and where the connection went: `None` for the configured URL, the
+/// primary's `host:port` in sentinel mode. A sentinel-named primary is checked with
+/// `ROLE` before it is returned, so a node demoted a moment ago is never written to.
+pub async fn open_located(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+    retries: usize,
+) -> RedisResult<(ConnectionManager, Option<String>)> {
+    if settings.mode() != crate::settings::RedisMode::Sentinel {
+        return Ok((open_at(settings, response_timeout, retries).await?, None));
+    }
+    let address = crate::sentinel::locate_primary(settings).await?;
+    let primary = crate::sentinel::at_primary(settings, &address);
+    let mut conn = open_at(&primary, response_timeout, retries).await?;
+    let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
+    match crate::sentinel::role_name(&role).as_deref() {
+        Some("master") => Ok((conn, Some(address))),
+        other => Err(redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "not a primary",
+            format!(
+                "the sentinels name {address} as primary of {:?} but it answers ROLE {}",
+                settings.sentinel_master,
+                other.unwrap_or("?")
+            ),
+        ))),
+    }
+}
+
+/// A connection to the settings' own URL.
+async fn open_at(
+    settings: &RedisSettings,
+    response_timeout: Duration,
+    retries: usize,
+) -> RedisResult<ConnectionManager> {
     install_crypto_provider();
     let url = effective_url(settings).map_err(|e| {
         redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
@@ -84,7 +122,7 @@ pub async fn open_with(
 }
 
 /// The `[redis.tls]` files, read now (each connection of this client uses them).
-fn certificates(tls: &crate::settings::TlsSettings) -> RedisResult<TlsCertificates> {
+pub(crate) fn certificates(tls: &crate::settings::TlsSettings) -> RedisResult<TlsCertificates> {
     let read = |field: &str, path: &str| -> RedisResult<Vec<u8>> {
         std::fs::read(path).map_err(|e| {
             redis::RedisError::from((

@@ -44,10 +44,12 @@ pub mod connect;
 mod error;
 mod glob;
 mod reply;
+pub mod sentinel;
 pub mod settings;
 mod types;
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use redis::aio::ConnectionManager;
@@ -108,7 +110,9 @@ const SCAN_CHUNK: usize = 1000;
 /// ```
 #[derive(Clone)]
 pub struct CacheClient {
-    conn: ConnectionManager,
+    conn: Arc<RwLock<ConnectionManager>>,
+    /// Sentinel mode: the settings to find the primary again after a failure.
+    sentinel: Option<Arc<RedisSettings>>,
     keys: KeyLayout,
     redacted_url: String,
 }
@@ -172,7 +176,9 @@ impl CacheClient {
         connect::effective_url(settings).map_err(ClientError::InvalidArgument)?;
         let conn = connect::open(settings).await?;
         Ok(CacheClient {
-            conn,
+            conn: Arc::new(RwLock::new(conn)),
+            sentinel: (settings.mode() == settings::RedisMode::Sentinel)
+                .then(|| Arc::new(settings.clone())),
             keys: KeyLayout::new(&settings.key_prefix),
             redacted_url: settings.redacted_url(),
         })
@@ -212,20 +218,56 @@ impl CacheClient {
     /// One command about `key`: an error reply naming a wrong type there becomes
     /// [`ClientError::Corrupt`].
     async fn query_at(&self, key: &str, cmd: &Cmd) -> Result<Value> {
-        let mut conn = self.conn.clone();
-        cmd.query_async::<Value>(&mut conn)
-            .await
-            .map_err(|e| ClientError::at_key(key, e))
+        let mut conn = self.connection();
+        let reply = cmd.query_async::<Value>(&mut conn).await;
+        if let Err(e) = &reply {
+            self.after_failure(e).await;
+        }
+        reply.map_err(|e| ClientError::at_key(key, e))
+    }
+
+    fn connection(&self) -> ConnectionManager {
+        match self.conn.read() {
+            Ok(conn) => conn.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Sentinel mode: a connection failure or `READONLY` (a demoted primary) sends the
+    /// client to the primary the sentinels name now, for the next call (the failed one
+    /// returns its error; a caller's retry lands on the new primary).
+    async fn after_failure(&self, e: &redis::RedisError) {
+        let Some(settings) = &self.sentinel else {
+            return;
+        };
+        let lost = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly);
+        if !lost {
+            return;
+        }
+        if let Ok(conn) = connect::open(settings).await {
+            match self.conn.write() {
+                Ok(mut current) => *current = conn,
+                Err(poisoned) => *poisoned.into_inner() = conn,
+            }
+        }
     }
 
     /// Several commands in one round trip; each reply comes back on its own, errors
     /// included, so the caller can name the key of the one that failed.
     async fn pipeline(&self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
-        let mut conn = self.conn.clone();
-        Ok(pipe
+        let mut conn = self.connection();
+        let replies = pipe
             .ignore_errors()
             .query_async::<Vec<Value>>(&mut conn)
-            .await?)
+            .await;
+        if let Err(e) = &replies {
+            self.after_failure(e).await;
+        }
+        Ok(replies?)
     }
 
     /// One device's metadata (`GET device:{id}`), `None` when it is not cached.

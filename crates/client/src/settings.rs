@@ -11,8 +11,23 @@ pub const MASK: &str = "***";
 #[serde(default, deny_unknown_fields)]
 /// The `[redis]` section: where Redis is and how to talk to it.
 pub struct RedisSettings {
+    /// `standalone` (one address, `url`) or `sentinel` (the primary the sentinels in
+    /// `nodes` name for `sentinel_master`, followed through failovers). `cluster` is
+    /// refused until Redis Cluster support lands.
+    pub mode: String,
     /// `redis://[user[:password]@]host:port/db` or `rediss://` for TLS.
     pub url: String,
+    /// Sentinel mode: the sentinels, as URLs (`redis://host:26379`, `rediss://` for
+    /// TLS); a comma-separated string is accepted too (`METACACHE__REDIS__NODES`).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub nodes: Vec<String>,
+    /// Sentinel mode: the name the sentinels monitor the primary under.
+    pub sentinel_master: String,
+    /// Sentinel mode: the sentinels' own ACL user, when they require one.
+    pub sentinel_username: Option<String>,
+    /// Sentinel mode: the sentinels' own password (`requirepass` in sentinel.conf).
+    /// Never logged or printed.
+    pub sentinel_password: Option<String>,
     /// Overrides the URL's user name when set.
     pub username: Option<String>,
     /// Overrides the URL's password when set. Never logged or printed.
@@ -64,7 +79,12 @@ impl TlsSettings {
 impl Default for RedisSettings {
     fn default() -> Self {
         RedisSettings {
+            mode: "standalone".into(),
             url: "redis://127.0.0.1:6379/0".into(),
+            nodes: Vec::new(),
+            sentinel_master: String::new(),
+            sentinel_username: None,
+            sentinel_password: None,
             username: None,
             password: None,
             password_file: None,
@@ -79,7 +99,47 @@ impl Default for RedisSettings {
     }
 }
 
+/// How metacache finds the Redis it writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One address, `redis.url`.
+    Standalone,
+    /// The primary the sentinels name, followed through failovers.
+    Sentinel,
+    /// Redis Cluster (not supported yet; refused at start).
+    Cluster,
+}
+
+/// The values `redis.mode` accepts.
+pub const REDIS_MODES: [&str; 3] = ["standalone", "sentinel", "cluster"];
+
 impl RedisSettings {
+    /// `mode` read; anything unknown counts as standalone (validation refuses it first).
+    pub fn mode(&self) -> RedisMode {
+        match self.mode.as_str() {
+            "sentinel" => RedisMode::Sentinel,
+            "cluster" => RedisMode::Cluster,
+            _ => RedisMode::Standalone,
+        }
+    }
+
+    /// Where the settings point, for logs and readiness: the redacted URL, or the
+    /// sentinels and the master name.
+    pub fn describe_target(&self) -> String {
+        match self.mode() {
+            RedisMode::Sentinel => format!(
+                "sentinel master {:?} via {}",
+                self.sentinel_master,
+                self.nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            _ => self.redacted_url(),
+        }
+    }
+
     /// The password in `password_file`, surrounding whitespace removed; the error names
     /// the file, never its content.
     pub fn password_from_file(&self) -> Option<Result<String, String>> {
@@ -90,6 +150,26 @@ impl RedisSettings {
     pub fn redacted_url(&self) -> String {
         redact_url(&self.url)
     }
+}
+
+/// A list given either as a list or, from an environment variable, as one string of
+/// comma-separated items (blank items dropped).
+fn list_or_commas<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        List(Vec<String>),
+        Text(String),
+    }
+    Ok(match Form::deserialize(d)? {
+        Form::List(items) => items,
+        Form::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+    })
 }
 
 /// A secret mounted as a file, surrounding whitespace removed; the error names the file,

@@ -1,19 +1,68 @@
 //! Opening the writer's Redis connection: the client crate's connection, with the
-//! scripts loaded.
+//! scripts loaded, and in sentinel mode the primary it went to.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
 pub use metacache_client::connect::{effective_url, install_crypto_provider, open};
+use metacache_client::settings::RedisMode;
 use metacache_client::RedisSettings;
 
 use super::scripts;
 
 /// Opens a multiplexed, self-repairing connection and loads the scripts.
 pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
-    let mut conn = open(settings).await?;
-    load_scripts(&mut conn).await?;
-    Ok(conn)
+    Target::new(settings.clone()).connect().await
+}
+
+/// Where the writer's connections go: `redis.url`, or in sentinel mode the primary the
+/// sentinels name at the time of connecting, which it remembers so that the writer can
+/// tell when a failover moved it.
+pub struct Target {
+    settings: RedisSettings,
+    primary: Mutex<Option<String>>,
+}
+
+impl Target {
+    pub fn new(settings: RedisSettings) -> Arc<Target> {
+        Arc::new(Target {
+            settings,
+            primary: Mutex::new(None),
+        })
+    }
+
+    /// A new connection with the scripts loaded.
+    pub async fn connect(&self) -> RedisResult<ConnectionManager> {
+        let timeout = Duration::from_millis(self.settings.response_timeout_ms);
+        let (mut conn, primary) =
+            metacache_client::connect::open_located(&self.settings, timeout, 1).await?;
+        load_scripts(&mut conn).await?;
+        if let Ok(mut current) = self.primary.lock() {
+            *current = primary;
+        }
+        Ok(conn)
+    }
+
+    /// The primary the last connection went to (sentinel mode).
+    pub fn primary(&self) -> Option<String> {
+        self.primary.lock().ok().and_then(|p| p.clone())
+    }
+
+    /// Sentinel mode: the primary the sentinels name now, when it is not the one the last
+    /// connection went to. `None` in standalone mode, and when no sentinel answers (the
+    /// current connection then keeps trying its own address).
+    pub async fn moved(&self) -> Option<String> {
+        if self.settings.mode() != RedisMode::Sentinel {
+            return None;
+        }
+        let now = metacache_client::sentinel::locate_primary(&self.settings)
+            .await
+            .ok()?;
+        (Some(&now) != self.primary().as_ref()).then_some(now)
+    }
 }
 
 /// `SCRIPT LOAD` for every script, so `EVALSHA` finds them.

@@ -68,6 +68,11 @@ pub struct WriterConfig {
 pub type Connector<C> =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = RedisResult<C>> + Send>> + Send + Sync>;
 
+/// Sentinel mode: asks the sentinels whether they name a primary other than the one the
+/// writer's connection goes to (the new one's address), after a failed write.
+pub type Moved =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
+
 /// The pipelines on the wire, each with its batch.
 type Sent = InFlight<Batch, Replies>;
 
@@ -122,6 +127,7 @@ pub struct Writer<C> {
     rejects: Rejects,
     stats: Arc<Stats>,
     acks: flume::Sender<Ack>,
+    moved: Option<Moved>,
 }
 
 /// What the writer shares with the rest of the pipeline.
@@ -130,6 +136,8 @@ pub struct WriterLinks {
     pub stats: Arc<Stats>,
     pub acks: flume::Sender<Ack>,
     pub dead_letters: mpsc::Sender<DeadLetter>,
+    /// Set in sentinel mode (see [`Moved`]).
+    pub moved: Option<Moved>,
 }
 
 impl<C> Writer<C>
@@ -165,6 +173,7 @@ where
             rejects,
             stats: links.stats,
             acks: links.acks,
+            moved: links.moved,
         }
     }
 
@@ -671,6 +680,9 @@ where
         queue.extend(then);
         let mut replay = GoBackN::new(queue, reason, reload_scripts, self.config.retry);
         while !replay.is_empty() {
+            if replay.failure().is_some() {
+                self.follow_failover().await;
+            }
             if let Err(e) = self.ensure_connected().await {
                 replay.failed(e, false);
             } else if replay.wants_scripts() {
@@ -743,6 +755,24 @@ where
         }
         if replay.was_down() {
             tracing::info!("Redis writes succeed again");
+        }
+    }
+
+    /// Sentinel mode, after a failed write: when the sentinels name another primary, the
+    /// connection is dropped and the next one goes there. Only then: while they name the
+    /// same node, the connection stays (it reconnects to that address by itself), so
+    /// pipelines that node has not answered yet cannot be overtaken by a replay on a
+    /// second connection to it. A pipeline left on the old primary cannot land on the new
+    /// one, and the old one becomes a replica of the new one, discarding what it has.
+    async fn follow_failover(&mut self) {
+        let Some(moved) = &self.moved else {
+            return;
+        };
+        if let Some(primary) = moved().await {
+            tracing::warn!(%primary, "the sentinels name a new Redis primary; writing there from now on");
+            self.conn = None;
+            self.kill = None;
+            self.forget_all();
         }
     }
 
