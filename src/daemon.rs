@@ -137,6 +137,7 @@ pub async fn run_variant(
         device_dead_letter: settings.kafka.device_dlq(),
         metric_dead_letter: settings.kafka.metric_dlq(),
     };
+    let rotating_producer = producer.clone();
     let dead_letters = DeadLetterStage::new(
         producer,
         topics,
@@ -233,7 +234,8 @@ pub async fn run_variant(
         ownership,
         chunk,
         shutdown_timeout,
-    )?;
+    )?
+    .with_producer(rotating_producer);
     tracing::info!(
         brokers = %settings.kafka.brokers,
         group = %settings.kafka.group_id,

@@ -82,6 +82,8 @@ pub struct Stats {
     pub last_redis_error: Mutex<Option<String>>,
     /// Sentinel mode: the primary (`host:port`) the writer's connection went to.
     pub redis_primary: Mutex<Option<String>>,
+    /// Rotated SASL credentials from `kafka.client_files` handed to librdkafka.
+    pub kafka_credentials_applied: AtomicU64,
     /// Milliseconds since `started` of the last acknowledgement (Redis or dead letter).
     pub last_ack_ms: AtomicU64,
     /// Records handed to the pipeline and not yet acknowledged (refreshed by the source).
@@ -129,6 +131,7 @@ impl Default for Stats {
             rebalances: AtomicU64::new(0),
             last_redis_error: Mutex::new(None),
             redis_primary: Mutex::new(None),
+            kafka_credentials_applied: AtomicU64::new(0),
             last_ack_ms: AtomicU64::new(0),
             pending_records: AtomicU64::new(0),
             kafka_brokers_up: AtomicU64::new(0),
@@ -256,6 +259,7 @@ impl Stats {
             commits: self.commits.load(Relaxed),
             rebalances: self.rebalances.load(Relaxed),
             redis_primary: self.redis_primary(),
+            kafka_credentials_applied: self.kafka_credentials_applied.load(Relaxed),
         }
     }
 }
@@ -314,4 +318,6 @@ pub struct StatsSnapshot {
     /// Sentinel mode: the primary the writer writes to.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis_primary: Option<String>,
+    /// Rotated SASL credentials from `kafka.client_files` applied since start.
+    pub kafka_credentials_applied: u64,
 }

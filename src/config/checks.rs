@@ -270,7 +270,41 @@ impl KafkaSettings {
                 check.fail(&field, reason);
             }
         }
+        for (property, path) in &self.client_files {
+            let field = format!("kafka.client_files.{property}");
+            if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
+                .iter()
+                .find(|(reserved, _)| reserved == property)
+            {
+                check.fail(&field, format!("must not be set here: {instead}"));
+                continue;
+            }
+            if self.client.contains_key(property) {
+                check.fail_at(
+                    &field,
+                    &[&field, &format!("kafka.client.{property}")],
+                    format!(
+                        "give {property} one way: in kafka.client or from a file here, not both"
+                    ),
+                );
+                continue;
+            }
+            match secret_file(path) {
+                Err(reason) => check.fail(&field, reason),
+                // The file's content is checked as the property's value, never shown.
+                Ok(value) => {
+                    if let Some(reason) = librdkafka::refusal(property, &value, true) {
+                        check.fail(&field, format!("{reason} (the content of {path:?})"));
+                    }
+                }
+            }
+        }
     }
+}
+
+/// A file's content as a librdkafka value: surrounding whitespace removed.
+fn secret_file(path: &str) -> Result<String, String> {
+    metacache_client::settings::read_secret_file(path)
 }
 
 /// One `kafka.brokers` entry: `host:port` or `[IPv6]:port`. librdkafka would take a port

@@ -9,6 +9,7 @@ use super::*;
 
 pub(super) const ENV_PREFIX: &str = "metacache__";
 pub(super) const CLIENT_ENV_PREFIX: &str = "metacache__kafka__client__";
+pub(super) const CLIENT_FILES_ENV_PREFIX: &str = "metacache__kafka__client_files__";
 /// The `config` crate's origin for every environment value.
 pub(super) const ENV_ORIGIN: &str = "the environment";
 /// Starts the origin of a value that one environment variable or command-line option
@@ -57,6 +58,7 @@ pub(super) fn choose_file(
 pub(super) struct EnvSettings {
     pub(super) general: Map<String, String>,
     pub(super) client: Map<String, Value>,
+    pub(super) client_files: Map<String, Value>,
 }
 
 impl EnvSettings {
@@ -67,6 +69,7 @@ impl EnvSettings {
         let mut found = EnvSettings {
             general: Map::new(),
             client: Map::new(),
+            client_files: Map::new(),
         };
         for (name, value) in env {
             // Like the config crate: names are matched in any case, non-Unicode ones skipped.
@@ -82,20 +85,24 @@ impl EnvSettings {
                 ));
                 continue;
             };
-            match lower.strip_prefix(CLIENT_ENV_PREFIX) {
+            let client = match lower.strip_prefix(CLIENT_ENV_PREFIX) {
+                Some(property) => Some(("kafka.client", property, &mut found.client)),
+                None => lower
+                    .strip_prefix(CLIENT_FILES_ENV_PREFIX)
+                    .map(|p| ("kafka.client_files", p, &mut found.client_files)),
+            };
+            match client {
                 // librdkafka property names use dots, never underscores.
-                Some(property) => {
+                Some((table, property, into)) => {
                     let property = property.replace("__", ".").replace('_', ".");
                     if property.is_empty() {
                         problems.push(Problem::new(
-                            "kafka.client",
+                            table,
                             format!("environment variable {name} names no property"),
                         ));
                     } else {
                         let origin = format!("{NAMED_ORIGIN}{name}");
-                        found
-                            .client
-                            .insert(property, Value::new(Some(&origin), value.to_string()));
+                        into.insert(property, Value::new(Some(&origin), value.to_string()));
                     }
                 }
                 None => {
@@ -142,12 +149,14 @@ pub(super) fn merge_sources(
     );
     // Only when there is something to add: merging even an empty table replaces a
     // `kafka.client` that is not a table, hiding that mistake.
-    if !env.client.is_empty() {
-        let mut client = Map::new();
-        client.insert("client".to_string(), Value::from(env.client));
-        let mut kafka = Map::new();
-        kafka.insert("kafka".to_string(), Value::from(client));
-        builder = builder.add_source(Parsed(kafka));
+    for (table, entries) in [("client", env.client), ("client_files", env.client_files)] {
+        if !entries.is_empty() {
+            let mut client = Map::new();
+            client.insert(table.to_string(), Value::from(entries));
+            let mut kafka = Map::new();
+            kafka.insert("kafka".to_string(), Value::from(client));
+            builder = builder.add_source(Parsed(kafka));
+        }
     }
     if !overrides.is_empty() {
         let mut given = Map::new();

@@ -43,6 +43,11 @@ pub struct KafkaSettings {
     /// Passed to librdkafka as is (SASL, SSL, tuning); wins over metacache's own choices
     /// except the ones offset tracking depends on.
     pub client: BTreeMap<String, String>,
+    /// librdkafka properties whose values are read from files (mounted Secrets), e.g.
+    /// `"sasl.password" = "/var/run/secrets/kafka/password"`: read when each client is
+    /// made; a rotated `sasl.username`/`sasl.password` reaches a running daemon at its
+    /// next authentication (see `pipeline::source::secret_files`).
+    pub client_files: BTreeMap<String, String>,
 }
 
 impl Default for KafkaSettings {
@@ -59,6 +64,7 @@ impl Default for KafkaSettings {
             commit_interval_ms: 1000,
             queued_max_messages_kbytes: 16 * 1024,
             client: BTreeMap::new(),
+            client_files: BTreeMap::new(),
         }
     }
 }
@@ -267,6 +273,24 @@ impl Default for LogSettings {
 pub const DEAD_LETTER_OVERHEAD: usize = 64 * 1024;
 
 impl KafkaSettings {
+    /// The librdkafka properties to pass as is: `client`, and `client_files` read now. A
+    /// file that cannot be read is left out with an error in the log (validation read it
+    /// at start; librdkafka then reports what is missing).
+    pub fn client_properties(&self) -> BTreeMap<String, String> {
+        let mut properties = self.client.clone();
+        for (property, path) in &self.client_files {
+            match metacache_client::settings::read_secret_file(path) {
+                Ok(value) => {
+                    properties.insert(property.clone(), value);
+                }
+                Err(reason) => {
+                    tracing::error!(property = %property, %reason, "kafka.client_files: cannot read the file")
+                }
+            }
+        }
+        properties
+    }
+
     /// The dead-letter producer's `message.max.bytes`: the user's, or enough for any event
     /// the limits accept (librdkafka's default of 1,000,000 is below the default limit of
     /// 1 MiB, and an event it refuses would be retried forever).

@@ -1065,3 +1065,51 @@ fn cluster_mode_and_unknown_modes_are_refused_by_name() {
     let found = problems(load(None, &[("METACACHE__REDIS__MODE", "replicated")]));
     assert!(found.iter().any(|(f, _)| f == "redis.mode"), "{found:?}");
 }
+
+#[test]
+fn librdkafka_properties_from_files_are_checked_read_and_never_shown() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("password");
+    std::fs::write(&password, "kafka-secret-1\n").expect("written");
+    let path = password.display().to_string();
+    let settings = load(
+        None,
+        &[
+            ("METACACHE__KAFKA__CLIENT__SASL_USERNAME", "svc"),
+            ("METACACHE__KAFKA__CLIENT_FILES__SASL_PASSWORD", &path),
+        ],
+    )
+    .expect("a readable file");
+    assert_eq!(settings.kafka.client_files["sasl.password"], path);
+    assert_eq!(
+        settings.kafka.client_properties()["sasl.password"],
+        "kafka-secret-1",
+        "the file's content, without the newline"
+    );
+    assert!(!settings.to_toml_string().contains("kafka-secret-1"));
+
+    let file = toml_file(&format!(
+        "[kafka.client]\n\"sasl.password\" = \"inline\"\n\
+         [kafka.client_files]\n\"sasl.password\" = {path:?}\n\"group.id\" = {path:?}\n\
+         \"socket.timeout.ms\" = {path:?}\nsasl.oauthbearer.config = \"/nowhere\"\n"
+    ));
+    let found = problems(load(Some(file.path()), &[]));
+    let text = format!("{found:?}");
+    assert!(text.contains("not both"), "{text}");
+    assert!(text.contains("kafka.client_files.group.id"), "{text}");
+    // A file whose content librdkafka refuses for the property, and a missing file.
+    assert!(
+        found
+            .iter()
+            .any(|(f, r)| f == "kafka.client_files.socket.timeout.ms" && r.contains("content")),
+        "{text}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|(f, r)| f == "kafka.client_files.sasl.oauthbearer.config"
+                && r.contains("cannot read")),
+        "{text}"
+    );
+    assert!(!text.contains("kafka-secret-1"), "{text}");
+}

@@ -221,24 +221,28 @@ pub(super) fn serde_reason(field: &str, value: &Value, error: &::config::ConfigE
     )
 }
 
-/// `kafka.client` holds librdkafka properties, whose names have dots: a TOML file writing
-/// `sasl.mechanism = "PLAIN"` unquoted means the same as `"sasl.mechanism" = "PLAIN"`.
+/// `kafka.client` and `kafka.client_files` are keyed by librdkafka properties, whose
+/// names have dots: a TOML file writing `sasl.mechanism = "PLAIN"` unquoted means the same
+/// as `"sasl.mechanism" = "PLAIN"`.
 pub(super) fn flatten_client(kafka: &mut Value, found: &mut Found) {
     let ValueKind::Table(kafka) = &mut kafka.kind else {
         return;
     };
-    let Some(client) = kafka.get_mut("client") else {
-        return;
-    };
-    let ValueKind::Table(entries) = &client.kind else {
-        return;
-    };
-    let mut flat = Map::new();
-    flatten_into("", entries, &mut flat, found);
-    client.kind = ValueKind::Table(flat);
+    for table in ["client", "client_files"] {
+        let Some(client) = kafka.get_mut(table) else {
+            continue;
+        };
+        let ValueKind::Table(entries) = &client.kind else {
+            continue;
+        };
+        let mut flat = Map::new();
+        flatten_into(table, "", entries, &mut flat, found);
+        client.kind = ValueKind::Table(flat);
+    }
 }
 
 pub(super) fn flatten_into(
+    table: &str,
     prefix: &str,
     entries: &Map<String, Value>,
     flat: &mut Map<String, Value>,
@@ -257,20 +261,20 @@ pub(super) fn flatten_into(
         if let ValueKind::Table(inner) = &value.kind {
             let property = name(key);
             if is_misplaced_table(&property, inner) {
-                let field = format!("kafka.client.{property}");
+                let field = format!("kafka.{table}.{property}");
                 found.problem(
                     &field,
                     format!("expected a string, got {}", show(value, false))
                         + &source_hint(&field, value),
                 );
             } else {
-                flatten_into(&property, inner, flat, found);
+                flatten_into(table, &property, inner, flat, found);
             }
         }
     }
     for (key, value) in sorted(entries) {
         let property = name(key);
-        let field = format!("kafka.client.{property}");
+        let field = format!("kafka.{table}.{property}");
         match &value.kind {
             ValueKind::Table(_) => {}
             ValueKind::Array(_) | ValueKind::Nil => found.problem(

@@ -640,3 +640,89 @@ def test_the_redis_deployment_pages_values_install(chart):
         files = [redis.get("password_file", "")] + list(redis.get("tls", {}).values())
         for path in filter(None, files):
             assert any(path.startswith(m.rstrip("/") + "/") for m in mounts), (path, mounts)
+
+
+# --- secrets mounted as files ---------------------------------------------------------------
+
+
+def test_secret_files_are_mounted_read_only_and_named_in_the_config(chart):
+    """secretFiles mounts each Secret as a read-only volume and points the setting that
+    reads it at the file, so a rotated Secret reaches the daemon without a restart; no
+    secret becomes an environment variable."""
+    values = {
+        "config": {"redis": {"url": "rediss://redis.cache.svc:6380/0"}},
+        "secretFiles": {
+            "redisPassword": {"name": "metacache-redis", "key": "redis-password"},
+            "kafkaSaslPassword": {"name": "metacache-kafka", "key": "password"},
+            "redisTls": {"name": "metacache-redis-tls", "caKey": "ca.crt",
+                         "certKey": "tls.crt", "keyKey": "tls.key"},
+        },
+    }
+    docs = render(chart, values)
+    validate(docs)
+    c = container(docs)
+    assert {e["name"] for e in c["env"]} == {"METACACHE_CONFIG"}
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    volumes = {v["name"]: v for v in kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    expected = {
+        "redis-password": ("metacache-redis", ["redis-password"]),
+        "kafka-sasl-password": ("metacache-kafka", ["password"]),
+        "redis-tls": ("metacache-redis-tls", ["ca.crt", "tls.crt", "tls.key"]),
+    }
+    for volume, (secret, keys) in expected.items():
+        assert mounts[volume]["readOnly"] is True
+        assert mounts[volume]["mountPath"] == f"/var/run/secrets/metacache/{volume}"
+        assert volumes[volume]["secret"]["secretName"] == secret
+        assert [i["key"] for i in volumes[volume]["secret"]["items"]] == keys
+    toml = config_toml(docs)
+    base = "/var/run/secrets/metacache"
+    assert toml["redis"]["password_file"] == f"{base}/redis-password/redis-password"
+    assert toml["kafka"]["client_files"] == {"sasl.password": f"{base}/kafka-sasl-password/password"}
+    assert toml["redis"]["tls"] == {
+        "ca_file": f"{base}/redis-tls/ca.crt",
+        "client_cert_file": f"{base}/redis-tls/tls.crt",
+        "client_key_file": f"{base}/redis-tls/tls.key",
+    }
+    # Each file the config names is inside a mount of the Secret that holds it.
+    for path in [toml["redis"]["password_file"], *toml["kafka"]["client_files"].values(),
+                 *toml["redis"]["tls"].values()]:
+        volume, key = path.removeprefix(base + "/").split("/")
+        assert key in [i["key"] for i in volumes[volume]["secret"]["items"]]
+
+
+def test_no_secret_volumes_by_default_and_a_ca_only_tls_secret(chart):
+    docs = render(chart)
+    names = {v["name"] for v in kind(docs, "Deployment")["spec"]["template"]["spec"]["volumes"]}
+    assert names == {"config", "tmp"}
+    docs = render(chart, {"secretFiles": {"redisTls": {"name": "ca", "caKey": "ca.crt",
+                                                       "certKey": "", "keyKey": ""}}})
+    assert config_toml(docs)["redis"]["tls"] == {
+        "ca_file": "/var/run/secrets/metacache/redis-tls/ca.crt",
+        "client_cert_file": "", "client_key_file": "",
+    }
+
+
+def test_sentinel_values_render(chart):
+    docs = render(chart, {
+        "config": {"redis": {"mode": "sentinel", "sentinel_master": "mymaster",
+                             "nodes": ["redis://s-0.s:26379", "redis://s-1.s:26379"]}},
+        "secrets": {"sentinelPassword": {"name": "sentinel", "key": "password"}},
+    })
+    validate(docs)
+    redis = config_toml(docs)["redis"]
+    assert redis["mode"] == "sentinel"
+    assert redis["nodes"] == ["redis://s-0.s:26379", "redis://s-1.s:26379"]
+    env = {e["name"]: e for e in container(docs)["env"]}
+    assert env["METACACHE__REDIS__SENTINEL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
+        "name": "sentinel", "key": "password"}
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"secretFiles": {"redisPassword": {"name": "a", "key": "p"}},
+      "secrets": {"redisPassword": {"name": "b", "key": "p"}}}, "Redis password one way"),
+    ({"secretFiles": {"kafkaSaslPassword": {"name": "a", "key": "p"}},
+      "secrets": {"kafkaSaslPassword": {"name": "b", "key": "p"}}}, "SASL password one way"),
+])
+def test_a_credential_is_given_one_way(chart, values, message):
+    with pytest.raises(helm.HelmRenderError, match=message):
+        chart.render(values=values, name="mc")

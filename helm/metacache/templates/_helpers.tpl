@@ -43,6 +43,7 @@ Numbers arrive as float64 (values pass through JSON); the schema allows only int
 */}}
 {{- define "metacache.tomlValue" -}}
 {{- if kindIs "bool" . }}{{ . }}
+{{- else if kindIs "slice" . }}{{ toJson . }}
 {{- else if or (kindIs "float64" .) (kindIs "int" .) (kindIs "int64" .) }}{{ int64 . }}
 {{- else }}{{ toString . | toJson }}
 {{- end }}
@@ -55,8 +56,10 @@ http.probe_listen.
 */}}
 {{- define "metacache.configToml" -}}
 # metacache settings, rendered by the Helm chart from .Values.config.
-# Secrets are not here: they come from METACACHE__* environment variables.
-{{- range $section, $settings := .Values.config }}
+# Secrets are not here: they are files mounted from Secrets (named below), or come from
+# METACACHE__* environment variables.
+{{- $config := include "metacache.config" . | fromJson }}
+{{- range $section, $settings := $config }}
 {{- if ne $section "http" }}
 
 [{{ $section }}]
@@ -82,7 +85,7 @@ listen = {{ printf "0.0.0.0:%d" (int .Values.containerPort) | toJson }}
 {{- if .Values.probePort }}
 probe_listen = {{ printf "0.0.0.0:%d" (int .Values.probePort) | toJson }}
 {{- end }}
-{{- range $key, $value := .Values.config.http }}
+{{- range $key, $value := $config.http }}
 {{ $key }} = {{ include "metacache.tomlValue" $value }}
 {{- end }}
 {{- end }}
@@ -104,7 +107,61 @@ probe_listen = {{ printf "0.0.0.0:%d" (int .Values.probePort) | toJson }}
 {{- if and .Values.probePort (eq (int .Values.probePort) (int .Values.containerPort)) }}
 {{- fail "probePort must differ from containerPort (or be 0)" }}
 {{- end }}
+{{- $f := .Values.secretFiles | default dict }}
+{{- if and $f.redisPassword.name (or .Values.secrets.redisPassword.name $c.redis.password_file) }}
+{{- fail "give the Redis password one way: secretFiles.redisPassword, secrets.redisPassword or config.redis.password_file" }}
+{{- end }}
+{{- if and $f.kafkaSaslPassword.name .Values.secrets.kafkaSaslPassword.name }}
+{{- fail "give the Kafka SASL password one way: secretFiles.kafkaSaslPassword or secrets.kafkaSaslPassword" }}
+{{- end }}
 {{- if and .Values.autoscaling.enabled (gt (int .Values.autoscaling.minReplicas) (int .Values.autoscaling.maxReplicas)) }}
 {{- fail "autoscaling.minReplicas must not exceed autoscaling.maxReplicas" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The Secret volumes of .Values.secretFiles, as YAML: volume name -> {name, keys}.
+*/}}
+{{- define "metacache.secretFileVolumes" -}}
+{{- $f := .Values.secretFiles | default dict }}
+{{- with $f.redisPassword }}{{ if .name }}
+redis-password:
+  name: {{ .name }}
+  keys: [{{ .key | quote }}]
+{{- end }}{{ end }}
+{{- with $f.kafkaSaslPassword }}{{ if .name }}
+kafka-sasl-password:
+  name: {{ .name }}
+  keys: [{{ .key | quote }}]
+{{- end }}{{ end }}
+{{- with $f.redisTls }}{{ if .name }}
+redis-tls:
+  name: {{ .name }}
+  keys: [{{ without (list .caKey .certKey .keyKey) "" | compact | join "\", \"" | printf "\"%s\"" }}]
+{{- end }}{{ end }}
+{{- end }}
+
+{{/*
+.Values.config with the paths of the mounted secret files filled in, as JSON.
+*/}}
+{{- define "metacache.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- $f := .Values.secretFiles | default dict }}
+{{- $dir := "/var/run/secrets/metacache" }}
+{{- with $f.redisPassword }}{{ if .name }}
+{{- $_ := set $config.redis "password_file" (printf "%s/redis-password/%s" $dir .key) }}
+{{- end }}{{ end }}
+{{- with $f.kafkaSaslPassword }}{{ if .name }}
+{{- $files := $config.kafka.client_files | default dict }}
+{{- $_ := set $files "sasl.password" (printf "%s/kafka-sasl-password/%s" $dir .key) }}
+{{- $_ := set $config.kafka "client_files" $files }}
+{{- end }}{{ end }}
+{{- with $f.redisTls }}{{ if .name }}
+{{- $tls := $config.redis.tls | default dict }}
+{{- if .caKey }}{{ $_ := set $tls "ca_file" (printf "%s/redis-tls/%s" $dir .caKey) }}{{ end }}
+{{- if .certKey }}{{ $_ := set $tls "client_cert_file" (printf "%s/redis-tls/%s" $dir .certKey) }}{{ end }}
+{{- if .keyKey }}{{ $_ := set $tls "client_key_file" (printf "%s/redis-tls/%s" $dir .keyKey) }}{{ end }}
+{{- $_ := set $config.redis "tls" $tls }}
+{{- end }}{{ end }}
+{{- $config | toJson }}
 {{- end }}

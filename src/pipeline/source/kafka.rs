@@ -24,9 +24,11 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, Producer};
 use rdkafka::{ClientConfig, ClientContext, Offset, TopicPartitionList};
 
 use super::offsets::{Offsets, PartitionId};
+use super::secret_files::{self, SecretFiles};
 use crate::config::KafkaSettings;
 use crate::model::TopicKind;
 use crate::pipeline::ownership::Ownership;
@@ -48,7 +50,7 @@ const FENCE_TIMEOUT: Duration = Duration::from_secs(5);
 pub fn client_config(kafka: &KafkaSettings) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", &kafka.brokers);
-    for (key, value) in &kafka.client {
+    for (key, value) in kafka.client_properties() {
         config.set(key, value);
     }
     config
@@ -76,7 +78,7 @@ pub fn consumer_config(kafka: &KafkaSettings) -> ClientConfig {
         .set("fetch.queue.backoff.ms", "10")
         // Per-partition lag and broker state for /stats, /metrics and /readyz.
         .set("statistics.interval.ms", "1000");
-    for (key, value) in &kafka.client {
+    for (key, value) in kafka.client_properties() {
         config.set(key, value);
     }
     config
@@ -513,6 +515,10 @@ pub struct KafkaSource {
     shutdown: Shutdown,
     commit_interval: Duration,
     shutdown_timeout: Duration,
+    /// `kafka.client_files`, watched for rotated SASL credentials.
+    secrets: Option<SecretFiles>,
+    /// The dead-letter producer, which gets rotated credentials too.
+    producer: Option<FutureProducer<ProducerLogContext>>,
 }
 
 impl KafkaSource {
@@ -558,7 +564,40 @@ impl KafkaSource {
             shutdown,
             commit_interval: Duration::from_millis(kafka.commit_interval_ms),
             shutdown_timeout,
+            secrets: SecretFiles::new(kafka),
+            producer: None,
         })
+    }
+
+    /// The dead-letter producer, to hand rotated SASL credentials to as well.
+    pub fn with_producer(mut self, producer: Option<FutureProducer<ProducerLogContext>>) -> Self {
+        self.producer = producer;
+        self
+    }
+
+    /// Applies rotated SASL credentials from `kafka.client_files` to the consumer and the
+    /// dead-letter producer (see [`super::secret_files`]).
+    fn rotate_credentials(&mut self, now: Instant) {
+        let Some(credentials) = self.secrets.as_mut().and_then(|s| s.poll(now)) else {
+            return;
+        };
+        let mut result = secret_files::apply(self.consumer.client(), &credentials);
+        if let (Ok(()), Some(producer)) = (&result, &self.producer) {
+            result = secret_files::apply(producer.client(), &credentials);
+        }
+        match result {
+            Ok(()) => {
+                self.ctx()
+                    .stats
+                    .kafka_credentials_applied
+                    .fetch_add(1, Relaxed);
+                tracing::info!(username = %credentials.username,
+                    "kafka.client_files: rotated SASL credentials handed to librdkafka; used from the next authentication");
+            }
+            Err(reason) => {
+                tracing::error!(%reason, "kafka.client_files: librdkafka refused the rotated SASL credentials")
+            }
+        }
     }
 
     fn ctx(&self) -> &SourceContext {
@@ -567,13 +606,14 @@ impl KafkaSource {
 
     /// The poll loop; returns after shutdown, once in-flight records are acknowledged (or
     /// the shutdown timeout passed) and the watermarks are committed.
-    pub fn run(self) -> SourceReport {
+    pub fn run(mut self) -> SourceReport {
         let mut last_commit = Instant::now();
         let mut last_pending = Instant::now();
         let mut blocked_since: Option<Instant> = None;
         let mut last_poll_error: Option<Instant> = None;
         while !self.shutdown.is_cancelled() {
             let now = Instant::now();
+            self.rotate_credentials(now);
             if now.duration_since(last_pending) >= Duration::from_millis(200) {
                 let pending = self.ctx().state().offsets.in_flight();
                 self.ctx()
