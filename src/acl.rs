@@ -94,6 +94,10 @@ pub fn daemon_line(settings: &Settings) -> String {
     if settings.redis.wait_replicas > 0 {
         commands.push("wait");
     }
+    // Sentinel mode: every connection checks that the named primary is one.
+    if settings.redis.mode() == crate::config::RedisMode::Sentinel {
+        commands.push("role");
+    }
     let user = settings.redis.username.as_deref().unwrap_or("metacache");
     line(user, key_patterns(&keys, true), commands)
 }
@@ -101,16 +105,25 @@ pub fn daemon_line(settings: &Settings) -> String {
 /// A read-only line for services that read the cache (the Rust and Python clients).
 pub fn reader_line(settings: &Settings) -> String {
     let keys = KeyLayout::new(&settings.redis.key_prefix);
-    line(
-        "metacache-reader",
-        key_patterns(&keys, false),
-        READER.to_vec(),
-    )
+    let mut commands = READER.to_vec();
+    if settings.redis.mode() == crate::config::RedisMode::Sentinel {
+        commands.push("role");
+    }
+    line("metacache-reader", key_patterns(&keys, false), commands)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sentinel_mode_adds_role_to_both_lines() {
+        let mut settings = Settings::default();
+        assert!(!daemon_line(&settings).contains("+role"));
+        settings.redis.mode = "sentinel".into();
+        assert!(daemon_line(&settings).contains("+role"));
+        assert!(reader_line(&settings).contains("+role"));
+    }
 
     #[test]
     fn the_lines_follow_the_prefix_and_the_features_in_use() {
