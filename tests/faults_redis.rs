@@ -141,8 +141,8 @@ async fn redis_errors_oom_readonly_busy_loading_hold_offsets_and_converge() {
     let started = Instant::now();
     // DEBUG RELOAD (for LOADING) needs the debug command; the busy threshold is short so
     // a runaway script answers BUSY at once.
-    let h = Harness::start_with(
-        4,
+    // Redis 6.2 allows DEBUG always and calls the busy threshold lua-time-limit.
+    let args: &[&str] = if redis_major() >= 7 {
         &[
             "--enable-debug-command",
             "local",
@@ -150,10 +150,30 @@ async fn redis_errors_oom_readonly_busy_loading_hold_offsets_and_converge() {
             "noeviction",
             "--busy-reply-threshold",
             "100",
-        ],
-    );
+        ]
+    } else {
+        &[
+            "--maxmemory-policy",
+            "noeviction",
+            "--lua-time-limit",
+            "100",
+        ]
+    };
+    let h = Harness::start_with(4, args);
     let mut settings = h.settings();
     settings.writer.retry_initial_ms = 50;
+    // Retries keep coming through every fault (Redis 6.2 answers a loading client only
+    // every 2 MB read, about once a second here, so a 10 s cap would leave the test
+    // counting retries for minutes).
+    settings.writer.retry_max_ms = 1000;
+    // Small pipelines: Redis 6.2 reads one 16 KB chunk per client each time it answers
+    // during a load, so a large pipeline would see its LOADING replies only after the
+    // response timeout.
+    settings.writer.max_batch = 64;
+    // Every fault here lasts less than the grace, so /readyz must say degraded, never
+    // unhealthy (Redis 6.2 answers during a load only every 2 MB read, which stretches the
+    // LOADING fault past the default 10 s).
+    settings.http.redis_grace_secs = 60;
     let group = settings.kafka.group_id.clone();
     let records = generate(StreamSpec::new(2, 20_000));
     let n = records.len();
@@ -340,17 +360,35 @@ fn inject(h: &Harness, code: &str) -> Ending {
             // Redis answers LOADING while it loads a dataset. DEBUG RELOAD saves and loads
             // it again; a filler database and a per-key delay of 1 ms make the load last up
             // to 20 s, and setting the delay back to 0 (CONFIG works while loading) ends it.
+            // Redis 6.2 answers clients during a load only every 2 MB read (7 lets the
+            // interval be set).
+            // Keys, value bytes and per-key delay (µs): up to 20 s of loading. 7 ends it
+            // early (CONFIG SET works while loading); 6.2 refuses that, so its load is
+            // sized to end by itself in about 20 s, the 2 MB between answers passing in
+            // about 1.2 s.
+            let redis7 = redis_major() >= 7;
+            let (keys, value_bytes, delay) = if redis7 {
+                ("20000", "16", "1000")
+            } else {
+                ("200000", "100", "25")
+            };
             let _: () = redis::cmd("SELECT").arg(1).query(&mut c).unwrap();
             let _: () = redis::cmd("DEBUG")
-                .arg(&["POPULATE", "20000", "filler", "16"][..])
+                .arg(&["POPULATE", keys, "filler", value_bytes][..])
                 .query(&mut c)
                 .unwrap();
             let _: () = redis::cmd("CONFIG")
-                .arg(&["SET", "key-load-delay", "1000"][..])
+                .arg(&["SET", "key-load-delay", delay][..])
                 .query(&mut c)
                 .unwrap();
+            let (setting, value) = if redis7 {
+                ("loading-process-events-interval-bytes", "1024")
+            } else {
+                // The filler is zero padding: uncompressed, so the file really is 20 MB.
+                ("rdbcompression", "no")
+            };
             let _: () = redis::cmd("CONFIG")
-                .arg(&["SET", "loading-process-events-interval-bytes", "1024"][..])
+                .arg(&["SET", setting, value][..])
                 .query(&mut c)
                 .unwrap();
             let url = h.redis.url();
@@ -377,7 +415,7 @@ fn inject(h: &Harness, code: &str) -> Ending {
             }
             Ending::Thread(
                 thread,
-                Some(strings(&["CONFIG", "SET", "key-load-delay", "0"])),
+                redis7.then(|| strings(&["CONFIG", "SET", "key-load-delay", "0"])),
             )
         }
         other => panic!("unknown fault {other}"),

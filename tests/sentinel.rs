@@ -3,7 +3,8 @@
 //! replica`, with the replica stopped so that it cannot reconnect and catch up), the
 //! primary takes writes for half a second that exist nowhere else, and dies; the
 //! sentinels promote the replica; the old primary comes back empty and the sentinels make
-//! it a replica of the new one.
+//! it a replica of the new one; the last third of the stream comes after that, so the
+//! writer has to find the new primary.
 //!
 //! With `wait_replicas = 1` nothing the daemon acknowledged can be lost that way: 0 keys
 //! wrong against the model. With 0, the writes the old primary acknowledged and never
@@ -66,9 +67,12 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
     )
     .await;
 
+    // Two thirds before and during the fault, the rest once the replica is promoted, so
+    // the writer has to find the new primary.
+    let (before_failover, after_failover) = records.split_at(n * 2 / 3);
     let feed = Feed::start(
         h.kafka.bootstrap(),
-        Arc::clone(&records),
+        Arc::new(before_failover.to_vec()),
         200,
         Duration::from_millis(50),
     );
@@ -91,6 +95,8 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
         .query(&mut primary_conn)
         .expect("CLIENT KILL TYPE replica");
     assert_eq!(cut, 1, "the replication link was not cut");
+    // Replies already on their way (WAITs answered before the cut) are counted first.
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let before = written(&daemon);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let acknowledged_while_replica_behind = written(&daemon) - before;
@@ -108,7 +114,17 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
     // (until then WAIT 1 has no replica to count, and nothing is acknowledged).
     set.primary.restart().expect("the old primary restarts");
 
-    let landed = feed.finish().await;
+    let mut landed = feed.finish().await;
+    landed.extend(
+        Feed::start(
+            h.kafka.bootstrap(),
+            Arc::new(after_failover.to_vec()),
+            200,
+            Duration::from_millis(20),
+        )
+        .finish()
+        .await,
+    );
     assert_eq!(landed.len(), n);
     daemon
         .wait_finished(n as u64, Duration::from_secs(120))

@@ -28,6 +28,21 @@ use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
 pub const DEVICES: &str = "device-metadata";
 pub const METRICS: &str = "metric-catalog";
 
+/// The major version of the `redis-server` the tests run (`METACACHE_REDIS_SERVER`, or the
+/// one on `PATH`): some options and replies differ between Redis 6.2 and 7.
+pub fn redis_major() -> u32 {
+    let out = std::process::Command::new(metacache_embedded::server_binary())
+        .arg("--version")
+        .output()
+        .expect("redis-server --version");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read the version from {text:?}"))
+}
+
 /// A device event as JSON text.
 pub fn device_json(id: &str, name: &str, last_updated: &str) -> String {
     serde_json::json!({

@@ -50,7 +50,7 @@ impl SentinelSet {
                 ),
             )
             .expect("sentinel conf");
-            let child = Command::new("redis-server")
+            let child = Command::new(metacache_embedded::server_binary())
                 .arg(&conf)
                 .arg("--sentinel")
                 .stdout(Stdio::null())

@@ -46,7 +46,7 @@ impl EmbeddedRedis {
     }
 
     fn spawn(&mut self) -> Result<(), String> {
-        let child = Command::new("redis-server")
+        let child = Command::new(server_binary())
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
@@ -113,6 +113,15 @@ impl Drop for EmbeddedRedis {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// The `redis-server` to run: `METACACHE_REDIS_SERVER` when set (the test suite runs its
+/// Redis-facing tests again on Redis 6.2 this way), else `redis-server` from `PATH`.
+pub fn server_binary() -> String {
+    std::env::var("METACACHE_REDIS_SERVER")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "redis-server".to_owned())
 }
 
 /// A loopback port nothing listens on right now.

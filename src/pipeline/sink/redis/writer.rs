@@ -410,6 +410,9 @@ where
                     marker_created,
                 } => (replies, connection, marker_created),
             };
+        // The connection reconnected by itself (the writer's own new connections start
+        // with no id), to the address it had.
+        let reconnected = self.conn_id.is_some_and(|old| old != id);
         if self.conn_id != Some(id) || created {
             // A new connection (maybe to another node) or a marker that was gone: what
             // this writer knew about the keys may not hold. (The first pipeline of a
@@ -426,6 +429,16 @@ where
                 self.unnamed = true;
             }
             self.conn_id = Some(id);
+        }
+        // Sentinel mode: that address may be a node the sentinels demoted meanwhile (an
+        // old primary restarted before they made it a replica, which takes writes and then
+        // discards them). Nothing is counted until the sentinels have been asked again;
+        // the replay goes to the primary they name.
+        if reconnected && self.moved.is_some() {
+            return Err(Retry {
+                reason: "reconnected to Redis: asking the sentinels whether this node is still the primary before counting the writes".into(),
+                reload_scripts: false,
+            });
         }
         if batch.local && batch.knowledge != self.knowledge {
             return Err(Retry {
@@ -772,6 +785,7 @@ where
             tracing::warn!(%primary, "the sentinels name a new Redis primary; writing there from now on");
             self.conn = None;
             self.kill = None;
+            self.conn_id = None;
             self.forget_all();
         }
     }
