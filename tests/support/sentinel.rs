@@ -40,7 +40,7 @@ impl SentinelSet {
             std::fs::write(
                 &conf,
                 format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\nlogfile {dir}/sentinel-{i}.log\n\
                      sentinel monitor {MASTER} 127.0.0.1 {primary} 2\n\
                      sentinel down-after-milliseconds {MASTER} 1000\n\
                      sentinel failover-timeout {MASTER} 4000\n\
@@ -103,6 +103,20 @@ impl SentinelSet {
 
 impl Drop for SentinelSet {
     fn drop(&mut self) {
+        // A failing test shows what the sentinels decided.
+        if std::thread::panicking() {
+            for i in 0..self.sentinels.len() {
+                let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{i}.log")))
+                    .unwrap_or_default();
+                eprintln!("--- sentinel {i} ---");
+                for line in log
+                    .lines()
+                    .filter(|l| l.contains(" # ") || l.contains(" * +"))
+                {
+                    eprintln!("{line}");
+                }
+            }
+        }
         for (_, child) in &mut self.sentinels {
             let _ = child.kill();
             let _ = child.wait();
@@ -121,11 +135,19 @@ pub fn info(port: u16, section: &str) -> String {
 
 /// The process id of the server on `port`.
 pub fn pid(port: u16) -> i32 {
-    info(port, "server")
-        .lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|p| p.trim().parse().ok())
-        .expect("INFO server names the process id")
+    let mut pid = None;
+    wait_until(
+        Duration::from_secs(10),
+        "INFO server to name the process id",
+        || {
+            pid = info(port, "server")
+                .lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .and_then(|p| p.trim().parse().ok());
+            pid.is_some()
+        },
+    );
+    pid.unwrap_or_default()
 }
 
 /// How many entries a sentinel's list reply has.

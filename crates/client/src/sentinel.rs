@@ -4,9 +4,11 @@
 //! plain `Client` for the primary, so the password file's credentials provider, the TLS
 //! files, the timeouts and the TCP settings that every metacache connection carries would
 //! have to be rebuilt around it, and it does not follow a failover either (it resolves
-//! once per connection). Asking is one command; following is the caller's loop: ask
-//! again after a failure, and switch only when the answer changed.
+//! once per connection, from the first sentinel that answers, stale or not). Asking is one
+//! command per sentinel; following is the caller's loop: ask again after a failure, and
+//! switch only when the answer changed.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use redis::{
@@ -15,30 +17,41 @@ use redis::{
 
 use crate::settings::RedisSettings;
 
-/// The primary the first sentinel that knows `redis.sentinel_master` names, as
-/// `host:port`. Sentinels are asked in the configured order; one that is down, refuses
-/// or does not know the master is skipped. The error names every sentinel's reason.
+/// The primary the sentinels name for `redis.sentinel_master`, as `host:port`. Every
+/// sentinel is asked; when they disagree (during a failover, a sentinel that has not heard
+/// of it yet still names the old primary) the answer of the newest configuration epoch
+/// wins, as Sentinel itself settles it. A sentinel that is down, refuses or does not know
+/// the master is skipped; the error names every sentinel's reason.
 pub async fn locate_primary(settings: &RedisSettings) -> RedisResult<String> {
+    let answers =
+        futures_util::future::join_all(settings.nodes.iter().map(|node| ask(settings, node))).await;
+    let mut best: Option<(u64, String)> = None;
     let mut reasons = Vec::new();
-    for node in &settings.nodes {
-        match ask(settings, node).await {
-            Ok(address) => return Ok(address),
-            Err(e) => reasons.push(format!("{}: {}", crate::settings::redact_url(node), e)),
+    for (node, answer) in settings.nodes.iter().zip(answers) {
+        match answer {
+            Ok((epoch, address)) => {
+                if best.as_ref().is_none_or(|(e, _)| epoch > *e) {
+                    best = Some((epoch, address));
+                }
+            }
+            Err(e) => reasons.push(format!("{}: {e}", crate::settings::redact_url(node))),
         }
     }
-    Err(RedisError::from((
-        ErrorKind::Io,
-        "no sentinel named a primary",
-        format!(
-            "no sentinel named a primary for {:?} ({})",
-            settings.sentinel_master,
-            reasons.join("; ")
-        ),
-    )))
+    best.map(|(_, address)| address).ok_or_else(|| {
+        RedisError::from((
+            ErrorKind::Io,
+            "no sentinel named a primary",
+            format!(
+                "no sentinel named a primary for {:?} ({})",
+                settings.sentinel_master,
+                reasons.join("; ")
+            ),
+        ))
+    })
 }
 
-/// `SENTINEL GET-MASTER-ADDR-BY-NAME` on one sentinel.
-async fn ask(settings: &RedisSettings, node: &str) -> RedisResult<String> {
+/// `SENTINEL MASTER <name>` on one sentinel: the configuration epoch and the address.
+async fn ask(settings: &RedisSettings, node: &str) -> RedisResult<(u64, String)> {
     let mut info = node.into_connection_info()?;
     let mut redis = info.redis_settings().clone();
     if let Some(user) = &settings.sentinel_username {
@@ -60,22 +73,39 @@ async fn ask(settings: &RedisSettings, node: &str) -> RedisResult<String> {
     let mut conn = client
         .get_multiplexed_async_connection_with_config(&config)
         .await?;
-    let answer: Option<(String, u16)> = redis::cmd("SENTINEL")
-        .arg("GET-MASTER-ADDR-BY-NAME")
+    let fields: HashMap<String, String> = redis::cmd("SENTINEL")
+        .arg("MASTER")
         .arg(&settings.sentinel_master)
         .query_async(&mut conn)
-        .await?;
-    match answer {
-        Some((host, port)) => Ok(join_host_port(&host, port)),
-        None => Err(RedisError::from((
-            ErrorKind::MasterNameNotFoundBySentinel,
-            "unknown master",
-            format!(
-                "does not monitor a master named {:?}",
-                settings.sentinel_master
-            ),
-        ))),
-    }
+        .await
+        .map_err(|e| {
+            if e.to_string().contains("No such master") {
+                RedisError::from((
+                    ErrorKind::MasterNameNotFoundBySentinel,
+                    "unknown master",
+                    format!(
+                        "does not monitor a master named {:?}",
+                        settings.sentinel_master
+                    ),
+                ))
+            } else {
+                e
+            }
+        })?;
+    master_address(&fields).ok_or_else(|| {
+        RedisError::from((
+            ErrorKind::Parse,
+            "SENTINEL MASTER",
+            "the answer has no ip, port or config-epoch".to_owned(),
+        ))
+    })
+}
+
+/// The configuration epoch and `host:port` in a `SENTINEL MASTER` answer.
+fn master_address(fields: &HashMap<String, String>) -> Option<(u64, String)> {
+    let port: u16 = fields.get("port")?.parse().ok()?;
+    let epoch: u64 = fields.get("config-epoch")?.parse().ok()?;
+    Some((epoch, join_host_port(fields.get("ip")?, port)))
 }
 
 /// `host:port`, with an IPv6 host in brackets as URLs want it.
@@ -136,6 +166,24 @@ mod tests {
             ..settings
         };
         assert_eq!(at_primary(&plain, "h:1").url, "redis://h:1");
+    }
+
+    #[test]
+    fn a_sentinel_answer_gives_its_epoch_and_the_address() {
+        let fields: HashMap<String, String> = [
+            ("name", "cache"),
+            ("ip", "10.0.0.7"),
+            ("port", "6380"),
+            ("config-epoch", "3"),
+            ("flags", "master"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(master_address(&fields), Some((3, "10.0.0.7:6380".into())));
+        let mut no_epoch = fields.clone();
+        no_epoch.remove("config-epoch");
+        assert_eq!(master_address(&no_epoch), None);
     }
 
     #[test]
