@@ -162,6 +162,9 @@ pub struct BenchArgs {
     /// Use this Redis instead of starting a redis-server child (it is FLUSHALLed!).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Start a replica of the bench's Redis, to price `--set redis.wait_replicas=1`.
+    #[arg(long)]
+    pub replica: bool,
     /// A run of a few seconds (CI): 20k mixed events, small samples.
     #[arg(long)]
     pub smoke: bool,

@@ -22,6 +22,7 @@ pub fn bench(log_format: Option<LogFormat>, args: BenchArgs) -> ExitCode {
             settings: args.settings,
             json: args.json,
             redis_url: args.redis_url,
+            replica: args.replica,
             ..metacache::tools::bench::BenchOptions::smoke()
         }
     } else {
@@ -40,6 +41,7 @@ pub fn bench(log_format: Option<LogFormat>, args: BenchArgs) -> ExitCode {
             settings: args.settings,
             json: args.json,
             redis_url: args.redis_url,
+            replica: args.replica,
         }
     };
     match metacache::tools::bench::run(options) {

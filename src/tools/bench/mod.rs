@@ -64,6 +64,8 @@ pub struct BenchOptions {
     pub json: Option<PathBuf>,
     #[serde(skip)]
     pub redis_url: Option<String>,
+    /// Start a replica of the bench's Redis (to price `redis.wait_replicas`).
+    pub replica: bool,
 }
 
 /// The measurements a run can make; the backlog is always produced first. (Plain comments
@@ -120,6 +122,7 @@ impl BenchOptions {
             settings: Vec::new(),
             json: None,
             redis_url: None,
+            replica: false,
         }
     }
 }
@@ -224,6 +227,30 @@ impl Drop for Broker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A replica of the Redis at `url`, synced before the runs start.
+fn start_replica(url: &str) -> Result<EmbeddedRedis, String> {
+    let port = url::Url::parse(url)
+        .ok()
+        .and_then(|u| u.port())
+        .ok_or_else(|| format!("no port in {url}"))?
+        .to_string();
+    let replica = EmbeddedRedis::start_with(&["--replicaof", "127.0.0.1", &port])?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::Client::open(replica.url())
+            .and_then(|c| c.get_connection())
+            .and_then(|mut c| redis::cmd("INFO").arg("replication").query(&mut c))
+            .map_err(|e| e.to_string())?;
+        if info.contains("master_link_status:up") {
+            return Ok(replica);
+        }
+        if Instant::now() > deadline {
+            return Err("the replica did not sync within 20 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -1005,6 +1032,11 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             redis_child = EmbeddedRedis::start()?;
             redis_child.url()
         }
+    };
+    let _replica = match (opts.replica, &opts.redis_url) {
+        (true, Some(_)) => return Err("--replica starts a replica of the bench's own Redis: not with --redis-url".into()),
+        (true, None) => Some(start_replica(&url)?),
+        (false, _) => None,
     };
     let records = generate(opts.workload, opts.events, opts.devices, 42);
     let n = records.len() as u64;
