@@ -41,6 +41,11 @@ fn ca(dir: &Path, name: &str) {
 
 /// A certificate `{name}.pem`/`{name}.key` for `cn`, signed by CA `by`.
 fn cert(dir: &Path, name: &str, cn: &str, by: &str, ext: &str) {
+    cert_for_days(dir, name, cn, by, ext, "1")
+}
+
+/// [`cert`] valid for `days` (`"0"`: it expires the second it is made).
+fn cert_for_days(dir: &Path, name: &str, cn: &str, by: &str, ext: &str, days: &str) {
     let (key, csr, pem) = (
         format!("{name}.key"),
         format!("{name}.csr"),
@@ -71,7 +76,7 @@ fn cert(dir: &Path, name: &str, cn: &str, by: &str, ext: &str) {
             "-out",
             &pem,
             "-days",
-            "1",
+            days,
             "-extfile",
             &extfile,
         ],
@@ -197,4 +202,47 @@ async fn a_missing_client_certificate_or_an_untrusted_server_is_one_clear_line()
     println!("untrusted server: {message}");
     assert!(message.contains("TLS failed"), "{message}");
     assert!(message.to_lowercase().contains("certificate"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_server_certificate_is_one_clear_line() {
+    let (h, tls) = start();
+    cert_for_days(
+        tls.dir.path(),
+        "expired",
+        "localhost",
+        "ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+        "0",
+    );
+    let port = metacache::tools::embedded::free_port().unwrap();
+    let (p, crt, key, ca) = (
+        port.to_string(),
+        tls.file("expired.pem"),
+        tls.file("expired.key"),
+        tls.file("ca.pem"),
+    );
+    let _expired = metacache::tools::embedded::EmbeddedRedis::start_with(&[
+        "--tls-port",
+        &p,
+        "--tls-cert-file",
+        &crt,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+    ])
+    .expect("redis-server with an expired certificate");
+    // notAfter is the second it was made: past it for sure.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut settings = tls.settings(&h, "ca.pem", false);
+    settings.redis.url = format!("rediss://localhost:{port}/0");
+    let daemon = h.start_daemon(settings);
+    let message = redis_problem(daemon.http().await).await;
+    println!("expired server certificate: {message}");
+    assert!(message.contains("TLS failed"), "{message}");
+    assert!(message.to_lowercase().contains("expired"), "{message}");
+    assert!(!message.contains('\n'), "{message}");
 }

@@ -1034,7 +1034,11 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         }
     };
     let _replica = match (opts.replica, &opts.redis_url) {
-        (true, Some(_)) => return Err("--replica starts a replica of the bench's own Redis: not with --redis-url".into()),
+        (true, Some(_)) => {
+            return Err(
+                "--replica starts a replica of the bench's own Redis: not with --redis-url".into(),
+            )
+        }
         (true, None) => Some(start_replica(&url)?),
         (false, _) => None,
     };
