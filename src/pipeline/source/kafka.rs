@@ -181,6 +181,16 @@ impl SourceState {
             );
         }
         // Rewound, or a partition nobody told us about: a generation of its own.
+        if self.offsets.get(&id).is_none() {
+            // Not expected (librdkafka delivers only assigned partitions); logged so a
+            // record delivered after its partition's revoke shows up in an investigation.
+            tracing::warn!(
+                topic = ?id.0,
+                partition = id.1,
+                offset,
+                "a record of a partition not assigned here; taken under a generation of its own"
+            );
+        }
         let generation = ownership.assign(id);
         self.offsets.restart(id, generation);
         if let Some(progress) = self.offsets.get_mut(&id) {
