@@ -140,7 +140,11 @@ impl Rig {
 
     fn send_with_key(&mut self, id: &str, last_updated: &str, key: Option<&str>) -> i64 {
         let value = device_json(id, "temperature", last_updated).into_bytes();
-        let key = key.map(str::as_bytes);
+        self.send_record(key.map(str::as_bytes), Some(&value))
+    }
+
+    /// One device-topic record in a chunk of its own; returns its offset.
+    fn send_record(&mut self, key: Option<&[u8]>, value: Option<&[u8]>) -> i64 {
         let offset = self.next_offset;
         self.next_offset += 1;
         let origin = Origin {
@@ -150,7 +154,7 @@ impl Rig {
             generation: self.generation,
         };
         let mut chunk = Chunk::new();
-        chunk.push(origin, self.ownership.epoch(), key, Some(&value));
+        chunk.push(origin, self.ownership.epoch(), key, value);
         self.records.try_send(chunk).expect("room in the channel");
         offset
     }
@@ -477,18 +481,7 @@ async fn a_replay_that_plans_a_batch_again_plans_every_later_one_again() {
 impl Rig {
     /// A keyed Kafka tombstone for the device.
     fn send_tombstone(&mut self, id: &str) -> i64 {
-        let offset = self.next_offset;
-        self.next_offset += 1;
-        let origin = Origin {
-            topic: TopicKind::Device,
-            partition: 0,
-            offset,
-            generation: self.generation,
-        };
-        let mut chunk = Chunk::new();
-        chunk.push(origin, self.ownership.epoch(), Some(id.as_bytes()), None);
-        self.records.try_send(chunk).expect("room in the channel");
-        offset
+        self.send_record(Some(id.as_bytes()), None)
     }
 }
 

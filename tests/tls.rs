@@ -125,29 +125,27 @@ fn start() -> (Harness, Tls) {
         "extendedKeyUsage=clientAuth\n",
     );
     let port = metacache::tools::embedded::free_port().unwrap();
-    let f = |n: &str| dir.path().join(n).display().to_string();
-    let (p, crt, key, ca) = (
-        port.to_string(),
-        f("server.pem"),
-        f("server.key"),
-        f("ca.pem"),
-    );
-    let h = Harness::start_with(
-        1,
-        &[
-            "--tls-port",
-            &p,
-            "--tls-cert-file",
-            &crt,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-            "--tls-auth-clients",
-            "yes",
-        ],
-    );
+    let args = tls_port_args(dir.path(), port, "server", "yes");
+    let h = Harness::start_with(1, &args.iter().map(String::as_str).collect::<Vec<_>>());
     (h, Tls { dir, port })
+}
+
+/// `redis-server` arguments for a TLS port presenting certificate `cert` (signed by `ca`),
+/// with `--tls-auth-clients auth`.
+fn tls_port_args(dir: &Path, port: u16, cert: &str, auth: &str) -> Vec<String> {
+    let f = |n: &str| dir.join(n).display().to_string();
+    vec![
+        "--tls-port".into(),
+        port.to_string(),
+        "--tls-cert-file".into(),
+        f(&format!("{cert}.pem")),
+        "--tls-key-file".into(),
+        f(&format!("{cert}.key")),
+        "--tls-ca-cert-file".into(),
+        f("ca.pem"),
+        "--tls-auth-clients".into(),
+        auth.into(),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,24 +214,10 @@ async fn an_expired_server_certificate_is_one_clear_line() {
         "0",
     );
     let port = metacache::tools::embedded::free_port().unwrap();
-    let (p, crt, key, ca) = (
-        port.to_string(),
-        tls.file("expired.pem"),
-        tls.file("expired.key"),
-        tls.file("ca.pem"),
-    );
-    let _expired = metacache::tools::embedded::EmbeddedRedis::start_with(&[
-        "--tls-port",
-        &p,
-        "--tls-cert-file",
-        &crt,
-        "--tls-key-file",
-        &key,
-        "--tls-ca-cert-file",
-        &ca,
-        "--tls-auth-clients",
-        "no",
-    ])
+    let args = tls_port_args(tls.dir.path(), port, "expired", "no");
+    let _expired = metacache::tools::embedded::EmbeddedRedis::start_with(
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    )
     .expect("redis-server with an expired certificate");
     // notAfter is the second it was made: past it for sure.
     std::thread::sleep(std::time::Duration::from_millis(1100));

@@ -253,10 +253,7 @@ impl KafkaSettings {
         );
         for (property, value) in &self.client {
             let field = format!("kafka.client.{property}");
-            if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
-                .iter()
-                .find(|(reserved, _)| reserved == property)
-            {
+            if let Some(instead) = reserved_instead(property) {
                 check.fail(&field, format!("must not be set here: {instead}"));
             } else if property.is_empty() || property.contains(char::is_whitespace) {
                 check.fail_at(
@@ -272,10 +269,7 @@ impl KafkaSettings {
         }
         for (property, path) in &self.client_files {
             let field = format!("kafka.client_files.{property}");
-            if let Some((_, instead)) = RESERVED_CLIENT_PROPERTIES
-                .iter()
-                .find(|(reserved, _)| reserved == property)
-            {
+            if let Some(instead) = reserved_instead(property) {
                 check.fail(&field, format!("must not be set here: {instead}"));
                 continue;
             }
@@ -289,7 +283,7 @@ impl KafkaSettings {
                 );
                 continue;
             }
-            match secret_file(path) {
+            match metacache_client::settings::read_secret_file(path) {
                 Err(reason) => check.fail(&field, reason),
                 // The file's content is checked as the property's value, never shown.
                 Ok(value) => {
@@ -302,9 +296,12 @@ impl KafkaSettings {
     }
 }
 
-/// A file's content as a librdkafka value: surrounding whitespace removed.
-fn secret_file(path: &str) -> Result<String, String> {
-    metacache_client::settings::read_secret_file(path)
+/// What to do instead of setting a property metacache owns, if `property` is one.
+fn reserved_instead(property: &str) -> Option<&'static str> {
+    RESERVED_CLIENT_PROPERTIES
+        .iter()
+        .find(|(reserved, _)| *reserved == property)
+        .map(|(_, instead)| *instead)
 }
 
 /// One `kafka.brokers` entry: `host:port` or `[IPv6]:port`. librdkafka would take a port

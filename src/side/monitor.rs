@@ -132,7 +132,8 @@ pub async fn run(
         });
 
         // Sentinel mode: follow the writer to the primary it writes to now.
-        if sentinel && stats.redis_primary().is_some() && stats.redis_primary() != at {
+        let writer_at = stats.redis_primary();
+        if sentinel && writer_at.is_some() && writer_at != at {
             conn = None;
         }
         if conn.is_none() {
