@@ -140,7 +140,7 @@ pub async fn run(
             match open(&settings).await {
                 Ok((c, primary)) => {
                     conn = Some(c);
-                    at = primary;
+                    at = primary.map(|p| p.address);
                 }
                 Err(e) => {
                     mark_down(&observed, crate::pipeline::sink::redis::connect_trouble(&e));
@@ -187,7 +187,12 @@ fn mark_down(observed: &Observed, error: String) {
     });
 }
 
-async fn open(settings: &Settings) -> redis::RedisResult<(ConnectionManager, Option<String>)> {
+async fn open(
+    settings: &Settings,
+) -> redis::RedisResult<(
+    ConnectionManager,
+    Option<metacache_client::sentinel::Primary>,
+)> {
     // The same connection as everyone's (credentials, password file, TLS), answering
     // within a second and never retried, so that /readyz tells the truth at once.
     metacache_client::connect::open_located(&settings.redis, Duration::from_secs(1), 0).await

@@ -56,22 +56,23 @@ pub async fn open_with(
 }
 
 /// [`open_with`], and where the connection went: `None` for the configured URL, the
-/// primary's `host:port` in sentinel mode. A sentinel-named primary is checked with
+/// primary the sentinels named in sentinel mode. A sentinel-named primary is checked with
 /// `ROLE` before it is returned, so a node demoted a moment ago is never written to.
 pub async fn open_located(
     settings: &RedisSettings,
     response_timeout: Duration,
     retries: usize,
-) -> RedisResult<(ConnectionManager, Option<String>)> {
+) -> RedisResult<(ConnectionManager, Option<crate::sentinel::Primary>)> {
     if settings.mode() != crate::settings::RedisMode::Sentinel {
         return Ok((open_at(settings, response_timeout, retries).await?, None));
     }
-    let address = crate::sentinel::locate_primary(settings).await?;
-    let primary = crate::sentinel::at_primary(settings, &address);
-    let mut conn = open_at(&primary, response_timeout, retries).await?;
+    let primary = crate::sentinel::locate_primary(settings).await?;
+    let address = primary.address.clone();
+    let at = crate::sentinel::at_primary(settings, &address);
+    let mut conn = open_at(&at, response_timeout, retries).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
     match crate::sentinel::role_name(&role).as_deref() {
-        Some("master") => Ok((conn, Some(address))),
+        Some("master") => Ok((conn, Some(primary))),
         other => Err(redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
             "not a primary",

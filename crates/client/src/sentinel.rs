@@ -22,7 +22,7 @@ use crate::settings::RedisSettings;
 /// of it yet still names the old primary) the answer of the newest configuration epoch
 /// wins, as Sentinel itself settles it. A sentinel that is down, refuses or does not know
 /// the master is skipped; the error names every sentinel's reason.
-pub async fn locate_primary(settings: &RedisSettings) -> RedisResult<String> {
+pub async fn locate_primary(settings: &RedisSettings) -> RedisResult<Primary> {
     let answers =
         futures_util::future::join_all(settings.nodes.iter().map(|node| ask(settings, node))).await;
     let mut best: Option<(u64, String)> = None;
@@ -37,17 +37,29 @@ pub async fn locate_primary(settings: &RedisSettings) -> RedisResult<String> {
             Err(e) => reasons.push(format!("{}: {e}", crate::settings::redact_url(node))),
         }
     }
-    best.map(|(_, address)| address).ok_or_else(|| {
-        RedisError::from((
-            ErrorKind::Io,
-            "no sentinel named a primary",
-            format!(
-                "no sentinel named a primary for {:?} ({})",
-                settings.sentinel_master,
-                reasons.join("; ")
-            ),
-        ))
-    })
+    best.map(|(epoch, address)| Primary { address, epoch })
+        .ok_or_else(|| {
+            RedisError::from((
+                ErrorKind::Io,
+                "no sentinel named a primary",
+                format!(
+                    "no sentinel named a primary for {:?} ({})",
+                    settings.sentinel_master,
+                    reasons.join("; ")
+                ),
+            ))
+        })
+}
+
+/// A primary as the sentinels name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Primary {
+    /// `host:port`.
+    pub address: String,
+    /// The sentinels' configuration epoch of that answer: a later failover has a higher
+    /// one, so an answer with a lower epoch than the primary in use is a sentinel that
+    /// has not heard of the last failover yet.
+    pub epoch: u64,
 }
 
 /// `SENTINEL MASTER <name>` on one sentinel: the configuration epoch and the address.

@@ -8,6 +8,7 @@ use redis::aio::ConnectionManager;
 use redis::RedisResult;
 
 pub use metacache_client::connect::{effective_url, install_crypto_provider, open};
+use metacache_client::sentinel::Primary;
 use metacache_client::settings::RedisMode;
 use metacache_client::RedisSettings;
 
@@ -23,7 +24,7 @@ pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager>
 /// tell when a failover moved it.
 pub struct Target {
     settings: RedisSettings,
-    primary: Mutex<Option<String>>,
+    primary: Mutex<Option<Primary>>,
 }
 
 impl Target {
@@ -46,14 +47,19 @@ impl Target {
         Ok(conn)
     }
 
-    /// The primary the last connection went to (sentinel mode).
+    /// The primary the last connection went to (sentinel mode), as `host:port`.
     pub fn primary(&self) -> Option<String> {
-        self.primary.lock().ok().and_then(|p| p.clone())
+        self.primary
+            .lock()
+            .ok()
+            .and_then(|p| p.as_ref().map(|p| p.address.clone()))
     }
 
     /// Sentinel mode: the primary the sentinels name now, when it is not the one the last
-    /// connection went to. `None` in standalone mode, and when no sentinel answers (the
-    /// current connection then keeps trying its own address).
+    /// connection went to and their answer is not older than the one that sent it there
+    /// (a sentinel that missed the last failover still names the node before it).
+    /// `None` in standalone mode, and when no sentinel answers (the current connection
+    /// then keeps trying its own address).
     pub async fn moved(&self) -> Option<String> {
         if self.settings.mode() != RedisMode::Sentinel {
             return None;
@@ -61,7 +67,11 @@ impl Target {
         let now = metacache_client::sentinel::locate_primary(&self.settings)
             .await
             .ok()?;
-        (Some(&now) != self.primary().as_ref()).then_some(now)
+        let current = self.primary.lock().ok().and_then(|p| p.clone());
+        match current {
+            Some(current) if current.address == now.address || now.epoch < current.epoch => None,
+            _ => Some(now.address),
+        }
     }
 }
 
