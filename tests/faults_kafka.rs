@@ -86,10 +86,24 @@ async fn the_broker_unreachable_and_back_the_daemon_recovers_without_a_restart()
         "faults: broker: down {:.1} s; rebalances before/after the outage {rebalances}/{}; the topics hold {stored} records for {n} published",
         6.0, snap.rebalances
     ));
-    Model::of(records.iter()).compare(&mut h.redis()).report(
-        "kafka-broker-unreachable-and-back",
-        n,
-        1,
-        started.elapsed(),
-    );
+    let comparison = Model::of(records.iter()).compare(&mut h.redis());
+    // Where each wrong device's events lie in the stream and in Kafka, to tell a skip
+    // (the newest event never applied) from a reordering.
+    for wrong in comparison.wrong.iter().take(10) {
+        let Some(id) = wrong
+            .strip_prefix("device:")
+            .and_then(|w| w.split(':').next())
+        else {
+            continue;
+        };
+        for (i, (r, l)) in records.iter().zip(&landed).enumerate() {
+            if r.topic == DEVICES && r.key.as_deref() == Some(id) {
+                eprintln!(
+                    "device {id}: stream index {i}, partition {} offset {}, {:?}",
+                    l.partition, l.offset, r.effect
+                );
+            }
+        }
+    }
+    comparison.report("kafka-broker-unreachable-and-back", n, 1, started.elapsed());
 }

@@ -170,7 +170,31 @@ impl SourceState {
     /// would stick.
     fn stamp(&mut self, ownership: &Ownership, id: PartitionId, offset: i64) -> u64 {
         if let Some(progress) = self.offsets.get_mut(&id) {
+            let first = progress.consumed_nothing();
+            let expected = progress.consumed_next();
             if progress.consumed(offset) {
+                if expected.is_some_and(|e| offset > e) {
+                    // Compaction and transaction markers leave gaps; anything else would
+                    // be records never delivered.
+                    tracing::debug!(
+                        topic = ?id.0,
+                        partition = id.1,
+                        offset,
+                        expected,
+                        "a gap in the partition's offsets"
+                    );
+                }
+                if first {
+                    // Where an assignment really starts: set against the watermark the
+                    // last revoke committed, it shows a skip or a replay at a glance.
+                    tracing::info!(
+                        topic = ?id.0,
+                        partition = id.1,
+                        offset,
+                        generation = progress.generation(),
+                        "first record of the assignment"
+                    );
+                }
                 return progress.generation();
             }
             tracing::warn!(
@@ -279,12 +303,48 @@ impl SourceContext {
         match consumer.commit(&tpl, mode) {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Relaxed);
-                tracing::debug!(partitions = tpl.count(), ?mode, "offsets committed");
+                if tracing::enabled!(tracing::Level::DEBUG) {
+                    let offsets: Vec<String> = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+                        .collect();
+                    tracing::debug!(?offsets, ?mode, "offsets committed");
+                }
             }
             Err(e) => {
                 tracing::warn!(error = %e, "offset commit failed; will retry");
                 self.forget_commits(&tpl);
             }
+        }
+    }
+
+    /// Compares what this source believes committed with what librdkafka last saw the
+    /// coordinator acknowledge (see [`PartitionProgress::reconcile`]); a commit that
+    /// failed in silence is sent again at the next round.
+    ///
+    /// [`PartitionProgress::reconcile`]: super::offsets::PartitionProgress::reconcile
+    fn reconcile_commits(
+        &self,
+        figures: &std::collections::BTreeMap<(String, i32), PartitionFigures>,
+    ) {
+        let mut again = 0usize;
+        {
+            let mut state = self.state();
+            for ((topic, partition), f) in figures {
+                let Some(kind) = self.topics.kind(topic) else {
+                    continue;
+                };
+                if let Some(p) = state.offsets.get_mut(&(kind, *partition)) {
+                    again += usize::from(p.reconcile(f.committed));
+                }
+            }
+        }
+        if again > 0 {
+            tracing::debug!(
+                partitions = again,
+                "commits not acknowledged by the coordinator; committing again"
+            );
         }
     }
 
@@ -350,6 +410,7 @@ impl ClientContext for SourceContext {
                 );
             }
         }
+        self.reconcile_commits(&figures);
         if let Ok(mut partitions) = self.stats.partitions.lock() {
             *partitions = figures;
         }
@@ -418,10 +479,29 @@ impl ConsumerContext for SourceContext {
                 );
             }
         }
-        self.commit(consumer, CommitMode::Sync, Some(&revoked));
+        if consumer.assignment_lost() {
+            // The coordinator already gave these partitions up (the session timed out):
+            // a commit would only fail, after blocking this thread until the coordinator
+            // answers, which delays the rejoin by seconds. The next owner resumes from
+            // the last acknowledged commit and replays the rest.
+            tracing::warn!(
+                "the assignment was lost (the group session timed out): not committing; the partitions resume from their last acknowledged commit"
+            );
+        } else {
+            self.commit(consumer, CommitMode::Sync, Some(&revoked));
+        }
         let mut state = self.state();
         for id in &revoked {
-            state.offsets.revoke(id);
+            if let Some(progress) = state.offsets.revoke(id) {
+                tracing::info!(
+                    topic = ?id.0,
+                    partition = id.1,
+                    watermark = progress.watermark(),
+                    committed = progress.committed(),
+                    in_flight = progress.in_flight(),
+                    "partition revoked"
+                );
+            }
         }
         let assigned = state.offsets.iter().count();
         self.stats.kafka_assigned.store(assigned as u64, Relaxed);
@@ -457,6 +537,14 @@ impl ConsumerContext for SourceContext {
     }
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            let list: Vec<String> = offsets
+                .elements()
+                .iter()
+                .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+                .collect();
+            tracing::debug!(ok = result.is_ok(), offsets = ?list, "commit answered");
+        }
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed; will retry");
             self.forget_commits(offsets);

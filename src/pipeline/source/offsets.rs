@@ -43,6 +43,16 @@ impl PartitionProgress {
         self.generation
     }
 
+    /// Nothing was consumed yet in this generation.
+    pub fn consumed_nothing(&self) -> bool {
+        self.consumed_next.is_none()
+    }
+
+    /// The offset expected next from the consumer.
+    pub fn consumed_next(&self) -> Option<i64> {
+        self.consumed_next
+    }
+
     /// Notes that the record at `offset` was consumed; false when it lies below one
     /// consumed before in this generation (librdkafka rewound the partition, for example
     /// after an offset reset), so the caller must start a new generation.
@@ -134,6 +144,23 @@ impl PartitionProgress {
 
     pub fn committed(&self) -> Option<i64> {
         self.committed
+    }
+
+    /// librdkafka says `broker` is the offset the group coordinator last acknowledged.
+    /// An asynchronous manual commit reports no result (librdkafka only delivers results
+    /// of automatic commits and of commits with a callback of their own, which rdkafka
+    /// does not expose), so a commit that failed is noticed here: when the acknowledged
+    /// offset is not the one believed committed, the belief is dropped and the next round
+    /// commits the watermark again. Returns whether it was dropped. A commit still on its
+    /// way looks the same and is merely sent once more.
+    pub fn reconcile(&mut self, broker: i64) -> bool {
+        match self.committed {
+            Some(c) if c != broker => {
+                self.committed = None;
+                true
+            }
+            _ => false,
+        }
     }
 }
 
@@ -258,6 +285,28 @@ impl Offsets {
 mod tests {
     use super::*;
     use crate::model::TopicKind;
+
+    #[test]
+    fn a_commit_the_broker_never_acknowledged_is_sent_again() {
+        let mut p = PartitionProgress::new(1);
+        for offset in 0..10 {
+            p.dispatched(offset);
+            p.done(offset);
+        }
+        assert_eq!(p.to_commit(), Some(10));
+        p.mark_committed(10);
+        assert_eq!(p.to_commit(), None, "believed committed");
+        // The broker acknowledged it: nothing to do.
+        assert!(!p.reconcile(10));
+        assert_eq!(p.to_commit(), None);
+        // The broker still holds an older offset (the asynchronous commit failed).
+        assert!(p.reconcile(4));
+        assert_eq!(p.to_commit(), Some(10), "committed again at the next round");
+        // Or holds nothing at all yet (librdkafka's invalid offset).
+        p.mark_committed(10);
+        assert!(p.reconcile(-1001));
+        assert_eq!(p.to_commit(), Some(10));
+    }
 
     fn at(id: PartitionId, generation: u64, offset: i64) -> Origin {
         Origin {
