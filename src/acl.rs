@@ -24,6 +24,8 @@ const DAEMON: &[&str] = &[
     // Each pipeline's tail, and the fence.
     "client|id",
     "hset",
+    // The layout descriptor, claimed at start (a script: HGETALL, HSET).
+    "hgetall",
     "hdel",
     "client|kill",
     // The monitor: PING, the cache figures, INFO memory and server.
@@ -41,6 +43,8 @@ const JANITOR: &[&str] = &["zscan", "sscan", "exists", "zscore"];
 /// The read API (only with `api.token_file`), and any reader: the client crate's reads.
 const READER: &[&str] = &[
     "ping",
+    // The layout descriptor.
+    "hgetall",
     "get",
     "mget",
     "zrange",
@@ -57,11 +61,17 @@ const READER: &[&str] = &[
 /// The key patterns of metacache's layout under `prefix`.
 fn key_patterns(keys: &KeyLayout, writer: bool) -> Vec<String> {
     let p = glob_escape(keys.prefix());
+    let index = if keys.index_shards() == 1 {
+        format!("~{p}devices")
+    } else {
+        format!("~{p}devices:{{*}}")
+    };
     let mut patterns = vec![
         format!("~{p}device:*"),
-        format!("~{p}devices"),
+        index,
         format!("~{p}*#metric_names"),
         format!("~{p}metric_namespaces"),
+        format!("~{p}metacache:layout"),
     ];
     if writer {
         patterns.push(format!("~{p}metacache:writers"));
@@ -83,7 +93,7 @@ fn line(user: &str, keys: Vec<String>, commands: Vec<&str>) -> String {
 
 /// The daemon's ACL line for `settings` (user `redis.username`, or `metacache`).
 pub fn daemon_line(settings: &Settings) -> String {
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let keys = settings.keys();
     let mut commands: Vec<&str> = DAEMON.to_vec();
     if settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0 {
         commands.extend(JANITOR);
@@ -104,7 +114,7 @@ pub fn daemon_line(settings: &Settings) -> String {
 
 /// A read-only line for services that read the cache (the Rust and Python clients).
 pub fn reader_line(settings: &Settings) -> String {
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let keys = settings.keys();
     let mut commands = READER.to_vec();
     if settings.redis.mode() == crate::config::RedisMode::Sentinel {
         commands.push("role");

@@ -20,7 +20,6 @@ use crate::pipeline::sink::redis::replies::Tail;
 use crate::pipeline::sink::redis::retry::RetryPolicy;
 use crate::pipeline::sink::redis::versions::KnownVersions;
 use crate::pipeline::sink::redis::writer::{Connector, Moved, Writer, WriterConfig, WriterLinks};
-use crate::pipeline::sink::redis::KeyLayout;
 use crate::pipeline::source::kafka::{
     client_config, consumer_config, KafkaSource, ProducerLogContext, SourceReport,
 };
@@ -42,6 +41,8 @@ pub enum DaemonError {
     SourceThread(String),
     #[error("{0} records were not acknowledged before the shutdown timeout; they were not committed and will be replayed")]
     Unacknowledged(usize),
+    #[error("layout: {0}")]
+    Layout(String),
 }
 
 /// Which daemon runs: the real one, or the benchmark's measuring variant.
@@ -107,6 +108,10 @@ pub async fn run_variant(
         return Ok(());
     };
     stats.set_redis_primary(target.primary());
+    let mut conn = conn;
+    if !claim_layout(&mut conn, &settings, retry, &shutdown).await? {
+        return Ok(());
+    }
 
     // About max_batch × max_in_flight records waiting, in chunks of at most a batch.
     let chunk = chunk_records(settings.writer.max_batch);
@@ -153,7 +158,7 @@ pub async fn run_variant(
         tracing::warn!("benchmark variant: no stale guard, no devices index");
     }
     let planner = Planner::new(
-        KeyLayout::new(&settings.redis.key_prefix),
+        settings.keys(),
         Ttls {
             device_secs: settings.devices.ttl_secs,
             metric_secs: settings.metrics.ttl_secs,
@@ -267,6 +272,66 @@ pub async fn run_variant(
     })
     .await;
     Ok(())
+}
+
+/// Writes the layout descriptor, or checks the stored one against the settings (see
+/// [`crate::pipeline::sink::redis::layout`]); retries while Redis fails, and stops the
+/// daemon when the stored layout is another. `false` when shutdown came first.
+async fn claim_layout(
+    conn: &mut redis::aio::ConnectionManager,
+    settings: &Settings,
+    retry: RetryPolicy,
+    shutdown: &Shutdown,
+) -> Result<bool, DaemonError> {
+    use crate::pipeline::sink::redis::layout::{self, Claimed};
+    let keys = settings.keys();
+    let mut delays = retry.delays();
+    loop {
+        match layout::claim(conn, &keys).await {
+            Ok(Ok(claimed)) => {
+                tracing::info!(
+                    key = keys.layout(),
+                    index_shards = keys.index_shards(),
+                    written = claimed == Claimed::Written,
+                    "layout descriptor {}",
+                    if claimed == Claimed::Written {
+                        "written"
+                    } else {
+                        "matches the settings"
+                    }
+                );
+                return Ok(true);
+            }
+            Ok(Err(refusal)) => return Err(DaemonError::Layout(refusal)),
+            // Refused by ACL: NOPERM, or, for a command inside the script, an error
+            // reply of Redis's own wording.
+            Err(e)
+                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+                    || e.to_string().contains("can't run this command") =>
+            {
+                let why = format!(
+                    "{}: the Redis user may not read or write it ({e}); `metacache check-config --print-acl` prints the ACL the daemon needs",
+                    keys.layout()
+                );
+                // With one index key a reader that finds no descriptor reads the right
+                // layout anyway (an ACL from before the descriptor existed keeps working);
+                // with shards it would not, so the daemon must not write them unannounced.
+                if keys.index_shards() > 1 {
+                    return Err(DaemonError::Layout(why));
+                }
+                tracing::warn!("{why}; continuing, as readers without a descriptor read the one index key this daemon writes");
+                return Ok(true);
+            }
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot read the layout descriptor; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(false),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
 }
 
 /// Connects to Redis, retrying until it answers or shutdown is requested: a daemon that

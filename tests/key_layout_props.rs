@@ -79,14 +79,18 @@ proptest! {
         prefix in prop_oneof![Just(String::new()), tricky()],
         ids in prop::collection::vec(tricky(), 1..4),
         namespaces in prop::collection::vec(tricky(), 1..4),
+        shards in prop_oneof![Just(1u32), Just(16u32)],
     ) {
-        let keys = KeyLayout::new(&prefix);
+        let keys = KeyLayout::with_index_shards(&prefix, shards);
         // (what the key is for, the key)
         let mut all: Vec<(String, String)> = vec![
-            ("the devices index".into(), keys.devices().to_owned()),
             ("the namespaces index".into(), keys.metric_namespaces().to_owned()),
             ("the writers hash".into(), keys.writers().to_owned()),
+            ("the layout descriptor".into(), keys.layout().to_owned()),
         ];
+        for (k, index) in keys.index_keys().iter().enumerate() {
+            all.push((format!("devices index shard {k}"), index.clone()));
+        }
         for id in ids.iter().filter_map(|id| accepted_device(id)) {
             all.push((format!("device {id:?}"), keys.device(&id)));
         }

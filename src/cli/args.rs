@@ -64,6 +64,26 @@ pub enum Command {
     /// offsets (joining no group), compute what Redis must hold and compare key by key.
     /// Writes nothing. Exit 0 when they match, 1 when they differ.
     Verify(VerifyArgs),
+    /// Rebuild the device index from the device keys with `devices.index_shards` shards
+    /// (or --index-shards), and rewrite the layout descriptor: to change the shard count,
+    /// or to repair the index. Stop every writer first.
+    Reindex(ReindexArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReindexArgs {
+    /// Configuration file (default: $METACACHE_CONFIG, else config/default.toml if present).
+    #[arg(long, short)]
+    pub config: Option<PathBuf>,
+    /// Redis URL (overrides `redis.url`).
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Index shards to build (overrides `devices.index_shards`; 1..=1024).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub index_shards: Option<u32>,
+    /// Do not ask for confirmation (required when standard input is not a terminal).
+    #[arg(long)]
+    pub yes: bool,
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod args;
 mod daemon;
 mod lookup;
 mod produce;
+mod reindex;
 mod resync;
 mod tools;
 mod verify;
@@ -44,6 +45,7 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => tools::demo(cli.log_format, args),
         Command::Resync(args) => resync::resync(args, cli.log_format),
         Command::Verify(args) => verify::verify(args, cli.log_format),
+        Command::Reindex(args) => reindex::reindex(args, cli.log_format),
         Command::Produce(args) => produce::produce(cli.log_format, &args),
         Command::Get(get) => lookup::get(cli.log_format, get),
         Command::CheckMetric(args) => lookup::check_metric_command(cli.log_format, args),

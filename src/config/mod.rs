@@ -92,6 +92,11 @@ pub struct Override {
 }
 
 impl Settings {
+    /// The key layout these settings write: `redis.key_prefix` and `devices.index_shards`.
+    pub fn keys(&self) -> crate::keys::KeyLayout {
+        crate::keys::KeyLayout::with_index_shards(&self.redis.key_prefix, self.devices.index_shards)
+    }
+
     /// Loads defaults, then `file` (else the file named by `METACACHE_CONFIG`, else
     /// `config/default.toml` when present), then `METACACHE__SECTION__KEY` variables, and
     /// validates the result.
@@ -170,6 +175,12 @@ impl Settings {
         self.redis.check(&mut check);
         check.at_most("devices.ttl_secs", self.devices.ttl_secs, MAX_TTL_SECS);
         check.at_most("devices.guard_cache", self.devices.guard_cache, 100_000_000);
+        check.between(
+            "devices.index_shards",
+            self.devices.index_shards,
+            1,
+            crate::keys::MAX_INDEX_SHARDS,
+        );
         check.at_most("metrics.ttl_secs", self.metrics.ttl_secs, MAX_TTL_SECS);
         check.between(
             "janitor.interval_secs",

@@ -95,6 +95,9 @@ pub struct DeviceSettings {
     /// Devices whose last written `last_updated` the writer remembers, so their updates
     /// skip the stale-guard script; 0 = every upsert runs the script.
     pub guard_cache: usize,
+    /// Sorted sets the device index is split over: 1 keeps the single `devices` key; more
+    /// spread the index writes over a Redis Cluster's nodes (`devices:{k}`).
+    pub index_shards: u32,
 }
 
 impl Default for DeviceSettings {
@@ -102,6 +105,7 @@ impl Default for DeviceSettings {
         DeviceSettings {
             ttl_secs: 0,
             guard_cache: DEFAULT_GUARD_CACHE,
+            index_shards: 1,
         }
     }
 }

@@ -56,7 +56,7 @@ pub async fn run<C: ConnectionLike + Clone + Send + Sync + 'static>(
     if !devices && !metrics {
         return;
     }
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let keys = settings.keys();
     let interval = Duration::from_secs(settings.janitor.interval_secs);
     loop {
         tokio::select! {
@@ -109,47 +109,53 @@ pub async fn sweep<C: ConnectionLike>(
 ) -> redis::RedisResult<Swept> {
     let mut swept = Swept::default();
     if devices {
-        let mut cursor: u64 = 0;
-        loop {
-            let (next, page): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
-                .arg(keys.devices())
-                .arg(cursor)
-                .arg("COUNT")
-                .arg(batch)
-                .query_async(conn)
-                .await?;
-            let exists = exist(conn, page.iter().map(|(id, _)| keys.device(id))).await?;
-            for ((id, score), exists) in page.iter().zip(exists) {
-                if !exists {
-                    let removed: i64 = REMOVE_IF_UNCHANGED
-                        .key(keys.devices())
-                        .arg(id)
-                        .arg(*score as i64)
-                        .invoke_async(conn)
-                        .await?;
-                    // The key may have come back between EXISTS and the removal with an
-                    // older or equal `last_updated` (a replay), which leaves the score as it
-                    // was: look again and restore the entry if so.
-                    if removed > 0 {
-                        if exist(conn, [keys.device(id)]).await? == [true] {
-                            let _: i64 = redis::cmd("ZADD")
-                                .arg(keys.devices())
-                                .arg("GT")
-                                .arg(*score as i64)
-                                .arg(id)
-                                .query_async(conn)
-                                .await?;
-                        } else {
-                            swept.devices += 1;
+        // Every index shard in turn (one key without `devices.index_shards`).
+        for index in keys.index_keys() {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, page): (u64, Vec<(String, f64)>) = redis::cmd("ZSCAN")
+                    .arg(index)
+                    .arg(cursor)
+                    .arg("COUNT")
+                    .arg(batch)
+                    .query_async(conn)
+                    .await?;
+                let exists = exist(conn, page.iter().map(|(id, _)| keys.device(id))).await?;
+                for ((id, score), exists) in page.iter().zip(exists) {
+                    if !exists {
+                        let removed: i64 = REMOVE_IF_UNCHANGED
+                            .key(index)
+                            .arg(id)
+                            .arg(*score as i64)
+                            .invoke_async(conn)
+                            .await?;
+                        // The key may have come back between EXISTS and the removal with an
+                        // older or equal `last_updated` (a replay), which leaves the score as it
+                        // was: look again and restore the entry if so.
+                        if removed > 0 {
+                            if exist(conn, [keys.device(id)]).await? == [true] {
+                                let _: i64 = redis::cmd("ZADD")
+                                    .arg(index)
+                                    .arg("GT")
+                                    .arg(*score as i64)
+                                    .arg(id)
+                                    .query_async(conn)
+                                    .await?;
+                            } else {
+                                swept.devices += 1;
+                            }
                         }
                     }
                 }
+                cursor = next;
+                if cursor == 0 || shutdown.is_cancelled() {
+                    break;
+                }
+                tokio::time::sleep(STEP).await;
             }
-            cursor = next;
-            if cursor == 0 || shutdown.is_cancelled() {
+            if shutdown.is_cancelled() {
                 break;
             }
-            tokio::time::sleep(STEP).await;
         }
     }
     if metrics {

@@ -95,7 +95,7 @@ pub async fn run(
     observed: Arc<Observed>,
     shutdown: Shutdown,
 ) {
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let keys = settings.keys();
     let ttls_set = settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0;
     let window = Duration::from_secs(settings.http.degraded_window_secs);
     let mut history: VecDeque<(Instant, u64, u64)> = VecDeque::new();
@@ -203,34 +203,44 @@ async fn refresh(
     keys: &KeyLayout,
 ) -> redis::RedisResult<CacheFigures> {
     let mut pipe = redis::pipe();
-    pipe.cmd("ZCARD")
-        .arg(keys.devices())
-        .cmd("ZRANGE")
-        .arg(keys.devices())
-        .arg(0)
-        .arg(0)
-        .arg("WITHSCORES")
-        .cmd("ZRANGE")
-        .arg(keys.devices())
-        .arg(-1)
-        .arg(-1)
-        .arg("WITHSCORES")
-        .cmd("SCARD")
+    for key in keys.index_keys() {
+        pipe.cmd("ZCARD")
+            .arg(key)
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .cmd("ZRANGE")
+            .arg(key)
+            .arg(-1)
+            .arg(-1)
+            .arg("WITHSCORES");
+    }
+    pipe.cmd("SCARD")
         .arg(keys.metric_namespaces())
         .cmd("INFO")
         .arg("memory")
         .cmd("INFO")
         .arg("server");
-    type Figures = (
-        u64,
-        Vec<(String, f64)>,
-        Vec<(String, f64)>,
-        u64,
-        String,
-        String,
-    );
-    let (total, oldest, newest, namespaces, memory, server): Figures =
-        pipe.query_async(conn).await?;
+    let mut replies: Vec<redis::Value> = pipe.query_async(conn).await?;
+    let tail = replies.split_off(replies.len().saturating_sub(3));
+    let (namespaces, memory, server): (u64, String, String) =
+        redis::FromRedisValue::from_redis_value(redis::Value::Array(tail))?;
+    // Summed and compared over the index shards.
+    let (mut total, mut oldest, mut newest) = (0u64, None::<f64>, None::<f64>);
+    for shard in replies.chunks(3) {
+        type Shard = (u64, Vec<(String, f64)>, Vec<(String, f64)>);
+        let (count, first, last): Shard =
+            redis::FromRedisValue::from_redis_value(redis::Value::Array(shard.to_vec()))?;
+        total += count;
+        if let Some((_, s)) = first.first() {
+            oldest = Some(oldest.map_or(*s, |o| o.min(*s)));
+        }
+        if let Some((_, s)) = last.first() {
+            newest = Some(newest.map_or(*s, |n| n.max(*s)));
+        }
+    }
     let number = |info: &str, field: &str| {
         info_field(info, field)
             .and_then(|v| v.parse::<u64>().ok())
@@ -238,8 +248,8 @@ async fn refresh(
     };
     Ok(CacheFigures {
         total_devices: total,
-        oldest_device_ms: oldest.first().map(|(_, s)| *s as i64),
-        newest_device_ms: newest.first().map(|(_, s)| *s as i64),
+        oldest_device_ms: oldest.map(|s| s as i64),
+        newest_device_ms: newest.map(|s| s as i64),
         metric_namespaces: namespaces,
         used_memory_bytes: number(&memory, "used_memory"),
         maxmemory_bytes: number(&memory, "maxmemory"),

@@ -17,7 +17,6 @@ use redis::AsyncCommands;
 
 use crate::config::Settings;
 use crate::pipeline::dead_letter::headers;
-use crate::pipeline::sink::redis::KeyLayout;
 use crate::shutdown::Shutdown;
 use crate::stats::Stats;
 use crate::tools::embedded::{EmbeddedKafka, EmbeddedRedis};
@@ -233,10 +232,15 @@ async fn publish(settings: &Settings, samples: &[SampleEvent]) -> Result<(), Str
 }
 
 async fn show_redis(settings: &Settings) -> redis::RedisResult<()> {
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
+    let keys = settings.keys();
     let client = redis::Client::open(settings.redis.url.as_str())?;
     let mut conn = client.get_multiplexed_async_connection().await?;
-    let devices: Vec<(String, i64)> = conn.zrange_withscores(keys.devices(), 0, -1).await?;
+    let mut devices: Vec<(String, i64)> = Vec::new();
+    for index in keys.index_keys() {
+        let shard: Vec<(String, i64)> = conn.zrange_withscores(index, 0, -1).await?;
+        devices.extend(shard);
+    }
+    devices.sort_by(|a, b| (a.1, &a.0).cmp(&(b.1, &b.0)));
     println!("\nDevices (ZRANGE devices 0 -1 WITHSCORES, oldest first):");
     for (id, score) in &devices {
         let json: Option<String> = conn.get(keys.device(id)).await?;

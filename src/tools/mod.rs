@@ -7,5 +7,6 @@ pub mod bench;
 pub mod demo;
 pub mod embedded;
 pub mod publish;
+pub mod reindex;
 pub mod resync;
 pub mod verify;

@@ -475,19 +475,24 @@ impl Model {
 
     /// Compares every key in Redis (and every key the model expects) with the model.
     pub fn compare(&self, redis: &mut redis::Connection) -> Comparison {
+        self.compare_sharded(redis, 1)
+    }
+
+    /// [`Model::compare`] for a device index split over `shards` sorted sets.
+    pub fn compare_sharded(&self, redis: &mut redis::Connection, shards: u32) -> Comparison {
         // The writers' liveness hash is part of the layout but holds no cache data.
         let actual: BTreeSet<String> = redis
             .keys::<_, BTreeSet<String>>("*")
             .unwrap()
             .into_iter()
-            .filter(|k| !k.ends_with("metacache:writers"))
+            .filter(|k| !k.ends_with("metacache:writers") && !k.ends_with("metacache:layout"))
             .collect();
         let mut expected: BTreeSet<String> = BTreeSet::new();
         for id in self.devices.keys() {
             expected.insert(format!("device:{id}"));
         }
-        if !self.devices.is_empty() {
-            expected.insert("devices".into());
+        for id in self.devices.keys() {
+            expected.insert(index_key(id, shards));
         }
         for (ns, set) in &self.sets {
             if !set.is_empty() {
@@ -500,7 +505,7 @@ impl Model {
         let mut wrong = Vec::new();
         let all: BTreeSet<&String> = actual.union(&expected).collect();
         for key in &all {
-            if let Some(problem) = self.check_key(redis, key, actual.contains(*key)) {
+            if let Some(problem) = self.check_key(redis, key, actual.contains(*key), shards) {
                 wrong.push(format!("{key}: {problem}"));
             }
         }
@@ -510,18 +515,25 @@ impl Model {
         }
     }
 
-    fn check_key(&self, redis: &mut redis::Connection, key: &str, exists: bool) -> Option<String> {
+    fn check_key(
+        &self,
+        redis: &mut redis::Connection,
+        key: &str,
+        exists: bool,
+        shards: u32,
+    ) -> Option<String> {
         if let Some(id) = key.strip_prefix("device:") {
             let got: Option<String> = redis.get(key).unwrap();
             let want = self.devices.get(id).map(|(_, json)| json.clone());
             return (got != want).then(|| format!("expected {want:?}, got {got:?}"));
         }
-        if key == "devices" {
+        if key == "devices" || key.starts_with("devices:{") {
             let got: Vec<(String, f64)> = redis.zrange_withscores(key, 0, -1).unwrap();
             let got: BTreeMap<String, i64> = got.into_iter().map(|(m, s)| (m, s as i64)).collect();
             let want: BTreeMap<String, i64> = self
                 .devices
                 .iter()
+                .filter(|(id, _)| index_key(id, shards) == key)
                 .map(|(id, (ts, _))| (id.clone(), *ts))
                 .collect();
             return (got != want).then(|| describe_diff(&want, &got));
@@ -538,6 +550,27 @@ impl Model {
         }
         exists.then(|| "a key the model does not know".to_owned())
     }
+}
+
+/// The index key of `id` as the README documents it: `devices` with one shard, else
+/// `devices:{k}` with k = CRC-16/XMODEM of the id's UTF-8 bytes modulo `shards` (computed
+/// here from the definition, not with the daemon's code).
+pub fn index_key(id: &str, shards: u32) -> String {
+    if shards <= 1 {
+        return "devices".into();
+    }
+    let mut crc: u16 = 0;
+    for byte in id.bytes() {
+        crc ^= u16::from(byte) << 8;
+        for _ in 0..8 {
+            crc = if crc & 0x8000 != 0 {
+                (crc << 1) ^ 0x1021
+            } else {
+                crc << 1
+            };
+        }
+    }
+    format!("devices:{{{}}}", u32::from(crc) % shards)
 }
 
 fn describe_diff(want: &BTreeMap<String, i64>, got: &BTreeMap<String, i64>) -> String {

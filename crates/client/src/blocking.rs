@@ -91,7 +91,7 @@ impl BlockingCacheClient {
     /// ```
     /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
     /// let client = metacache_client::BlockingCacheClient::connect(&redis.url())?;
-    /// assert_eq!(client.as_async().keys().devices(), "devices");
+    /// assert_eq!(client.as_async().keys().index_keys(), ["devices"]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn as_async(&self) -> &CacheClient {
@@ -106,7 +106,7 @@ impl BlockingCacheClient {
     /// assert_eq!(client.keys().device("dev-1"), "device:dev-1");
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
-    pub fn keys(&self) -> &KeyLayout {
+    pub fn keys(&self) -> std::sync::Arc<KeyLayout> {
         self.inner.keys()
     }
 

@@ -62,7 +62,7 @@ pub use settings::{RedisSettings, TlsSettings};
 pub use types::{CacheInfo, DeviceEntry, Health, HealthStatus, ListOptions, Order};
 
 use metacache_contract::model::{namespace_or_default, DeviceMetadata};
-use metacache_contract::KeyLayout;
+use metacache_contract::{KeyLayout, LayoutDescriptor};
 
 /// The result of every client call.
 ///
@@ -113,15 +113,27 @@ pub struct CacheClient {
     conn: Arc<RwLock<ConnectionManager>>,
     /// Sentinel mode: the settings to find the primary again after a failure.
     sentinel: Option<Arc<RedisSettings>>,
-    keys: KeyLayout,
+    /// The layout as the descriptor last said (see [`CacheClient::index_keys`]).
+    layout: Arc<std::sync::Mutex<KnownLayout>>,
     redacted_url: String,
 }
+
+/// The key layout read from `metacache:layout`, and when.
+struct KnownLayout {
+    keys: Arc<KeyLayout>,
+    read_at: Instant,
+}
+
+/// How long the index layout read from the descriptor is relied on before it is read
+/// again: a reader started before the first daemon (no descriptor yet), or one running
+/// across a `metacache reindex`, follows within this time.
+const LAYOUT_REFRESH: Duration = Duration::from_secs(30);
 
 impl std::fmt::Debug for CacheClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CacheClient")
             .field("url", &self.redacted_url)
-            .field("key_prefix", &self.keys.prefix())
+            .field("key_prefix", &self.keys().prefix())
             .finish_non_exhaustive()
     }
 }
@@ -175,13 +187,58 @@ impl CacheClient {
     pub async fn from_settings(settings: &RedisSettings) -> Result<CacheClient> {
         connect::effective_url(settings).map_err(ClientError::InvalidArgument)?;
         let conn = connect::open(settings).await?;
-        Ok(CacheClient {
+        let client = CacheClient {
             conn: Arc::new(RwLock::new(conn)),
             sentinel: (settings.mode() == settings::RedisMode::Sentinel)
                 .then(|| Arc::new(settings.clone())),
-            keys: KeyLayout::new(&settings.key_prefix),
+            layout: Arc::new(std::sync::Mutex::new(KnownLayout {
+                keys: Arc::new(KeyLayout::new(&settings.key_prefix)),
+                read_at: Instant::now(),
+            })),
             redacted_url: settings.redacted_url(),
-        })
+        };
+        client.read_layout().await?;
+        Ok(client)
+    }
+
+    /// Reads the layout descriptor (`HGETALL {prefix}metacache:layout`) and keeps what it
+    /// says; no descriptor means the original layout, one `devices` index key.
+    async fn read_layout(&self) -> Result<Arc<KeyLayout>> {
+        let prefix = self.keys().prefix().to_owned();
+        let key = KeyLayout::new(&prefix).layout().to_owned();
+        let reply = self.query_at(&key, redis::cmd("HGETALL").arg(&key)).await?;
+        let fields = reply::hash(&key, reply)?;
+        let keys = match LayoutDescriptor::from_fields(&fields)
+            .map_err(|reason| ClientError::corrupt(&key, reason))?
+        {
+            // The descriptor lives under the prefix it names; the shard count is what
+            // a reader cannot know otherwise.
+            Some(descriptor) => KeyLayout::with_index_shards(&prefix, descriptor.index_shards),
+            None => KeyLayout::new(&prefix),
+        };
+        let keys = Arc::new(keys);
+        let mut known = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        *known = KnownLayout {
+            keys: Arc::clone(&keys),
+            read_at: Instant::now(),
+        };
+        Ok(keys)
+    }
+
+    /// The layout for a call that reads the device index: read again from the descriptor
+    /// when the last reading is older than [`LAYOUT_REFRESH`].
+    async fn index_layout(&self) -> Result<Arc<KeyLayout>> {
+        let (keys, fresh) = {
+            let known = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                Arc::clone(&known.keys),
+                known.read_at.elapsed() < LAYOUT_REFRESH,
+            )
+        };
+        if fresh {
+            return Ok(keys);
+        }
+        self.read_layout().await
     }
 
     /// The Redis URL with any password masked, for logs and messages.
@@ -211,8 +268,25 @@ impl CacheClient {
     /// assert_eq!(client.keys().metric_names("billing"), "billing#metric_names");
     /// # Ok(()) }
     /// ```
-    pub fn keys(&self) -> &KeyLayout {
-        &self.keys
+    pub fn keys(&self) -> Arc<KeyLayout> {
+        let known = self.layout.lock().unwrap_or_else(|p| p.into_inner());
+        Arc::clone(&known.keys)
+    }
+
+    /// The device index keys, as the layout descriptor says: `devices` alone, or the
+    /// shards `devices:{0}` … `devices:{N-1}` (`devices.index_shards`).
+    ///
+    /// ```
+    /// # use metacache_client::CacheClient;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// # let redis = metacache_embedded::EmbeddedRedis::start()?;
+    /// let client = CacheClient::connect(&redis.url()).await?;
+    /// assert_eq!(client.index_keys().await?, ["devices"]); // no descriptor: one index key
+    /// # Ok(()) }
+    /// ```
+    pub async fn index_keys(&self) -> Result<Vec<String>> {
+        Ok(self.index_layout().await?.index_keys().to_vec())
     }
 
     /// One command about `key`: an error reply naming a wrong type there becomes
@@ -289,7 +363,7 @@ impl CacheClient {
     /// # Ok(()) }
     /// ```
     pub async fn get_device(&self, id: &str) -> Result<Option<DeviceMetadata>> {
-        let key = self.keys.device(id);
+        let key = self.keys().device(id);
         let value = self.query_at(&key, redis::cmd("GET").arg(&key)).await?;
         match reply::bytes_or_nil(&key, value)? {
             None => Ok(None),
@@ -325,7 +399,8 @@ impl CacheClient {
         if unique.is_empty() {
             return Ok(HashMap::new());
         }
-        let keys: Vec<String> = unique.iter().map(|id| self.keys.device(id)).collect();
+        let layout = self.keys();
+        let keys: Vec<String> = unique.iter().map(|id| layout.device(id)).collect();
         let reply = self
             .query_at(&keys[0], redis::cmd("MGET").arg(&keys))
             .await?;
@@ -419,43 +494,69 @@ impl CacheClient {
         }
     }
 
-    /// Up to `count` index entries from rank `start` at the chosen end.
+    /// Up to `count` index entries from rank `start` at the chosen end, across every
+    /// index shard: each shard's first `start + count` entries, merged in Redis's order
+    /// (score, then id bytes; reversed for newest first). With one shard it is one
+    /// `ZRANGE`; with N the cost grows with `start`, which the read API bounds.
     async fn index_range(
         &self,
         order: Order,
         start: usize,
         count: usize,
     ) -> Result<Vec<DeviceEntry>> {
+        let layout = self.index_layout().await?;
+        let shards = layout.index_keys();
         // Ranks beyond i64 cannot exist in a sorted set; clamp instead of overflowing.
-        let first = i64::try_from(start).unwrap_or(i64::MAX);
-        let last = first.saturating_add(i64::try_from(count).unwrap_or(i64::MAX) - 1);
+        let (first, last) = if shards.len() == 1 {
+            let first = i64::try_from(start).unwrap_or(i64::MAX);
+            (
+                first,
+                first.saturating_add(i64::try_from(count).unwrap_or(i64::MAX) - 1),
+            )
+        } else {
+            let wanted = start.saturating_add(count);
+            (0, i64::try_from(wanted).unwrap_or(i64::MAX) - 1)
+        };
         let command = match order {
             Order::NewestFirst => "ZREVRANGE",
             Order::OldestFirst => "ZRANGE",
         };
-        let key = self.keys.devices();
-        let reply = self
-            .query_at(
-                key,
-                redis::cmd(command)
-                    .arg(key)
-                    .arg(first)
-                    .arg(last)
-                    .arg("WITHSCORES"),
-            )
-            .await?;
-        Ok(reply::scored(key, reply)?
-            .into_iter()
-            .map(|(id, last_updated_ms)| DeviceEntry {
-                id,
-                last_updated_ms,
-            })
-            .collect())
+        let mut pipe = redis::pipe();
+        for key in shards {
+            pipe.cmd(command)
+                .arg(key)
+                .arg(first)
+                .arg(last)
+                .arg("WITHSCORES");
+        }
+        let replies = self.pipeline(&mut pipe).await?;
+        let mut entries = Vec::new();
+        for (key, reply) in shards.iter().zip(replies) {
+            entries.extend(
+                reply::scored(key, reply)?
+                    .into_iter()
+                    .map(|(id, last_updated_ms)| DeviceEntry {
+                        id,
+                        last_updated_ms,
+                    }),
+            );
+        }
+        if shards.len() == 1 {
+            return Ok(entries);
+        }
+        entries.sort_by(|a, b| {
+            let oldest_first = (a.last_updated_ms, &a.id).cmp(&(b.last_updated_ms, &b.id));
+            match order {
+                Order::OldestFirst => oldest_first,
+                Order::NewestFirst => oldest_first.reverse(),
+            }
+        });
+        Ok(entries.into_iter().skip(start).take(count).collect())
     }
 
     /// Counts, the oldest and newest entries, and Redis's memory use, in one round trip
-    /// (`ZCARD`, `ZRANGE … 0 0 WITHSCORES`, `ZREVRANGE … 0 0 WITHSCORES`, `SCARD`,
-    /// `INFO memory`). Only `INFO` may fail without failing the call.
+    /// (per index shard `ZCARD`, `ZRANGE … 0 0 WITHSCORES`, `ZREVRANGE … 0 0 WITHSCORES`;
+    /// then `SCARD`, `INFO memory`). Only `INFO` may fail without failing the call.
     ///
     /// ```
     /// # use metacache_client::CacheClient;
@@ -468,42 +569,54 @@ impl CacheClient {
     /// # Ok(()) }
     /// ```
     pub async fn cache_info(&self) -> Result<CacheInfo> {
-        let devices = self.keys.devices();
-        let namespaces = self.keys.metric_namespaces();
+        let layout = self.index_layout().await?;
+        let shards = layout.index_keys();
+        let namespaces = layout.metric_namespaces();
         let mut pipe = redis::pipe();
-        pipe.cmd("ZCARD").arg(devices);
-        pipe.cmd("ZRANGE")
-            .arg(devices)
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
-        pipe.cmd("ZREVRANGE")
-            .arg(devices)
-            .arg(0)
-            .arg(0)
-            .arg("WITHSCORES");
+        for key in shards {
+            pipe.cmd("ZCARD").arg(key);
+            pipe.cmd("ZRANGE").arg(key).arg(0).arg(0).arg("WITHSCORES");
+            pipe.cmd("ZREVRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(0)
+                .arg("WITHSCORES");
+        }
         pipe.cmd("SCARD").arg(namespaces);
         pipe.cmd("INFO").arg("memory");
         let mut replies = self.pipeline(&mut pipe).await?.into_iter();
         let mut next = || replies.next().unwrap_or(Value::Nil);
-        let total = reply::int(devices, next())?;
-        let oldest = reply::scored(devices, next())?;
-        let newest = reply::scored(devices, next())?;
-        let namespace_count = reply::int(namespaces, next())?;
-        let memory = reply::text("INFO", next())
-            .ok()
-            .and_then(|info| info_field(&info, "used_memory"));
+        let mut total = 0i64;
+        let (mut oldest, mut newest): (Option<DeviceEntry>, Option<DeviceEntry>) = (None, None);
         let entry = |mut v: Vec<(String, i64)>| {
             v.pop().map(|(id, last_updated_ms)| DeviceEntry {
                 id,
                 last_updated_ms,
             })
         };
+        let rank = |e: &DeviceEntry| (e.last_updated_ms, e.id.clone());
+        for key in shards {
+            total = total.saturating_add(reply::int(key, next())?);
+            if let Some(e) = entry(reply::scored(key, next())?) {
+                if oldest.as_ref().is_none_or(|o| rank(&e) < rank(o)) {
+                    oldest = Some(e);
+                }
+            }
+            if let Some(e) = entry(reply::scored(key, next())?) {
+                if newest.as_ref().is_none_or(|n| rank(&e) > rank(n)) {
+                    newest = Some(e);
+                }
+            }
+        }
+        let namespace_count = reply::int(namespaces, next())?;
+        let memory = reply::text("INFO", next())
+            .ok()
+            .and_then(|info| info_field(&info, "used_memory"));
         Ok(CacheInfo {
             total_devices: u64::try_from(total).unwrap_or(0),
             memory_usage_bytes: memory,
-            oldest_entry: entry(oldest),
-            newest_entry: entry(newest),
+            oldest_entry: oldest,
+            newest_entry: newest,
             metric_namespaces: u64::try_from(namespace_count).unwrap_or(0),
         })
     }
@@ -679,7 +792,8 @@ impl CacheClient {
     /// Whether `namespace` is listed in `metric_namespaces` (an empty one means `default`):
     /// tells a namespace emptied by `replace []` from one never written or deleted.
     pub async fn has_namespace(&self, namespace: &str) -> Result<bool> {
-        let key = self.keys.metric_namespaces();
+        let layout = self.keys();
+        let key = layout.metric_namespaces();
         let reply = self
             .query_at(
                 key,
@@ -706,7 +820,8 @@ impl CacheClient {
     /// # Ok(()) }
     /// ```
     pub async fn namespaces(&self) -> Result<BTreeSet<String>> {
-        let key = self.keys.metric_namespaces();
+        let layout = self.keys();
+        let key = layout.metric_namespaces();
         let reply = self.query_at(key, redis::cmd("SMEMBERS").arg(key)).await?;
         Ok(reply::members(key, reply)?.into_iter().collect())
     }
@@ -718,7 +833,7 @@ impl CacheClient {
     fn catalog_key(&self, namespace: &str) -> Result<String> {
         let namespace = namespace_or_default(namespace);
         match metacache_contract::keys::reserved_namespace(namespace) {
-            None => Ok(self.keys.metric_names(namespace)),
+            None => Ok(self.keys().metric_names(namespace)),
             Some(space) => Err(ClientError::InvalidArgument(format!(
                 "namespace {namespace:?} starts with the reserved {space:?}; metacache never writes such a namespace"
             ))),

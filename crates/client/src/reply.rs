@@ -191,3 +191,31 @@ mod tests {
         ));
     }
 }
+
+/// A hash (`HGETALL`): a flat array of fields and values in RESP2, a map in RESP3.
+pub(crate) fn hash(
+    key: &str,
+    value: Value,
+) -> Result<std::collections::HashMap<String, String>, ClientError> {
+    let pairs: Vec<(Value, Value)> = match ok(key, value)? {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            if flat.len() % 2 != 0 {
+                return Err(ClientError::corrupt(key, "a hash reply with an odd length"));
+            }
+            let mut flat = flat.into_iter();
+            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+        }
+        Value::Nil => Vec::new(),
+        other => {
+            return Err(ClientError::corrupt(
+                key,
+                format!("expected a hash, got {other:?}"),
+            ))
+        }
+    };
+    pairs
+        .into_iter()
+        .map(|(field, value)| Ok((member(key, field)?, member(key, value)?)))
+        .collect()
+}

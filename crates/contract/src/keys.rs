@@ -4,10 +4,12 @@
 //! | key | type |
 //! | --- | --- |
 //! | `{prefix}device:{device_id}` | string: the normalized device JSON |
-//! | `{prefix}devices` | sorted set: device id scored by `last_updated` (epoch ms) |
+//! | `{prefix}devices` | sorted set: device id scored by `last_updated` (epoch ms), with one index shard |
+//! | `{prefix}devices:{k}` | the same, shard `k` of `devices.index_shards` (see [`index_shard`]) |
 //! | `{prefix}{namespace}#metric_names` | set of metric names |
 //! | `{prefix}metric_namespaces` | set of namespaces |
 //! | `{prefix}metacache:writers` | hash: one field per running writer (its liveness marker) |
+//! | `{prefix}metacache:layout` | hash: the layout descriptor (see [`crate::layout`]) |
 //!
 //! Every command metacache sends touches exactly one of these keys, so the layout works on
 //! Redis Cluster without hash tags.
@@ -30,13 +32,34 @@ pub fn reserved_namespace(namespace: &str) -> Option<&'static str> {
         .find(|p| namespace.starts_with(p))
 }
 
+/// The most index shards a layout may have: far more than there are Redis Cluster
+/// primaries in practice, and few enough that a reader asking every shard stays cheap.
+pub const MAX_INDEX_SHARDS: u32 = 1024;
+
+/// The index shard that holds `device_id` among `shards`: CRC-16/XMODEM (the checksum
+/// Redis Cluster hashes keys with; Python's `binascii.crc_hqx(data, 0)`) of the id's
+/// UTF-8 bytes, modulo `shards`. Every reader in every language computes the same, so the
+/// function is part of the contract: README "Index shards" has test vectors.
+///
+/// ```
+/// use metacache_contract::keys::index_shard;
+/// assert_eq!(index_shard("dev-42", 1), 0);
+/// assert_eq!(index_shard("123456789", 65536), 0x31C3); // the CRC's check value
+/// ```
+pub fn index_shard(device_id: &str, shards: u32) -> u32 {
+    let crc = crc16::State::<crc16::XMODEM>::calculate(device_id.as_bytes());
+    u32::from(crc) % shards.max(1)
+}
+
 /// Builds the keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
     prefix: String,
-    devices: String,
+    /// The device index: `devices` alone with one shard, else `devices:{0}` … `devices:{N-1}`.
+    index: Vec<String>,
     metric_namespaces: String,
     writers: String,
+    layout: String,
 }
 
 /// `text` as a literal inside a Redis glob pattern (`SCAN MATCH`, ACL key patterns):
@@ -53,12 +76,30 @@ pub fn glob_escape(text: &str) -> String {
 }
 
 impl KeyLayout {
+    /// The layout under `prefix` with one index key, `devices`.
     pub fn new(prefix: &str) -> Self {
+        KeyLayout::with_index_shards(prefix, 1)
+    }
+
+    /// The layout under `prefix` with the device index split over `shards` sorted sets
+    /// (clamped to 1..=[`MAX_INDEX_SHARDS`]). One shard keeps the single `devices` key;
+    /// more are `devices:{0}` … `devices:{N-1}`, whose braces are Redis Cluster hash tags,
+    /// so the shards spread over the cluster's nodes instead of piling on one.
+    pub fn with_index_shards(prefix: &str, shards: u32) -> Self {
+        let shards = shards.clamp(1, MAX_INDEX_SHARDS);
+        let index = if shards == 1 {
+            vec![format!("{prefix}devices")]
+        } else {
+            (0..shards)
+                .map(|k| format!("{prefix}devices:{{{k}}}"))
+                .collect()
+        };
         KeyLayout {
             prefix: prefix.to_owned(),
-            devices: format!("{prefix}devices"),
+            index,
             metric_namespaces: format!("{prefix}metric_namespaces"),
             writers: format!("{prefix}metacache:writers"),
+            layout: format!("{prefix}metacache:layout"),
         }
     }
 
@@ -87,9 +128,24 @@ impl KeyLayout {
         out.write_all(device_id.as_bytes())
     }
 
-    /// `devices`: every cached device id, scored by `last_updated` in epoch ms.
-    pub fn devices(&self) -> &str {
-        &self.devices
+    /// How many sorted sets the device index is split over.
+    pub fn index_shards(&self) -> u32 {
+        self.index.len() as u32
+    }
+
+    /// Every index key: together they hold every cached device id, each in exactly one,
+    /// scored by `last_updated` in epoch ms.
+    pub fn index_keys(&self) -> &[String] {
+        &self.index
+    }
+
+    /// The index key that holds `device_id` ([`index_shard`]).
+    pub fn index_key(&self, device_id: &str) -> &str {
+        if self.index.len() == 1 {
+            return &self.index[0];
+        }
+        let k = index_shard(device_id, self.index_shards()) as usize;
+        &self.index[k]
     }
 
     /// `{namespace}#metric_names`: the valid metric names of one namespace.
@@ -113,6 +169,12 @@ impl KeyLayout {
     pub fn writers(&self) -> &str {
         &self.writers
     }
+
+    /// `metacache:layout`: the layout descriptor the daemon writes at start, which every
+    /// reader reads instead of assuming (see [`crate::layout`]).
+    pub fn layout(&self) -> &str {
+        &self.layout
+    }
 }
 
 #[cfg(test)]
@@ -126,7 +188,9 @@ mod tests {
         let mut written = Vec::new();
         keys.write_device_key("dev-42", &mut written).unwrap();
         assert_eq!(written, b"device:dev-42");
-        assert_eq!(keys.devices(), "devices");
+        assert_eq!(keys.index_keys(), ["devices"]);
+        assert_eq!(keys.index_key("dev-42"), "devices");
+        assert_eq!(keys.layout(), "metacache:layout");
         assert_eq!(keys.metric_names("billing"), "billing#metric_names");
         assert_eq!(keys.metric_namespaces(), "metric_namespaces");
     }
@@ -151,8 +215,38 @@ mod tests {
     fn prefix_goes_in_front_of_every_key() {
         let keys = KeyLayout::new("mc:");
         assert_eq!(keys.device("a b"), "mc:device:a b");
-        assert_eq!(keys.devices(), "mc:devices");
+        assert_eq!(keys.index_keys(), ["mc:devices"]);
+        assert_eq!(keys.layout(), "mc:metacache:layout");
         assert_eq!(keys.metric_names("ns#1:x"), "mc:ns#1:x#metric_names");
         assert_eq!(keys.metric_namespaces(), "mc:metric_namespaces");
+    }
+
+    #[test]
+    fn sharded_index_keys_carry_hash_tags_and_every_device_lands_in_its_shard() {
+        let keys = KeyLayout::with_index_shards("mc:", 16);
+        assert_eq!(keys.index_shards(), 16);
+        assert_eq!(keys.index_keys()[0], "mc:devices:{0}");
+        assert_eq!(keys.index_keys()[15], "mc:devices:{15}");
+        // The README's test vectors.
+        for (id, shards, shard) in [
+            ("dev-42", 16, 9),
+            ("dev-43", 16, 8),
+            ("sensor/7", 16, 3),
+            ("", 16, 0),
+            ("dev-42", 3, 2),
+            ("température", 16, 0),
+        ] {
+            assert_eq!(index_shard(id, shards), shard, "{id} of {shards}");
+        }
+        assert_eq!(keys.index_key("dev-42"), "mc:devices:{9}");
+        // Out-of-range counts are clamped, never a panic or an empty index.
+        assert_eq!(
+            KeyLayout::with_index_shards("", 0).index_keys(),
+            ["devices"]
+        );
+        assert_eq!(
+            KeyLayout::with_index_shards("", u32::MAX).index_shards(),
+            MAX_INDEX_SHARDS
+        );
     }
 }

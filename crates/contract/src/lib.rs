@@ -8,7 +8,9 @@
 //! its events against the same rules (`metacache produce` does).
 
 pub mod keys;
+pub mod layout;
 pub mod model;
 pub mod scripts;
 
 pub use keys::KeyLayout;
+pub use layout::LayoutDescriptor;

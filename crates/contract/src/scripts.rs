@@ -44,3 +44,15 @@ if ttl > 0 and n >= 2 then
 end
 return n - 1
 "#;
+
+/// Writes the layout descriptor if there is none, atomically, and returns what was there
+/// (an empty list when it wrote it), so that two daemons starting at once with different
+/// layouts cannot both believe theirs is stored. `KEYS[1]` = `metacache:layout`,
+/// `ARGV` = its fields and values, alternating.
+pub const CLAIM_LAYOUT_LUA: &str = r#"
+local stored = redis.call('HGETALL', KEYS[1])
+if #stored == 0 then
+  redis.call('HSET', KEYS[1], unpack(ARGV))
+end
+return stored
+"#;

@@ -55,7 +55,7 @@ fn apply(conn: &mut redis::Connection, keys: &KeyLayout, event: &Event) -> redis
             if !newer_stored {
                 let () = conn.set(&key, device.normalized_json())?;
                 redis::cmd("ZADD")
-                    .arg(keys.devices())
+                    .arg(keys.index_key(device.device_id()))
                     .arg("GT")
                     .arg(device.last_updated_ms())
                     .arg(device.device_id())
@@ -64,7 +64,7 @@ fn apply(conn: &mut redis::Connection, keys: &KeyLayout, event: &Event) -> redis
         }
         Event::DeviceDelete { device_id } => {
             let () = conn.del(keys.device(device_id))?;
-            let () = conn.zrem(keys.devices(), device_id)?;
+            let () = conn.zrem(keys.index_key(device_id), device_id)?;
         }
         Event::Metric(op) => {
             let set = keys.metric_names(op.namespace());

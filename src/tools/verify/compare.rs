@@ -191,7 +191,7 @@ pub fn compare(expected: &Expected, observed: &Observed, keys: &KeyLayout) -> Co
         if want.is_some() || score.is_some() {
             c.record(
                 Kind::Index,
-                format!("{} {id}", keys.devices()),
+                format!("{} {id}", keys.index_key(id)),
                 want.map(|d| d.last_updated_ms.to_string()),
                 score.map(|s| format!("{s}")),
             );

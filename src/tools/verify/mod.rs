@@ -50,6 +50,8 @@ pub enum VerifyError {
     NoTopic(String),
     #[error("Kafka delivered nothing for {0:?} with {1} records still to read")]
     Stalled(Duration, i64),
+    #[error("layout: {0}")]
+    Layout(String),
 }
 
 /// A partition whose committed offset is short of its end.
@@ -279,26 +281,33 @@ pub async fn read_redis<C: ConnectionLike + Send>(
         }
     }
 
-    let mut cursor = 0u64;
-    loop {
-        let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
-            .arg(keys.devices())
-            .arg(cursor)
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(conn)
-            .await?;
-        for pair in flat.chunks(2) {
-            if let [member, score] = pair {
-                let score = String::from_utf8_lossy(score).parse().unwrap_or(f64::NAN);
-                observed
-                    .index
-                    .insert(String::from_utf8_lossy(member).into_owned(), score);
+    for index in keys.index_keys() {
+        let mut cursor = 0u64;
+        loop {
+            let (next, flat): (u64, Vec<Vec<u8>>) = redis::cmd("ZSCAN")
+                .arg(index)
+                .arg(cursor)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(conn)
+                .await?;
+            for pair in flat.chunks(2) {
+                if let [member, score] = pair {
+                    let id = String::from_utf8_lossy(member).into_owned();
+                    // A member in another shard than its id hashes to is invisible to
+                    // readers that look it up there: reported as a wrong score.
+                    let score = if keys.index_key(&id) == index.as_str() {
+                        String::from_utf8_lossy(score).parse().unwrap_or(f64::NAN)
+                    } else {
+                        f64::NAN
+                    };
+                    observed.index.insert(id, score);
+                }
             }
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
     }
 
@@ -331,7 +340,8 @@ pub async fn read_redis<C: ConnectionLike + Send>(
     Ok(observed)
 }
 
-async fn scan<C: ConnectionLike + Send>(
+/// Every key matching `pattern`, each once (`SCAN` may return a key twice).
+pub(crate) async fn scan<C: ConnectionLike + Send>(
     conn: &mut C,
     pattern: &str,
 ) -> Result<Vec<Vec<u8>>, RedisError> {
@@ -395,8 +405,11 @@ pub async fn run(
         let _ = out.flush();
     }
     let compared = Instant::now();
-    let keys = KeyLayout::new(&settings.redis.key_prefix);
     let mut conn = metacache_client::connect::open(&settings.redis).await?;
+    // The layout Redis says it has, not the one these settings would write.
+    let keys = crate::pipeline::sink::redis::layout::stored(&mut conn, &settings.redis.key_prefix)
+        .await?
+        .map_err(VerifyError::Layout)?;
     let observed = read_redis(&mut conn, &keys).await?;
     let comparison = compare::compare(&expected, &observed, &keys);
     if let Some(out) = progress_out.as_mut() {

@@ -5,6 +5,7 @@ pub mod batcher;
 pub mod connect;
 pub mod go_back;
 pub mod inflight;
+pub mod layout;
 /// The key layout, from the contract crate (`metacache-contract`).
 pub use metacache_contract::keys;
 pub mod plan;

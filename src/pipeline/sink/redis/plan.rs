@@ -159,7 +159,7 @@ impl Planner {
                     versions.forget(device_id);
                     let first = b.commands;
                     b.push(cmd2("DEL", DeviceKey(&self.keys, device_id)));
-                    b.push(cmd3("ZREM", self.keys.devices(), device_id));
+                    b.push(cmd3("ZREM", self.keys.index_key(device_id), device_id));
                     b.own(first, Expect::Write)
                 }
                 Some(Event::Metric(op)) => self.metric(&mut b, op),
@@ -240,14 +240,40 @@ impl Planner {
         if b.index.pairs.is_empty() {
             return;
         }
-        let mut cmd = Cmd::with_capacity(3 + 2 * b.index.pairs.len(), 32 * b.index.pairs.len());
-        cmd.arg("ZADD").arg(self.keys.devices()).arg("GT");
-        for (score, id) in b.index.pairs.drain(..) {
-            cmd.arg(score).arg(id);
+        if self.keys.index_shards() == 1 {
+            let key = &self.keys.index_keys()[0];
+            let mut cmd = Cmd::with_capacity(3 + 2 * b.index.pairs.len(), 32 * b.index.pairs.len());
+            cmd.arg("ZADD").arg(key).arg("GT");
+            for (score, id) in b.index.pairs.drain(..) {
+                cmd.arg(score).arg(id);
+            }
+            let at = b.push(cmd);
+            for e in b.index.events.drain(..) {
+                b.planned[e].shared = Some(at);
+            }
+            return;
         }
-        let at = b.push(cmd);
-        for e in b.index.events.drain(..) {
-            b.planned[e].shared = Some(at);
+        // A sharded index: one `ZADD GT` per shard the run touched, in the order the run
+        // first touched them (each command still touches one key, so the pipeline splits
+        // by node on a cluster).
+        let mut groups: Vec<(&str, Cmd, Vec<usize>)> = Vec::new();
+        let mut group_of: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+        for ((score, id), e) in b.index.pairs.drain(..).zip(b.index.events.drain(..)) {
+            let key = self.keys.index_key(id);
+            let g = *group_of.entry(key).or_insert_with(|| {
+                let mut cmd = redis::cmd("ZADD");
+                cmd.arg(key).arg("GT");
+                groups.push((key, cmd, Vec::new()));
+                groups.len() - 1
+            });
+            groups[g].1.arg(score).arg(id);
+            groups[g].2.push(e);
+        }
+        for (_, cmd, events) in groups {
+            let at = b.push(cmd);
+            for e in events {
+                b.planned[e].shared = Some(at);
+            }
         }
     }
 
@@ -489,6 +515,45 @@ mod tests {
             assert_eq!(e.shared, Some(2));
             assert!(matches!(e.expect, Expect::Guarded { .. }));
         }
+    }
+
+    #[test]
+    fn a_sharded_index_gets_one_zadd_per_shard_and_tombstones_remove_from_their_shard() {
+        let p = Planner::new(KeyLayout::with_index_shards("", 16), Ttls::default());
+        let mut versions = KnownVersions::new(1000, 0);
+        // dev-42 and dev-43 hash to shards 9 and 8 (the README's vectors), sensor/7 to 3.
+        let (a, b, c) = (
+            device("dev-42", MS),
+            device("dev-43", MS + 1),
+            device("sensor/7", MS + 2),
+        );
+        let events = [
+            Event::DeviceUpsert(a.clone()),
+            Event::DeviceUpsert(b.clone()),
+            Event::DeviceUpsert(device("dev-42", MS + 3)),
+            Event::DeviceDelete {
+                device_id: "sensor/7".into(),
+            },
+            Event::DeviceUpsert(c.clone()),
+        ];
+        let (cmds, planned, _) = plan(&p, &mut versions, &events, None);
+        let index: Vec<&String> = cmds.iter().filter(|c| !c.starts_with("EVALSHA")).collect();
+        assert_eq!(
+            index,
+            [
+                &format!("ZADD devices:{{9}} GT {MS} dev-42 {} dev-42", MS + 3),
+                &format!("ZADD devices:{{8}} GT {} dev-43", MS + 1),
+                &"DEL device:sensor/7".to_owned(),
+                &"ZREM devices:{3} sensor/7".to_owned(),
+                &format!("ZADD devices:{{3}} GT {} sensor/7", MS + 2),
+            ]
+        );
+        // Each upsert depends on its own shard's ZADD.
+        let at = |needle: &str| cmds.iter().position(|c| c.starts_with(needle));
+        assert_eq!(planned[0].shared, at("ZADD devices:{9}"));
+        assert_eq!(planned[1].shared, at("ZADD devices:{8}"));
+        assert_eq!(planned[2].shared, at("ZADD devices:{9}"));
+        assert_eq!(planned[4].shared, at("ZADD devices:{3}"));
     }
 
     #[test]

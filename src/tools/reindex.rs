@@ -1,0 +1,171 @@
+//! `metacache reindex`: rebuilds the device index from the device keys, for changing
+//! `devices.index_shards` or repairing an index after a crash or a manual edit.
+//!
+//! Every device key is read (`SCAN` + `MGET`), its `last_updated` becomes its score, and
+//! each new index shard is built under a key of its own beside the live one and then
+//! `RENAME`d over it, so a reader never sees a shard half built. Index keys of the old
+//! layout that the new one does not use are deleted, and the layout descriptor is
+//! rewritten last. Writers must be stopped: a running daemon keeps writing the layout it
+//! started with, and the next start of one with the old `devices.index_shards` is refused
+//! by the descriptor.
+
+use std::collections::BTreeMap;
+
+use redis::aio::ConnectionLike;
+
+use super::verify::scan;
+use crate::config::Settings;
+use crate::keys::{glob_escape, KeyLayout};
+use crate::model::DeviceMetadata;
+use metacache_contract::LayoutDescriptor;
+
+/// Device keys read per `MGET`, and index members written per `ZADD`.
+const BATCH: usize = 1000;
+
+/// What a reindex did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reindexed {
+    /// The shard count before (from the descriptor; 1 when there was none).
+    pub shards_before: u32,
+    pub shards_after: u32,
+    /// Devices indexed.
+    pub devices: u64,
+    /// Device keys whose value is not a device's JSON: left out of the index (and named
+    /// in the log), as readers would report them corrupt anyway.
+    pub skipped: Vec<String>,
+    /// Index keys deleted because the new layout does not use them.
+    pub removed_keys: Vec<String>,
+}
+
+impl std::fmt::Display for Reindexed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "reindexed {} devices into {} index shard(s) (was {}); removed {} old index key(s)",
+            self.devices,
+            self.shards_after,
+            self.shards_before,
+            self.removed_keys.len()
+        )?;
+        if !self.skipped.is_empty() {
+            write!(
+                f,
+                "; skipped {} key(s) that hold no device, e.g. {:?}",
+                self.skipped.len(),
+                &self.skipped[..self.skipped.len().min(5)]
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Rebuilds the index of the cache under `settings.redis.key_prefix` with `shards` shards.
+pub async fn run(settings: &Settings, shards: u32) -> Result<Reindexed, String> {
+    let mut conn = metacache_client::connect::open(&settings.redis)
+        .await
+        .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    reindex(&mut conn, &settings.redis.key_prefix, shards)
+        .await
+        .map_err(|e| format!("Redis failed: {e}"))
+}
+
+/// [`run`] on a connection.
+pub async fn reindex<C: ConnectionLike + Send>(
+    conn: &mut C,
+    prefix: &str,
+    shards: u32,
+) -> redis::RedisResult<Reindexed> {
+    let target = KeyLayout::with_index_shards(prefix, shards);
+    let stored: BTreeMap<String, String> = redis::cmd("HGETALL")
+        .arg(target.layout())
+        .query_async(conn)
+        .await?;
+    let shards_before = stored
+        .get("index_shards")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+
+    // Every device: (shard, id, score).
+    let escaped = glob_escape(prefix);
+    let device_prefix = target.device("");
+    let mut members: Vec<Vec<(i64, String)>> = vec![Vec::new(); target.index_keys().len()];
+    let mut skipped = Vec::new();
+    let mut devices = 0u64;
+    let device_keys = scan(conn, &format!("{escaped}device:*")).await?;
+    for batch in device_keys.chunks(BATCH) {
+        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(batch).query_async(conn).await?;
+        for (key, value) in batch.iter().zip(values) {
+            let Some(value) = value else { continue };
+            let key_text = String::from_utf8_lossy(key).into_owned();
+            let Some(id) = key_text.strip_prefix(&device_prefix) else {
+                continue;
+            };
+            match std::str::from_utf8(&value)
+                .ok()
+                .and_then(|json| DeviceMetadata::from_normalized_json(json).ok())
+            {
+                Some(device) if device.device_id == id => {
+                    let shard = crate::keys::index_shard(id, target.index_shards()) as usize;
+                    members[shard].push((device.last_updated_ms, id.to_owned()));
+                    devices += 1;
+                }
+                _ => {
+                    tracing::warn!(key = %key_text, "not a device's JSON: left out of the index");
+                    skipped.push(key_text);
+                }
+            }
+        }
+    }
+
+    // Each shard built beside the live key, then swapped in.
+    for (key, shard) in target.index_keys().iter().zip(&members) {
+        let building = format!("{key}:reindex");
+        redis::cmd("DEL")
+            .arg(&building)
+            .query_async::<()>(conn)
+            .await?;
+        for chunk in shard.chunks(BATCH) {
+            let mut zadd = redis::cmd("ZADD");
+            zadd.arg(&building);
+            for (score, id) in chunk {
+                zadd.arg(*score).arg(id);
+            }
+            zadd.query_async::<()>(conn).await?;
+        }
+        if shard.is_empty() {
+            redis::cmd("DEL").arg(key).query_async::<()>(conn).await?;
+        } else {
+            redis::cmd("RENAME")
+                .arg(&building)
+                .arg(key)
+                .query_async::<()>(conn)
+                .await?;
+        }
+    }
+
+    // Index keys of any other layout under this prefix.
+    let mut existing = scan(conn, &format!("{escaped}devices")).await?;
+    existing.extend(scan(conn, &format!("{escaped}devices:{{*}}")).await?);
+    let mut removed_keys = Vec::new();
+    for key in existing {
+        let key = String::from_utf8_lossy(&key).into_owned();
+        if !target.index_keys().contains(&key) {
+            redis::cmd("DEL").arg(&key).query_async::<()>(conn).await?;
+            removed_keys.push(key);
+        }
+    }
+
+    let mut hset = redis::cmd("HSET");
+    hset.arg(target.layout());
+    for (field, value) in LayoutDescriptor::of(&target).fields() {
+        hset.arg(field).arg(value);
+    }
+    hset.query_async::<()>(conn).await?;
+    Ok(Reindexed {
+        shards_before,
+        shards_after: target.index_shards(),
+        devices,
+        skipped,
+        removed_keys,
+    })
+}
