@@ -182,6 +182,10 @@ pub struct BenchArgs {
     /// Use this Redis instead of starting a redis-server child (it is FLUSHALLed!).
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Turn the daemon's HTTP read API on and read it at this many requests per second
+    /// during the drain and latency runs (0: on but unread), to price it.
+    #[arg(long)]
+    pub api_load: Option<u64>,
     /// Start a replica of the bench's Redis, to price `--set redis.wait_replicas=1`.
     #[arg(long)]
     pub replica: bool,
@@ -325,6 +329,9 @@ pub struct DemoArgs {
     /// Address for /healthz, /readyz, /stats and /metrics (port 0: a free one).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub http_listen: String,
+    /// Split the device index over this many shards (`devices.index_shards`; 1..=1024).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub index_shards: u32,
 }
 
 /// `--set section.name=value` for `metacache bench`.

@@ -23,6 +23,7 @@ pub fn bench(log_format: Option<LogFormat>, args: BenchArgs) -> ExitCode {
             json: args.json,
             redis_url: args.redis_url,
             replica: args.replica,
+            api_load: args.api_load,
             ..metacache::tools::bench::BenchOptions::smoke()
         }
     } else {
@@ -42,6 +43,7 @@ pub fn bench(log_format: Option<LogFormat>, args: BenchArgs) -> ExitCode {
             json: args.json,
             redis_url: args.redis_url,
             replica: args.replica,
+            api_load: args.api_load,
         }
     };
     match metacache::tools::bench::run(options) {
@@ -85,6 +87,7 @@ pub fn demo(log_format: Option<LogFormat>, args: DemoArgs) -> ExitCode {
         once: args.once,
         events: args.events,
         http_listen: args.http_listen,
+        index_shards: args.index_shards,
     };
     runtime(|shutdown| async move {
         match metacache::tools::demo::run(options, shutdown).await {

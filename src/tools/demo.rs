@@ -35,6 +35,8 @@ pub struct DemoOptions {
     pub events: Option<std::path::PathBuf>,
     /// Address of the health/stats/metrics server (port 0 picks a free one).
     pub http_listen: String,
+    /// `devices.index_shards` of the demo's daemon.
+    pub index_shards: u32,
 }
 
 pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String> {
@@ -73,6 +75,7 @@ pub async fn run(options: DemoOptions, shutdown: Shutdown) -> Result<(), String>
     settings.redis.url = redis_url;
     settings.shutdown.timeout_secs = 10;
     settings.http.listen = options.http_listen.clone();
+    settings.devices.index_shards = options.index_shards;
 
     println!("metacache demo");
     println!(

@@ -8,6 +8,7 @@
 //! `fetch.wait.max.ms`, so every consumer here sets it to 10 ms (a real broker answers as
 //! soon as data arrives).
 
+pub mod api_load;
 pub mod codec;
 pub mod probes;
 pub mod workload;
@@ -66,6 +67,9 @@ pub struct BenchOptions {
     pub redis_url: Option<String>,
     /// Start a replica of the bench's Redis (to price `redis.wait_replicas`).
     pub replica: bool,
+    /// Turn the daemons' HTTP read API on and read it at this many requests per second
+    /// during the drain and latency runs (0: on, unread), to price it.
+    pub api_load: Option<u64>,
 }
 
 /// The measurements a run can make; the backlog is always produced first. (Plain comments
@@ -123,6 +127,7 @@ impl BenchOptions {
             json: None,
             redis_url: None,
             replica: false,
+            api_load: None,
         }
     }
 }
@@ -206,6 +211,9 @@ pub struct BenchReport {
     pub plain: Option<DaemonFigures>,
     pub steady: Option<DaemonFigures>,
     pub latency: Option<Latency>,
+    /// The read API's readers during the drain and the latency run (`--api-load`).
+    pub api_during_drain: Option<api_load::ApiFigures>,
+    pub api_during_latency: Option<api_load::ApiFigures>,
     pub ratio_to_consume_ceiling: Option<f64>,
     pub ratio_to_naive: Option<f64>,
     /// Throughput lost to the stale guard and the index: 1 - full ÷ plain.
@@ -646,6 +654,7 @@ impl Daemon {
                 opts.max_in_flight.to_string(),
             )
             .env("METACACHE__HTTP__LISTEN", http.to_string())
+            .envs(api_token_file(opts)?.map(|f| ("METACACHE__API__TOKEN_FILE", f)))
             .env("METACACHE__LOG__FILTER", "warn")
             .envs(
                 opts.settings
@@ -703,6 +712,16 @@ impl Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// With `--api-load`, a file holding the bench's API token, for the daemons.
+fn api_token_file(opts: &BenchOptions) -> Result<Option<String>, String> {
+    if opts.api_load.is_none() {
+        return Ok(None);
+    }
+    let path = std::env::temp_dir().join(format!("metacache-bench-token-{}", std::process::id()));
+    std::fs::write(&path, api_load::TOKEN).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(path.display().to_string()))
 }
 
 /// Redis's CPU seconds so far (main thread and background threads).
@@ -812,7 +831,7 @@ fn drain(
     n: u64,
     opts: &BenchOptions,
     plain_devices: bool,
-) -> Result<DaemonFigures, String> {
+) -> Result<(DaemonFigures, Option<api_load::ApiFigures>), String> {
     flushall(url)?;
     let group = if plain_devices {
         "bench-drain-plain"
@@ -834,6 +853,10 @@ fn drain(
         probes::consumed(s) > 0
     })?;
     reset_redis_stats(url)?;
+    let readers = opts
+        .api_load
+        .filter(|_| !plain_devices)
+        .map(|rate| api_load::ApiLoad::start(d.http, rate, opts.devices));
     let started = Instant::now();
     let meter = CpuMeter::start(pid, url, broker);
     d.wait(Duration::from_secs(600), "the backlog to drain", |s| {
@@ -841,8 +864,9 @@ fn drain(
     })?;
     let secs = started.elapsed().as_secs_f64();
     let f = meter.finish(n, secs, url, broker);
+    let api = readers.map(api_load::ApiLoad::finish);
     d.stop();
-    Ok(f)
+    Ok((f, api))
 }
 
 /// A fresh stream produced while the daemon consumes it.
@@ -878,7 +902,11 @@ fn steady(
 }
 
 /// The latency phase, on a daemon of its own that waits at most 1 ms on an empty fetch.
-fn latency_run(broker: &Broker, url: &str, opts: &BenchOptions) -> Result<Latency, String> {
+fn latency_run(
+    broker: &Broker,
+    url: &str,
+    opts: &BenchOptions,
+) -> Result<(Latency, Option<api_load::ApiFigures>), String> {
     flushall(url)?;
     let d = Daemon::start(
         &broker.bootstrap,
@@ -889,14 +917,18 @@ fn latency_run(broker: &Broker, url: &str, opts: &BenchOptions) -> Result<Latenc
         false,
         LATENCY_FETCH_WAIT_MS,
     )?;
+    let readers = opts
+        .api_load
+        .map(|rate| api_load::ApiLoad::start(d.http, rate, opts.devices));
     let cpu = probes::cpu_seconds(d.child.id()).unwrap_or(0.0);
     let measured = latency(&broker.bootstrap, url, opts);
     let cpu = probes::cpu_seconds(d.child.id()).unwrap_or(0.0) - cpu;
+    let api = readers.map(api_load::ApiLoad::finish);
     d.stop();
     let mut measured = measured?;
     let events = (opts.latency_rate * (opts.latency_secs + 1)).max(1);
     measured.cpu_us_per_event = cpu * 1e6 / events as f64;
-    Ok(measured)
+    Ok((measured, api))
 }
 
 /// Keys the latency poller checks per round (every millisecond), oldest first.
@@ -1089,10 +1121,11 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
             ),
         ));
     }
-    let mut drained = None;
+    let (mut drained, mut api_during_drain, mut api_during_latency) = (None, None, None);
     if wants(Stage::Drain) {
         eprintln!("  metacache, draining the backlog …");
-        let f = drain(&broker, &url, n, &opts, false)?;
+        let (f, api) = drain(&broker, &url, n, &opts, false)?;
+        api_during_drain = api;
         rows.push(row(
             "metacache, backlog drain",
             n,
@@ -1104,7 +1137,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let mut plain = None;
     if wants(Stage::Plain) {
         eprintln!("  metacache without stale guard and index, draining …");
-        let f = drain(&broker, &url, n, &opts, true)?;
+        let (f, _) = drain(&broker, &url, n, &opts, true)?;
         rows.push(row(
             "metacache, plain SETs (no stale guard, no index)",
             n,
@@ -1129,7 +1162,9 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
     let mut latency = None;
     if wants(Stage::Latency) {
         eprintln!("  metacache, publish-to-visible latency …");
-        latency = Some(latency_run(&broker, &url, &opts)?);
+        let (measured, api) = latency_run(&broker, &url, &opts)?;
+        latency = Some(measured);
+        api_during_latency = api;
     }
 
     let drain_rate = drained.as_ref().map(|d| d.events_per_sec);
@@ -1147,6 +1182,8 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         plain,
         steady: steady_figures,
         latency,
+        api_during_drain,
+        api_during_latency,
     };
     print_report(&report);
     if let Some(path) = &opts.json {
@@ -1207,6 +1244,21 @@ fn print_report(r: &BenchReport) {
             "publish-to-visible latency at {} events/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples); daemon CPU {:.1} µs/event",
             l.rate, l.p50_ms, l.p99_ms, l.max_ms, l.samples, l.cpu_us_per_event
         );
+    }
+    for (during, api) in [
+        ("the drain", &r.api_during_drain),
+        ("the latency run", &r.api_during_latency),
+    ] {
+        if let Some(a) = api {
+            println!(
+                "read API during {during}: {} requests/s asked, {} answered, {} errors, p50 {:.1} ms, p99 {:.1} ms",
+                a.rate,
+                a.requests - a.errors,
+                a.errors,
+                a.p50_ms,
+                a.p99_ms
+            );
+        }
     }
     let mut ratios = Vec::new();
     if let Some(x) = r.ratio_to_consume_ceiling {
