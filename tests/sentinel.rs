@@ -24,6 +24,8 @@ use support::*;
 
 struct Outcome {
     events: usize,
+    /// The sentinels' event lines, kept for the failure message (the set is gone by then).
+    sentinel_events: String,
     wrong: Vec<String>,
     acknowledged_while_replica_behind: u64,
     /// Devices whose final value was sent after the failover.
@@ -175,6 +177,7 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
     }
     Outcome {
         events: n,
+        sentinel_events: set.events(),
         wrong: comparison.wrong,
         acknowledged_while_replica_behind,
         written_after_failover: decided_after(&records, after_failover),
@@ -194,9 +197,10 @@ async fn with_a_replica_acknowledging_a_failover_loses_nothing() {
     ));
     assert!(
         out.wrong.is_empty(),
-        "{} keys wrong after the failover, e.g. {:?}",
+        "{} keys wrong after the failover, e.g. {:?}\nwhat the sentinels decided:\n{}",
         out.wrong.len(),
-        &out.wrong[..out.wrong.len().min(10)]
+        &out.wrong[..out.wrong.len().min(10)],
+        out.sentinel_events
     );
 }
 
@@ -228,8 +232,9 @@ async fn without_replica_acknowledgement_a_failover_loses_what_the_replica_lacke
         .collect();
     assert!(
         late.is_empty(),
-        "{} devices written after the failover are wrong, e.g. {:?}",
+        "{} devices written after the failover are wrong, e.g. {:?}\nwhat the sentinels decided:\n{}",
         late.len(),
-        &late[..late.len().min(5)]
+        &late[..late.len().min(5)],
+        out.sentinel_events
     );
 }

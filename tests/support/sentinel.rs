@@ -101,21 +101,32 @@ impl SentinelSet {
     }
 }
 
+impl SentinelSet {
+    /// What the sentinels decided (their `#` and `+` event lines), for a failure message:
+    /// a test that asserts after the set is gone keeps this first.
+    pub fn events(&self) -> String {
+        let mut out = String::new();
+        for i in 0..self.sentinels.len() {
+            let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{i}.log")))
+                .unwrap_or_else(|e| format!("(no log: {e})"));
+            out.push_str(&format!("--- sentinel {i} ---\n"));
+            for line in log
+                .lines()
+                .filter(|l| l.contains(" # ") || l.contains(" * +") || l.starts_with("(no log"))
+            {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
 impl Drop for SentinelSet {
     fn drop(&mut self) {
-        // A failing test shows what the sentinels decided.
+        // A test failing while the set is alive shows what the sentinels decided.
         if std::thread::panicking() {
-            for i in 0..self.sentinels.len() {
-                let log = std::fs::read_to_string(self.dir.join(format!("sentinel-{i}.log")))
-                    .unwrap_or_default();
-                eprintln!("--- sentinel {i} ---");
-                for line in log
-                    .lines()
-                    .filter(|l| l.contains(" # ") || l.contains(" * +"))
-                {
-                    eprintln!("{line}");
-                }
-            }
+            eprintln!("{}", self.events());
         }
         for (_, child) in &mut self.sentinels {
             let _ = child.kill();
