@@ -59,3 +59,54 @@ async fn expired_devices_and_namespaces_leave_the_indexes() {
     );
     daemon.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_index_shards_the_janitor_walks_every_shard() {
+    let h = Harness::start(2);
+    let mut settings = h.settings();
+    settings.devices.ttl_secs = 2;
+    settings.devices.index_shards = 16;
+    settings.janitor.interval_secs = 1;
+    let daemon = h.start_daemon(settings);
+    let ids: Vec<String> = (0..40).map(|i| format!("short-{i}")).collect();
+    let values: Vec<String> = ids
+        .iter()
+        .map(|id| device_json(id, "t", "2026-11-22T10:00:00Z"))
+        .collect();
+    let records: Vec<(Option<&str>, Option<&str>)> = ids
+        .iter()
+        .zip(&values)
+        .map(|(id, v)| (Some(id.as_str()), Some(v.as_str())))
+        .collect();
+    h.produce(DEVICES, &records).await;
+    daemon.wait_finished(40, Duration::from_secs(30)).await;
+    let shards: std::collections::BTreeSet<String> = ids
+        .iter()
+        .map(|id| support::model::index_key(id, 16))
+        .collect();
+    assert!(
+        shards.len() > 8,
+        "the ids spread over the shards: {shards:?}"
+    );
+    let mut r = h.redis();
+    for id in &ids {
+        let key = support::model::index_key(id, 16);
+        assert!(
+            r.zscore::<_, _, Option<i64>>(&key, id).unwrap().is_some(),
+            "{id} in {key}"
+        );
+    }
+
+    wait_for(
+        Duration::from_secs(15),
+        "every shard's entries to go",
+        || async {
+            let mut r = h.redis();
+            shards
+                .iter()
+                .all(|key| r.zcard::<_, u64>(key).unwrap() == 0)
+        },
+    )
+    .await;
+    daemon.stop().await.expect("clean stop");
+}
