@@ -1,7 +1,11 @@
 """The clients: ``CacheServiceClient`` (asyncio, ``async with``) and its twin
 ``CacheServiceClientSync`` (plain calls), with the same methods, models and errors. Both
 read Redis with redis-py; any redis-py client may be passed in (Cluster, Sentinel's
-``master_for``)."""
+``master_for``).
+
+Calls that read the device index first learn how it is split from the layout descriptor
+(``metacache:layout``), at the first such call and again once the reading is older than
+``layout.LAYOUT_REFRESH_SECS``; the other calls do not need it."""
 
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -10,6 +14,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 import redis
 import redis.asyncio
+import redis.asyncio.cluster
+import redis.cluster
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
@@ -19,6 +25,7 @@ from .errors import (
     AuthenticationFailed,
     CacheServiceError,
     CacheUnavailable,
+    CorruptEntry,
     DeviceNotFound,
 )
 from .models import CacheInfo, DeviceEntry, DeviceMetadata, HealthStatus, MetricNames
@@ -27,6 +34,12 @@ from .models import CacheInfo, DeviceEntry, DeviceMetadata, HealthStatus, Metric
 SLOW_PING_MS = 250.0
 
 _TRANSIENT = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+# Cluster clients route each command by its key, so a multi-key MGET across slots fails
+# there (CROSSSLOT) and INFO has no single node to go to: both are sent another way.
+_CLUSTERS = (redis.cluster.RedisCluster, redis.asyncio.cluster.RedisCluster)
+# What asking every primary for INFO may raise; the memory is then unknown, not an error.
+_INFO_FAILURES = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException)
 
 
 def _translate(e: Exception) -> CacheServiceError:
@@ -40,13 +53,21 @@ def _translate(e: Exception) -> CacheServiceError:
 
 
 @contextmanager
-def _errors():
+def _errors(key: Optional[str] = None):
+    """redis-py's errors as the client's; with ``key``, a WRONGTYPE reply is that key
+    holding something the layout does not put there."""
     try:
         yield
     except CacheServiceError:
         raise
     except redis.exceptions.RedisError as e:
+        if key is not None and isinstance(e, redis.exceptions.ResponseError) and str(e).startswith("WRONGTYPE"):
+            raise CorruptEntry(key, str(e)) from e
         raise _translate(e) from e
+
+
+def _stale(read_at: Optional[float]) -> bool:
+    return read_at is None or time.monotonic() - read_at >= lay.LAYOUT_REFRESH_SECS
 
 
 def _options(
@@ -147,10 +168,24 @@ class _RedisAsync:
             self._redis = redis.asyncio.Redis(**_options(s.host, s.port, s.password, s.db,
                                                          s.socket_timeout, s.retries, AsyncRetry))
         self._layout = s.layout
+        self._layout_read_at: Optional[float] = None
+        self._cluster = isinstance(self._redis, _CLUSTERS)
 
     async def close(self) -> None:
         if self._s.client is None:
             await self._redis.aclose() if hasattr(self._redis, "aclose") else await self._redis.close()
+
+    async def _index_layout(self) -> lay.Layout:
+        """The layout for a call that reads the device index, read from the descriptor when
+        the last reading is missing or too old to rely on."""
+        if not _stale(self._layout_read_at):
+            return self._layout
+        key = self._layout.layout
+        with _errors(key):
+            fields = await self._redis.hgetall(key)
+        self._layout = lay.described(self._layout, fields)
+        self._layout_read_at = time.monotonic()
+        return self._layout
 
     async def get_device_metadata(self, device_id: str, required: bool = False) -> Optional[DeviceMetadata]:
         """The device, or None when it is not cached (``required=True``: DeviceNotFound)."""
@@ -164,29 +199,35 @@ class _RedisAsync:
         return lay.device(key, device_id, raw)
 
     async def get_devices(self, device_ids: Sequence[str]) -> Dict[str, DeviceMetadata]:
-        """The cached ones among ``device_ids``, in one MGET; missing ids are left out."""
+        """The cached ones among ``device_ids``, in one MGET (on a cluster, one per slot,
+        sent together); missing ids are left out."""
         ids = list(dict.fromkeys(device_ids))
         if not ids:
             return {}
         keys = [self._layout.device(i) for i in ids]
         with _errors():
-            values = await self._redis.mget(keys)
+            if self._cluster:
+                values = await self._redis.mget_nonatomic(keys)
+            else:
+                values = await self._redis.mget(keys)
         return {i: lay.device(k, i, v) for i, k, v in zip(ids, keys, values) if v is not None}
 
     async def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
                            newest_first: bool = True) -> List[DeviceEntry]:
-        """A page of the ``devices`` index, newest first by default; ``pattern`` is a
-        Redis-style glob on the id."""
+        """A page of the device index (all its shards, merged), newest first by default;
+        ``pattern`` is a Redis-style glob on the id."""
         lay.check_page(limit, offset)
         glob = lay.pattern(pattern)
         if limit == 0:
             return []
+        # One reading for the whole call, so a long filtered walk never mixes two layouts.
+        layout = await self._index_layout()
         if glob is None:
-            return await self._range(newest_first, offset, limit)
+            return await self._range(layout, newest_first, offset, limit)
         page: List[DeviceEntry] = []
         skip, start = offset, 0
         while True:
-            chunk = await self._range(newest_first, start, lay.SCAN_CHUNK)
+            chunk = await self._range(layout, newest_first, start, lay.SCAN_CHUNK)
             for entry in chunk:
                 if not glob.matches(entry.device_id):
                     continue
@@ -200,27 +241,48 @@ class _RedisAsync:
                 return page
             start += lay.SCAN_CHUNK
 
-    async def _range(self, newest_first: bool, start: int, count: int) -> List[DeviceEntry]:
+    async def _range(self, layout: lay.Layout, newest_first: bool, start: int,
+                     count: int) -> List[DeviceEntry]:
+        """Up to ``count`` entries from rank ``start``: one command for one index key, one
+        pipeline over the shards for more (merged by ``lay.index_page``)."""
+        first, last = lay.range_bounds(layout, start, count)
         with _errors():
-            read = self._redis.zrevrange if newest_first else self._redis.zrange
-            pairs = await read(self._layout.devices, start, start + count - 1, withscores=True)
-        return lay.entries(self._layout.devices, pairs)
+            if layout.index_shards == 1:
+                read = self._redis.zrevrange if newest_first else self._redis.zrange
+                replies = [await read(layout.index_keys[0], first, last, withscores=True)]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for key in layout.index_keys:
+                    read = pipe.zrevrange if newest_first else pipe.zrange
+                    read(key, first, last, withscores=True)
+                replies = await pipe.execute()
+        return lay.index_page(layout, replies, newest_first, start, count)
 
     async def get_cache_info(self) -> CacheInfo:
-        """Counts, the oldest and newest index entries and Redis's memory, in one round trip."""
+        """Counts, the oldest and newest index entries and Redis's memory, in one round trip
+        (two on a cluster: INFO goes to every primary on its own)."""
+        layout = await self._index_layout()
         with _errors():
             pipe = self._redis.pipeline(transaction=False)
-            pipe.zcard(self._layout.devices)
-            pipe.zrange(self._layout.devices, 0, 0, withscores=True)
-            pipe.zrevrange(self._layout.devices, 0, 0, withscores=True)
-            pipe.scard(self._layout.metric_namespaces)
-            pipe.info("memory")
+            for key in layout.index_keys:
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+                pipe.zrevrange(key, 0, 0, withscores=True)
+            pipe.scard(layout.metric_namespaces)
+            if not self._cluster:
+                pipe.info("memory")
             replies = await pipe.execute(raise_on_error=False)
-        replies = [None if isinstance(r, Exception) and i == 4 else r for i, r in enumerate(replies)]
+        if self._cluster:
+            try:
+                info = await self._redis.info("memory", target_nodes=redis.asyncio.cluster.RedisCluster.PRIMARIES)
+            except _INFO_FAILURES:
+                info = None
+        else:
+            info = replies.pop()
         for r in replies:
             if isinstance(r, Exception):
                 raise _translate(r)
-        return lay.cache_info(self._layout, replies)
+        return lay.cache_info(layout, replies, lay.used_memory(info))
 
     async def check_health(self) -> HealthStatus:
         """PING (and its latency), then the eviction policy. Never raises."""
@@ -283,10 +345,22 @@ class _RedisSync:
             self._redis = redis.Redis(**_options(s.host, s.port, s.password, s.db,
                                                  s.socket_timeout, s.retries))
         self._layout = s.layout
+        self._layout_read_at: Optional[float] = None
+        self._cluster = isinstance(self._redis, _CLUSTERS)
 
     def close(self) -> None:
         if self._s.client is None:
             self._redis.close()
+
+    def _index_layout(self) -> lay.Layout:
+        if not _stale(self._layout_read_at):
+            return self._layout
+        key = self._layout.layout
+        with _errors(key):
+            fields = self._redis.hgetall(key)
+        self._layout = lay.described(self._layout, fields)
+        self._layout_read_at = time.monotonic()
+        return self._layout
 
     def get_device_metadata(self, device_id: str, required: bool = False) -> Optional[DeviceMetadata]:
         key = self._layout.device(device_id)
@@ -304,7 +378,7 @@ class _RedisSync:
             return {}
         keys = [self._layout.device(i) for i in ids]
         with _errors():
-            values = self._redis.mget(keys)
+            values = self._redis.mget_nonatomic(keys) if self._cluster else self._redis.mget(keys)
         return {i: lay.device(k, i, v) for i, k, v in zip(ids, keys, values) if v is not None}
 
     def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
@@ -313,12 +387,13 @@ class _RedisSync:
         glob = lay.pattern(pattern)
         if limit == 0:
             return []
+        layout = self._index_layout()
         if glob is None:
-            return self._range(newest_first, offset, limit)
+            return self._range(layout, newest_first, offset, limit)
         page: List[DeviceEntry] = []
         skip, start = offset, 0
         while True:
-            chunk = self._range(newest_first, start, lay.SCAN_CHUNK)
+            chunk = self._range(layout, newest_first, start, lay.SCAN_CHUNK)
             for entry in chunk:
                 if not glob.matches(entry.device_id):
                     continue
@@ -332,26 +407,43 @@ class _RedisSync:
                 return page
             start += lay.SCAN_CHUNK
 
-    def _range(self, newest_first: bool, start: int, count: int) -> List[DeviceEntry]:
+    def _range(self, layout: lay.Layout, newest_first: bool, start: int, count: int) -> List[DeviceEntry]:
+        first, last = lay.range_bounds(layout, start, count)
         with _errors():
-            read = self._redis.zrevrange if newest_first else self._redis.zrange
-            pairs = read(self._layout.devices, start, start + count - 1, withscores=True)
-        return lay.entries(self._layout.devices, pairs)
+            if layout.index_shards == 1:
+                read = self._redis.zrevrange if newest_first else self._redis.zrange
+                replies = [read(layout.index_keys[0], first, last, withscores=True)]
+            else:
+                pipe = self._redis.pipeline(transaction=False)
+                for key in layout.index_keys:
+                    read = pipe.zrevrange if newest_first else pipe.zrange
+                    read(key, first, last, withscores=True)
+                replies = pipe.execute()
+        return lay.index_page(layout, replies, newest_first, start, count)
 
     def get_cache_info(self) -> CacheInfo:
+        layout = self._index_layout()
         with _errors():
             pipe = self._redis.pipeline(transaction=False)
-            pipe.zcard(self._layout.devices)
-            pipe.zrange(self._layout.devices, 0, 0, withscores=True)
-            pipe.zrevrange(self._layout.devices, 0, 0, withscores=True)
-            pipe.scard(self._layout.metric_namespaces)
-            pipe.info("memory")
+            for key in layout.index_keys:
+                pipe.zcard(key)
+                pipe.zrange(key, 0, 0, withscores=True)
+                pipe.zrevrange(key, 0, 0, withscores=True)
+            pipe.scard(layout.metric_namespaces)
+            if not self._cluster:
+                pipe.info("memory")
             replies = pipe.execute(raise_on_error=False)
-        replies = [None if isinstance(r, Exception) and i == 4 else r for i, r in enumerate(replies)]
+        if self._cluster:
+            try:
+                info = self._redis.info("memory", target_nodes=redis.cluster.RedisCluster.PRIMARIES)
+            except _INFO_FAILURES:
+                info = None
+        else:
+            info = replies.pop()
         for r in replies:
             if isinstance(r, Exception):
                 raise _translate(r)
-        return lay.cache_info(self._layout, replies)
+        return lay.cache_info(layout, replies, lay.used_memory(info))
 
     def check_health(self) -> HealthStatus:
         started = time.perf_counter()
@@ -424,7 +516,7 @@ class CacheServiceClient:
 
     async def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
                            newest_first: bool = True) -> List[DeviceEntry]:
-        """A page of the ``devices`` index; ``pattern`` is a Redis-style glob on the id."""
+        """A page of the device index; ``pattern`` is a Redis-style glob on the id."""
         return await self._b.list_devices(limit, offset, pattern, newest_first)
 
     async def get_cache_info(self) -> CacheInfo:
@@ -477,7 +569,7 @@ class CacheServiceClientSync:
 
     def list_devices(self, limit: int = 100, offset: int = 0, pattern: Optional[str] = None,
                      newest_first: bool = True) -> List[DeviceEntry]:
-        """A page of the ``devices`` index; ``pattern`` is a Redis-style glob on the id."""
+        """A page of the device index; ``pattern`` is a Redis-style glob on the id."""
         return self._b.list_devices(limit, offset, pattern, newest_first)
 
     def get_cache_info(self) -> CacheInfo:
