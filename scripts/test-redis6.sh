@@ -19,7 +19,7 @@ PY
 echo "test-redis6: $("$server" --version)"
 
 tests=(faults_redis faults_process fencing stale_guard pipeline delivery dead_letters
-       convergence replicas sentinel acl janitor client cli_read api verify resync)
+       convergence replicas sentinel acl janitor client cli_read api verify resync layout)
 args=()
 for t in "${tests[@]}"; do
   args+=(--test "$t")
