@@ -202,3 +202,53 @@ async fn a_rotated_password_file_reaches_the_next_connection() {
     assert!(r.exists::<_, bool>("app:device:r2").unwrap());
     daemon.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_whose_acl_predates_the_descriptor_still_reads_devices_and_is_told_why_not_the_index(
+) {
+    let h = Harness::start(1);
+    h.redis.seed_demo("").expect("demo data");
+    let settings = h.settings();
+    let line = metacache::acl::reader_line(&settings);
+    assert!(
+        line.contains(" ~metacache:layout") && line.contains(" +hgetall"),
+        "{line}"
+    );
+    // The line as printed before the layout descriptor existed.
+    create_user(
+        &h,
+        &line
+            .replace(" ~metacache:layout", "")
+            .replace(" +hgetall", ""),
+    );
+    let reader = |user: &str| metacache_client::RedisSettings {
+        url: h.redis.url(),
+        username: Some(user.into()),
+        password: Some(PASSWORD.into()),
+        ..metacache_client::RedisSettings::default()
+    };
+    let old = metacache_client::CacheClient::from_settings(&reader("metacache-reader"))
+        .await
+        .expect("connects without the descriptor");
+    assert!(old.get_device("dev-42").await.unwrap().is_some());
+    let refused = old
+        .list_devices(&metacache_client::ListOptions::default())
+        .await
+        .expect_err("the index cannot be read without the descriptor")
+        .to_string();
+    assert!(
+        refused.to_ascii_uppercase().contains("NOPERM") && refused.contains("hgetall"),
+        "{refused}"
+    );
+
+    // With the line printed now, everything reads.
+    create_user(&h, &line);
+    let new = metacache_client::CacheClient::from_settings(&reader("metacache-reader"))
+        .await
+        .expect("connects");
+    let page = new
+        .list_devices(&metacache_client::ListOptions::default())
+        .await
+        .expect("the index reads");
+    assert_eq!(page.len(), 3);
+}

@@ -118,10 +118,10 @@ pub struct CacheClient {
     redacted_url: String,
 }
 
-/// The key layout read from `metacache:layout`, and when.
+/// The key layout read from `metacache:layout`, and when (`None`: not read yet).
 struct KnownLayout {
     keys: Arc<KeyLayout>,
-    read_at: Instant,
+    read_at: Option<Instant>,
 }
 
 /// How long the index layout read from the descriptor is relied on before it is read
@@ -193,11 +193,18 @@ impl CacheClient {
                 .then(|| Arc::new(settings.clone())),
             layout: Arc::new(std::sync::Mutex::new(KnownLayout {
                 keys: Arc::new(KeyLayout::new(&settings.key_prefix)),
-                read_at: Instant::now(),
+                read_at: None,
             })),
             redacted_url: settings.redacted_url(),
         };
-        client.read_layout().await?;
+        match client.read_layout().await {
+            Ok(_) => {}
+            // A reader user whose ACL predates the descriptor still reads devices and
+            // catalogs; calls that read the index ask again and report the refusal.
+            Err(ClientError::Redis(message)) if message.to_ascii_uppercase().contains("NOPERM") => {
+            }
+            Err(e) => return Err(e),
+        }
         Ok(client)
     }
 
@@ -220,7 +227,7 @@ impl CacheClient {
         let mut known = self.layout.lock().unwrap_or_else(|p| p.into_inner());
         *known = KnownLayout {
             keys: Arc::clone(&keys),
-            read_at: Instant::now(),
+            read_at: Some(Instant::now()),
         };
         Ok(keys)
     }
@@ -230,10 +237,8 @@ impl CacheClient {
     async fn index_layout(&self) -> Result<Arc<KeyLayout>> {
         let (keys, fresh) = {
             let known = self.layout.lock().unwrap_or_else(|p| p.into_inner());
-            (
-                Arc::clone(&known.keys),
-                known.read_at.elapsed() < LAYOUT_REFRESH,
-            )
+            let fresh = known.read_at.is_some_and(|t| t.elapsed() < LAYOUT_REFRESH);
+            (Arc::clone(&known.keys), fresh)
         };
         if fresh {
             return Ok(keys);
