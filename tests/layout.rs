@@ -292,3 +292,33 @@ async fn a_daemon_whose_shard_count_disagrees_with_the_stored_layout_refuses_to_
         "{error}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sharded_layout_is_described_again_after_redis_lost_its_data() {
+    let h = Harness::start(1);
+    let url = h.redis.url();
+    let mut settings = h.settings();
+    settings.devices.index_shards = 16;
+    let daemon = h.start_daemon(settings);
+    let device = |id: &str| device_json(id, "t", "2026-11-22T10:00:00Z");
+    h.produce(DEVICES, &[(Some("before"), Some(&device("before")))])
+        .await;
+    daemon.wait_finished(1, Duration::from_secs(30)).await;
+    assert_eq!(descriptor(&url)["index_shards"], "16");
+
+    // Redis restarts empty (as FLUSHALL leaves it): the descriptor is gone with the rest.
+    let _: () = redis::cmd("FLUSHALL")
+        .query(&mut connection(&url))
+        .expect("FLUSHALL");
+    assert!(descriptor(&url).is_empty());
+    h.produce(DEVICES, &[(Some("after"), Some(&device("after")))])
+        .await;
+    daemon.wait_finished(2, Duration::from_secs(30)).await;
+    wait_for(
+        Duration::from_secs(10),
+        "the descriptor to be back",
+        || async { descriptor(&url).get("index_shards").map(String::as_str) == Some("16") },
+    )
+    .await;
+    daemon.stop().await.expect("clean stop");
+}

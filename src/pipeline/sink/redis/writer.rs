@@ -115,9 +115,6 @@ pub struct Writer<C> {
     kill: Option<i64>,
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
-    /// Redis lost its data (the writers' marker was gone): the layout descriptor went with
-    /// it and is written again before the next pipeline.
-    layout_lost: bool,
     /// The assignment epoch whose previous writers' connections were closed (see
     /// [`Writer::fence_previous_writers`]), and the tries so far under the current one.
     fenced_epoch: Option<u64>,
@@ -167,7 +164,6 @@ where
             conn_id: None,
             kill: None,
             unnamed: true,
-            layout_lost: false,
             fenced_epoch: None,
             fence_tries: 0,
             writer_id: writer_id(),
@@ -432,9 +428,12 @@ where
             if self.conn_id != Some(id) {
                 self.unnamed = true;
             }
-            // The first pipeline of a writer creates the marker too, after the daemon
-            // claimed the layout at start: claiming again is harmless.
-            self.layout_lost |= created;
+            // Only a sharded index needs its descriptor back (without one, readers read
+            // the single `devices` key, which is right for one shard); the first pipeline
+            // of a writer creates the marker too, right after the daemon claimed it.
+            if created && self.conn_id.is_some() && self.planner.keys().index_shards() > 1 {
+                self.reclaim_layout();
+            }
             self.conn_id = Some(id);
         }
         // Sentinel mode: that address may be a node the sentinels demoted meanwhile (an
@@ -538,23 +537,19 @@ where
         if self.unnamed {
             self.name_connection().await;
         }
-        if self.layout_lost {
-            self.reclaim_layout();
-        }
         if self.fenced_epoch != Some(self.ownership.epoch()) {
             self.fence_previous_writers().await;
         }
     }
 
-    /// Writes the layout descriptor again after Redis lost it, so readers keep finding
-    /// the shard count. Beside the pipelines like the connection's name: the descriptor
-    /// says how to read the index, and a few pipelines written before it is back are read
-    /// the same way once it is.
-    fn reclaim_layout(&mut self) {
+    /// Writes the layout descriptor again after Redis lost it (the writers' marker was
+    /// gone), so readers keep finding the shard count. Beside the pipelines, like the
+    /// connection's name: the descriptor says how to read the index, and the pipelines
+    /// written before it is back are read the same way once it is.
+    fn reclaim_layout(&self) {
         let Some(conn) = self.conn.clone() else {
             return;
         };
-        self.layout_lost = false;
         let keys = self.planner.keys().clone();
         tokio::spawn(async move {
             let mut conn = conn;
