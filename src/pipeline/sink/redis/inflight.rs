@@ -8,6 +8,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use futures::stream::{FuturesOrdered, StreamExt};
 
@@ -46,7 +47,26 @@ impl<B, T> InFlight<B, T> {
     }
 
     /// `batch` went, as `flight`, after every batch already here.
-    pub fn push(&mut self, batch: B, flight: Flight<T>) {
+    ///
+    /// The flight is polled once, here: a request reaches the connection only when its
+    /// future is first polled, and left to the set of flights that first poll can come
+    /// late and out of order. Found by `faults_kafka` (a device's older value written last
+    /// after a fast replay): once the writer task's cooperative budget is spent, tokio's
+    /// channel send inside the flight answers `Pending` before queueing the request; the
+    /// flight is put back behind the ones pushed after it, and a later pipeline reaches
+    /// Redis first. So the first poll happens now, in the order of these calls, and out of
+    /// the budget's reach ([`tokio::task::unconstrained`]): the redis crate queues the
+    /// request on it. Its waker is a no-op: the set polls the flight again with its own.
+    pub fn push(&mut self, batch: B, flight: Flight<T>)
+    where
+        T: Send + 'static,
+    {
+        let mut flight: Flight<T> = Box::pin(tokio::task::unconstrained(flight));
+        let mut cx = Context::from_waker(futures::task::noop_waker_ref());
+        let flight: Flight<T> = match flight.as_mut().poll(&mut cx) {
+            Poll::Ready(answer) => Box::pin(std::future::ready(answer)),
+            Poll::Pending => flight,
+        };
         self.batches.push_back(batch);
         self.flights.push_back(flight);
     }
@@ -103,6 +123,39 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(ms)).await;
             answer
         })
+    }
+
+    #[tokio::test]
+    async fn requests_leave_in_the_order_the_batches_went_even_when_the_budget_is_spent() {
+        // Each flight takes a permit of a tokio semaphore before it "sends" (as the redis
+        // crate's connection takes a slot of a tokio channel): with the task's cooperative
+        // budget spent, that step answers Pending first.
+        let gate = Arc::new(tokio::sync::Semaphore::new(16));
+        let sent = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut inflight = InFlight::new();
+        while tokio::task::coop::has_budget_remaining() {
+            tokio::task::coop::consume_budget().await;
+        }
+        for id in 0..4u32 {
+            let (gate, sent) = (Arc::clone(&gate), Arc::clone(&sent));
+            let flight: Flight<u32> = Box::pin(async move {
+                let _permit = gate.acquire().await;
+                sent.lock().unwrap().push(id);
+                id
+            });
+            inflight.push(id, flight);
+        }
+        let mut answers = Vec::new();
+        while let Some(answer) = inflight.next().await {
+            inflight.pop_front();
+            answers.push(answer);
+        }
+        assert_eq!(answers, [0, 1, 2, 3]);
+        assert_eq!(
+            *sent.lock().unwrap(),
+            [0, 1, 2, 3],
+            "the order requests left in"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -97,6 +97,8 @@ struct Batch {
     /// When it was last handed to the connection: what its writes can have done is no
     /// older than this (a device key's TTL runs from when Redis ran the command).
     sent_at: Instant,
+    /// Its number among the batches this writer built, for traces.
+    number: u64,
 }
 
 pub struct Writer<C> {
@@ -115,6 +117,8 @@ pub struct Writer<C> {
     kill: Option<i64>,
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
+    /// Batches built so far: numbers them in traces.
+    batches_built: u64,
     /// The assignment epoch whose previous writers' connections were closed (see
     /// [`Writer::fence_previous_writers`]), and the tries so far under the current one.
     fenced_epoch: Option<u64>,
@@ -164,6 +168,7 @@ where
             conn_id: None,
             kill: None,
             unnamed: true,
+            batches_built: 0,
             fenced_epoch: None,
             fence_tries: 0,
             writer_id: writer_id(),
@@ -200,6 +205,12 @@ where
                 self.before_send().await;
                 batch.sent_at = Instant::now();
                 let flight = self.send(&batch);
+                tracing::trace!(
+                    batch = batch.number,
+                    commands = batch.commands,
+                    in_flight = sent.len(),
+                    "sent"
+                );
                 sent.push(batch, flight);
                 self.stats.in_flight.store(sent.len() as u64, Relaxed);
                 continue;
@@ -359,6 +370,10 @@ where
         }
         let commands = plan.pipe.cmd_iter().count();
         let events = records.len() as u64;
+        self.batches_built += 1;
+        if tracing::enabled!(tracing::Level::TRACE) {
+            trace_plan(self.batches_built, &records, &plan.planned, trust);
+        }
         Batch {
             records,
             planned: plan.planned,
@@ -370,6 +385,7 @@ where
             local,
             knowledge: self.knowledge,
             sent_at: Instant::now(),
+            number: self.batches_built,
         }
     }
 
@@ -498,6 +514,16 @@ where
                     !wrote
                 }
             };
+            if let (true, Some(d)) = (tracing::enabled!(tracing::Level::TRACE), device) {
+                tracing::trace!(
+                    batch = batch.number,
+                    device = d.device_id(),
+                    partition = record.origin.partition,
+                    offset = record.origin.offset,
+                    written = !skipped,
+                    "answered"
+                );
+            }
             let topic = record.origin.topic as usize;
             if skipped {
                 stale[topic] += 1;
@@ -889,6 +915,32 @@ fn refused_field(record: &Record) -> &'static str {
         Ok(Event::DeviceUpsert(_)) | Ok(Event::DeviceDelete { .. }) => "device_id",
         Ok(Event::Metric(_)) => "namespace",
         Err(_) => "value",
+    }
+}
+
+/// Each device event's decision, at TRACE (`RUST_LOG=metacache::pipeline::sink=trace`):
+/// for following one device through a run when an investigation needs it.
+fn trace_plan(batch: u64, records: &[Record], planned: &[Planned], trust: Option<Trust>) {
+    for (record, plan) in records.iter().zip(planned) {
+        let (device, json) = match &record.decoded {
+            Ok(Event::DeviceUpsert(d)) => (d.device_id(), d.normalized_json()),
+            Ok(Event::DeviceDelete { device_id }) => (device_id.as_str(), ""),
+            _ => continue,
+        };
+        tracing::trace!(
+            batch,
+            device,
+            json,
+            first = plan.first,
+            commands = plan.commands,
+            partition = record.origin.partition,
+            offset = record.origin.offset,
+            generation = record.origin.generation,
+            epoch = record.epoch,
+            trust = ?trust,
+            expect = ?plan.expect,
+            "planned"
+        );
     }
 }
 
