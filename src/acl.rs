@@ -24,8 +24,10 @@ const DAEMON: &[&str] = &[
     // Each pipeline's tail, and the fence.
     "client|id",
     "hset",
-    // The layout descriptor, claimed at start (a script: HGETALL, HSET).
+    // The layout descriptor: claimed at start (a script: HGETALL, HSET), written again
+    // after Redis lost its data (HSETNX, HGETALL).
     "hgetall",
+    "hsetnx",
     "hdel",
     "client|kill",
     // The monitor: PING, the cache figures, INFO memory and server.

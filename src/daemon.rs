@@ -305,10 +305,7 @@ async fn claim_layout(
             Ok(Err(refusal)) => return Err(DaemonError::Layout(refusal)),
             // Refused by ACL: NOPERM, or, for a command inside the script, an error
             // reply of Redis's own wording.
-            Err(e)
-                if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
-                    || e.to_string().contains("can't run this command") =>
-            {
+            Err(e) if refused_by_acl(&e) => {
                 let why = format!(
                     "{}: the Redis user may not read or write it ({e}); `metacache check-config --print-acl` prints the ACL the daemon needs",
                     keys.layout()
@@ -332,6 +329,22 @@ async fn claim_layout(
             }
         }
     }
+}
+
+/// An ACL refusal: `NOPERM`, or, for a command or key inside a script, an error reply in
+/// the words of the server's version (6.2/7.0: "can't run this command", "can't access at
+/// least one of the keys"; 7.2 and later: "ACL failure in script").
+fn refused_by_acl(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+        || text.to_ascii_uppercase().contains("NOPERM")
+        || [
+            "can't run this command",
+            "can't access at least one of the keys",
+            "ACL failure in script",
+        ]
+        .iter()
+        .any(|words| text.contains(words))
 }
 
 /// Connects to Redis, retrying until it answers or shutdown is requested: a daemon that
@@ -379,5 +392,29 @@ fn describe_kafka_error(e: &rdkafka::error::KafkaError) -> String {
             format!("librdkafka property `{key}`: {description}")
         }
         other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acl_refusals_are_recognised_in_every_servers_words() {
+        let reply = |text: &str| {
+            redis::RedisError::from((
+                redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError),
+                "script",
+                text.to_owned(),
+            ))
+        };
+        for text in [
+            "The user executing the script can't run this command or subcommand script: 3be9, on @user_script:4.",
+            "ACL failure in script: User metacache has no permissions to run the 'hset' command",
+            "The user executing the script can't access at least one of the keys mentioned in the command",
+        ] {
+            assert!(refused_by_acl(&reply(text)), "{text}");
+        }
+        assert!(!refused_by_acl(&reply("ERR Error running script")));
     }
 }

@@ -138,7 +138,12 @@ async fn a_missing_command_is_named_in_readiness() {
     let mut settings = settings(&h, &dir);
     settings.shutdown.timeout_secs = 1;
     let group = settings.kafka.group_id.clone();
-    let line = metacache::acl::daemon_line(&settings).replace(" +hset", "");
+    let line: Vec<String> = metacache::acl::daemon_line(&settings)
+        .split(' ')
+        .filter(|word| *word != "+hset")
+        .map(str::to_owned)
+        .collect();
+    let line = line.join(" ");
     create_user(&h, &line);
     let daemon = h.start_daemon(settings);
     let addr = daemon.http().await;

@@ -111,7 +111,13 @@ async fn open_at(
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(retries)
-        .set_max_delay(Duration::from_secs(2));
+        .set_max_delay(Duration::from_secs(2))
+        // Requests waiting for room in the connection's queue (50 by default) are let in
+        // by a semaphore but join the queue when next polled, so a full queue could let a
+        // later pipeline of the writer ahead of an earlier one. The writer keeps at most
+        // `writer.max_in_flight` (<= 64) pipelines and a few side requests in flight:
+        // with room for all of them the queue is never full.
+        .set_pipeline_buffer_size(PIPELINE_BUFFER);
     if let Some(path) = &settings.password_file {
         config = config.set_credentials_provider(PasswordFile {
             path: path.clone(),
@@ -121,6 +127,10 @@ async fn open_at(
     }
     ConnectionManager::new_with_config(client, config).await
 }
+
+/// Requests a connection queues before senders wait: above the writer's largest
+/// `writer.max_in_flight` (64) plus its side requests.
+const PIPELINE_BUFFER: usize = 128;
 
 /// The `[redis.tls]` files, read now (each connection of this client uses them).
 pub(crate) fn certificates(tls: &crate::settings::TlsSettings) -> RedisResult<TlsCertificates> {

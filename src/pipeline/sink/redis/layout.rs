@@ -38,6 +38,28 @@ pub async fn claim<C: ConnectionLike>(
     Ok(judge(&ours, keys.layout(), &stored))
 }
 
+/// Writes `keys`' descriptor again after Redis lost its data, without a script (so the
+/// guard's script counts stay the guard's): each field only where it is missing
+/// (`HSETNX`), then the hash as it stands. Two writers racing here each set fields only
+/// where none is, and both read back the same hash.
+pub async fn reclaim<C: ConnectionLike>(
+    conn: &mut C,
+    keys: &KeyLayout,
+) -> redis::RedisResult<Result<Claimed, String>> {
+    let ours = LayoutDescriptor::of(keys);
+    let mut pipe = redis::pipe();
+    for (field, value) in ours.fields() {
+        pipe.cmd("HSETNX")
+            .arg(keys.layout())
+            .arg(field)
+            .arg(value)
+            .ignore();
+    }
+    pipe.cmd("HGETALL").arg(keys.layout());
+    let (stored,): (Vec<String>,) = pipe.query_async(conn).await?;
+    Ok(judge(&ours, keys.layout(), &stored).map(|_| Claimed::Written))
+}
+
 /// The layout of the cache under `prefix`, as its descriptor says (the original one,
 /// one index key, when there is none); `Err(reason)` inside for a damaged descriptor.
 pub async fn stored<C: ConnectionLike>(

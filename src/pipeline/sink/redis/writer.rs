@@ -119,6 +119,8 @@ pub struct Writer<C> {
     unnamed: bool,
     /// Batches built so far: numbers them in traces.
     batches_built: u64,
+    /// Redis answered a pipeline of this writer before.
+    answered_before: bool,
     /// The assignment epoch whose previous writers' connections were closed (see
     /// [`Writer::fence_previous_writers`]), and the tries so far under the current one.
     fenced_epoch: Option<u64>,
@@ -169,6 +171,7 @@ where
             kill: None,
             unnamed: true,
             batches_built: 0,
+            answered_before: false,
             fenced_epoch: None,
             fence_tries: 0,
             writer_id: writer_id(),
@@ -444,14 +447,15 @@ where
             if self.conn_id != Some(id) {
                 self.unnamed = true;
             }
-            // Only a sharded index needs its descriptor back (without one, readers read
-            // the single `devices` key, which is right for one shard); the first pipeline
-            // of a writer creates the marker too, right after the daemon claimed it.
-            if created && self.conn_id.is_some() && self.planner.keys().index_shards() > 1 {
+            // The descriptor went with the data: write it again, or a daemon started now
+            // with another shard count would be let in. Not for the writer's first
+            // pipeline, which creates the marker right after the daemon claimed it.
+            if created && self.answered_before {
                 self.reclaim_layout();
             }
             self.conn_id = Some(id);
         }
+        self.answered_before = true;
         // Sentinel mode: that address may be a node the sentinels demoted meanwhile (an
         // old primary restarted before they made it a replica, which takes writes and then
         // discards them). Nothing is counted until the sentinels have been asked again;
@@ -459,6 +463,16 @@ where
         if reconnected && self.moved.is_some() {
             return Err(Retry {
                 reason: "reconnected to Redis: asking the sentinels whether this node is still the primary before counting the writes".into(),
+                reload_scripts: false,
+            });
+        }
+        // Any mode: the pipelines in flight when the connection was replaced waited for the
+        // new one, and a pipeline built meanwhile may have reached it first. Replaying this
+        // one and every later one, one at a time, puts them back in order.
+        if reconnected {
+            return Err(Retry {
+                reason: "reconnected to Redis with pipelines in flight: replaying them in order"
+                    .into(),
                 reload_scripts: false,
             });
         }
@@ -581,7 +595,7 @@ where
             let mut conn = conn;
             let claimed = tokio::time::timeout(
                 Duration::from_secs(5),
-                super::layout::claim(&mut conn, &keys),
+                super::layout::reclaim(&mut conn, &keys),
             )
             .await;
             match claimed {
