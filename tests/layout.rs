@@ -183,7 +183,25 @@ async fn one_and_sixteen_index_shards_read_the_same_and_reindex_moves_between_th
         );
     }
 
-    // reindex: sixteen shards down to one, and back.
+    // reindex: refused while a writer is signed in (a crashed one needs --force).
+    let _: () = connection(&sixteen_url)
+        .hset("metacache:writers", "ghost", 1)
+        .unwrap();
+    let (code, _, err) = cli(&sixteen_url, &["reindex", "--index-shards", "1", "--yes"]);
+    assert_eq!(code, Some(3), "{err}");
+    assert!(
+        err.contains("1 writer(s) are signed in") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(
+        descriptor(&sixteen_url)["index_shards"],
+        "16",
+        "nothing changed"
+    );
+    let _: () = connection(&sixteen_url)
+        .hdel("metacache:writers", "ghost")
+        .unwrap();
+    // Sixteen shards down to one, and back.
     let (code, out, err) = cli(&sixteen_url, &["reindex", "--index-shards", "1", "--yes"]);
     assert_eq!(code, Some(0), "{err}");
     assert!(

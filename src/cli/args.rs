@@ -81,6 +81,10 @@ pub struct ReindexArgs {
     /// Index shards to build (overrides `devices.index_shards`; 1..=1024).
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub index_shards: Option<u32>,
+    /// Reindex although writers are signed in under `metacache:writers` (only when they
+    /// are known to be gone: a crashed writer does not sign out).
+    #[arg(long)]
+    pub force: bool,
     /// Do not ask for confirmation (required when standard input is not a terminal).
     #[arg(long)]
     pub yes: bool,

@@ -36,7 +36,7 @@ pub fn reindex(args: ReindexArgs, log_format: Option<LogFormat>) -> ExitCode {
     }
     init_logging(log_format, &settings.log.format, "warn");
     runtime(|_shutdown| async move {
-        match metacache::tools::reindex::run(&settings, shards).await {
+        match metacache::tools::reindex::run(&settings, shards, args.force).await {
             Ok(done) => {
                 println!("{done}");
                 if shards != settings.devices.index_shards {

@@ -60,10 +60,27 @@ impl std::fmt::Display for Reindexed {
 }
 
 /// Rebuilds the index of the cache under `settings.redis.key_prefix` with `shards` shards.
-pub async fn run(settings: &Settings, shards: u32) -> Result<Reindexed, String> {
+/// Refuses while writers are signed in (`metacache:writers` has fields) unless `force`:
+/// a writer still running keeps writing the layout it started with.
+pub async fn run(settings: &Settings, shards: u32, force: bool) -> Result<Reindexed, String> {
     let mut conn = metacache_client::connect::open(&settings.redis)
         .await
         .map_err(|e| format!("cannot reach Redis: {e}"))?;
+    let writers_key = KeyLayout::new(&settings.redis.key_prefix)
+        .writers()
+        .to_owned();
+    let writers: Vec<String> = redis::cmd("HKEYS")
+        .arg(&writers_key)
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("Redis failed: {e}"))?;
+    if !writers.is_empty() && !force {
+        return Err(format!(
+            "{} writer(s) are signed in under {writers_key} ({}): stop every metacache writing this cache first (a clean stop signs out); if they are gone without signing out (a crash), pass --force",
+            writers.len(),
+            writers.join(", ")
+        ));
+    }
     reindex(&mut conn, &settings.redis.key_prefix, shards)
         .await
         .map_err(|e| format!("Redis failed: {e}"))
@@ -117,13 +134,14 @@ pub async fn reindex<C: ConnectionLike + Send>(
         }
     }
 
-    // Each shard built beside the live key, then swapped in.
+    // Each shard built beside the live key (leftovers of an interrupted run first)...
+    let mut leftovers = scan(conn, &format!("{escaped}devices:reindex")).await?;
+    leftovers.extend(scan(conn, &format!("{escaped}devices:{{*}}:reindex")).await?);
+    for key in &leftovers {
+        redis::cmd("DEL").arg(key).query_async::<()>(conn).await?;
+    }
     for (key, shard) in target.index_keys().iter().zip(&members) {
         let building = format!("{key}:reindex");
-        redis::cmd("DEL")
-            .arg(&building)
-            .query_async::<()>(conn)
-            .await?;
         for chunk in shard.chunks(BATCH) {
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(&building);
@@ -132,35 +150,39 @@ pub async fn reindex<C: ConnectionLike + Send>(
             }
             zadd.query_async::<()>(conn).await?;
         }
-        if shard.is_empty() {
-            redis::cmd("DEL").arg(key).query_async::<()>(conn).await?;
-        } else {
-            redis::cmd("RENAME")
-                .arg(&building)
-                .arg(key)
-                .query_async::<()>(conn)
-                .await?;
-        }
     }
-
-    // Index keys of any other layout under this prefix.
+    // ...then every shard swapped in, the index keys of the old layout deleted and the
+    // descriptor rewritten in one transaction, so a reader sees the old index or the new
+    // one, never a mix.
     let mut existing = scan(conn, &format!("{escaped}devices")).await?;
     existing.extend(scan(conn, &format!("{escaped}devices:{{*}}")).await?);
-    let mut removed_keys = Vec::new();
-    for key in existing {
-        let key = String::from_utf8_lossy(&key).into_owned();
-        if !target.index_keys().contains(&key) {
-            redis::cmd("DEL").arg(&key).query_async::<()>(conn).await?;
-            removed_keys.push(key);
+    let removed_keys: Vec<String> = existing
+        .iter()
+        .map(|key| String::from_utf8_lossy(key).into_owned())
+        .filter(|key| is_index_key(prefix, key) && !target.index_keys().contains(key))
+        .collect();
+    let mut swap = redis::pipe();
+    swap.atomic();
+    for (key, shard) in target.index_keys().iter().zip(&members) {
+        if shard.is_empty() {
+            swap.cmd("DEL").arg(key).ignore();
+        } else {
+            swap.cmd("RENAME")
+                .arg(format!("{key}:reindex"))
+                .arg(key)
+                .ignore();
         }
     }
-
-    let mut hset = redis::cmd("HSET");
-    hset.arg(target.layout());
-    for (field, value) in LayoutDescriptor::of(&target).fields() {
-        hset.arg(field).arg(value);
+    for key in &removed_keys {
+        swap.cmd("DEL").arg(key).ignore();
     }
-    hset.query_async::<()>(conn).await?;
+    swap.cmd("HSET").arg(target.layout());
+    for (field, value) in LayoutDescriptor::of(&target).fields() {
+        swap.arg(field).arg(value);
+    }
+    swap.ignore();
+    swap.query_async::<()>(conn).await?;
+
     Ok(Reindexed {
         shards_before,
         shards_after: target.index_shards(),
@@ -168,4 +190,41 @@ pub async fn reindex<C: ConnectionLike + Send>(
         skipped,
         removed_keys,
     })
+}
+
+/// Whether `key` is an index key of some layout under `prefix`: `devices`, or
+/// `devices:{k}` with `k` a shard number (not any key that happens to look alike).
+fn is_index_key(prefix: &str, key: &str) -> bool {
+    let Some(rest) = key.strip_prefix(prefix) else {
+        return false;
+    };
+    if rest == "devices" {
+        return true;
+    }
+    rest.strip_prefix("devices:{")
+        .and_then(|k| k.strip_suffix('}'))
+        .and_then(|k| k.parse::<u32>().ok())
+        .is_some_and(|k| k < crate::keys::MAX_INDEX_SHARDS && !rest.contains(":reindex"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_keys_of_an_index_layout_are_taken_for_old_shards() {
+        assert!(is_index_key("p:", "p:devices"));
+        assert!(is_index_key("p:", "p:devices:{0}"));
+        assert!(is_index_key("p:", "p:devices:{1023}"));
+        for other in [
+            "p:devices:{1024}",
+            "p:devices:{x}",
+            "p:devices:{}",
+            "p:devices:{1}:reindex",
+            "devices",
+            "p:devices:{01",
+        ] {
+            assert!(!is_index_key("p:", other), "{other}");
+        }
+    }
 }

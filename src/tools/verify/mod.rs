@@ -301,7 +301,12 @@ pub async fn read_redis<C: ConnectionLike + Send>(
                     } else {
                         f64::NAN
                     };
-                    observed.index.insert(id, score);
+                    // A member in two shards is listed twice by readers: wrong either way.
+                    observed
+                        .index
+                        .entry(id)
+                        .and_modify(|seen| *seen = f64::NAN)
+                        .or_insert(score);
                 }
             }
             cursor = next;
