@@ -251,7 +251,7 @@ def test_config_toml_matches_values(chart):
                 "client": {"fetch.wait.max.ms": "10", "client.id": 'say "hi"\\'},
             },
             "redis": {"url": "redis://r:6379/2", "key_prefix": "mc:", "username": "app", "db": 3},
-            "devices": {"ttl_secs": 86400},
+            "devices": {"ttl_secs": 86400, "index_shards": 16},
             "writer": {"max_batch": 512, "max_in_flight": 8},
             "log": {"format": "text"},
         }
@@ -319,6 +319,8 @@ BAD_VALUES = {
     "privileged probe port": {"probePort": 443},
     "probe path override": {"livenessProbe": {"httpGet": {"path": "/"}}},
     "unknown top-level key": {"replicas": 2},
+    "no index shard": {"config": {"devices": {"index_shards": 0}}},
+    "too many index shards": {"config": {"devices": {"index_shards": 1025}}},
     "PDB blocking drains": {"podDisruptionBudget": {"enabled": True, "maxUnavailable": 0}},
 }
 
