@@ -234,8 +234,9 @@ where
                     self.stats.in_flight.store(sent.len() as u64, Relaxed);
                 }
                 Some(replies) = sent.next(), if !sent.is_empty() => {
+                    let others = sent.len() > 1;
                     let verdict = match sent.front() {
-                        Some(batch) => self.judge(batch, replies),
+                        Some(batch) => self.judge(batch, replies, others),
                         None => continue,
                     };
                     match verdict {
@@ -416,7 +417,12 @@ where
     /// Reads a batch's replies as a whole ([`judge`]), and keeps the writer's knowledge
     /// honest: it is forgotten whenever Redis may have lost data or the outcome of a write
     /// is unknown, and a batch that relied on knowledge now void is planned again.
-    fn judge(&mut self, batch: &Batch, replies: Replies) -> Result<Vec<RedisResult<Value>>, Retry> {
+    fn judge(
+        &mut self,
+        batch: &Batch,
+        replies: Replies,
+        others_in_flight: bool,
+    ) -> Result<Vec<RedisResult<Value>>, Retry> {
         let (replies, id, created) =
             match judge(batch.commands, &batch.planned, replies, self.config.tail) {
                 Judged::Retry(retry) => {
@@ -469,7 +475,7 @@ where
         // Any mode: the pipelines in flight when the connection was replaced waited for the
         // new one, and a pipeline built meanwhile may have reached it first. Replaying this
         // one and every later one, one at a time, puts them back in order.
-        if reconnected {
+        if reconnected && others_in_flight {
             return Err(Retry {
                 reason: "reconnected to Redis with pipelines in flight: replaying them in order"
                     .into(),
@@ -834,7 +840,8 @@ where
                 continue;
             };
             let verdict = match replay.batches().next() {
-                Some(batch) => self.judge(batch, replies),
+                // One replayed batch at a time: nothing to overtake it.
+                Some(batch) => self.judge(batch, replies, false),
                 None => break,
             };
             match verdict {
