@@ -304,12 +304,7 @@ impl SourceContext {
             Ok(()) => {
                 self.stats.commits.fetch_add(1, Relaxed);
                 if tracing::enabled!(tracing::Level::DEBUG) {
-                    let offsets: Vec<String> = tpl
-                        .elements()
-                        .iter()
-                        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
-                        .collect();
-                    tracing::debug!(?offsets, ?mode, "offsets committed");
+                    tracing::debug!(offsets = ?listed(&tpl), ?mode, "offsets committed");
                 }
             }
             Err(e) => {
@@ -365,6 +360,14 @@ impl SourceContext {
             .filter_map(|e| self.topics.kind(e.topic()).map(|k| (k, e.partition())))
             .collect()
     }
+}
+
+/// `topic/partition@offset` of each element, for debug logs.
+fn listed(tpl: &TopicPartitionList) -> Vec<String> {
+    tpl.elements()
+        .iter()
+        .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
+        .collect()
 }
 
 fn apply(offsets: &mut Offsets, ack: Ack) {
@@ -538,12 +541,7 @@ impl ConsumerContext for SourceContext {
 
     fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
         if tracing::enabled!(tracing::Level::DEBUG) {
-            let list: Vec<String> = offsets
-                .elements()
-                .iter()
-                .map(|e| format!("{}/{}@{:?}", e.topic(), e.partition(), e.offset()))
-                .collect();
-            tracing::debug!(ok = result.is_ok(), offsets = ?list, "commit answered");
+            tracing::debug!(ok = result.is_ok(), offsets = ?listed(offsets), "commit answered");
         }
         if let Err(e) = result {
             tracing::warn!(error = %e, "offset commit failed; will retry");
