@@ -156,6 +156,34 @@ pub(crate) fn text(key: &str, value: Value) -> Result<String, ClientError> {
     }
 }
 
+/// A hash (`HGETALL`): a flat array of fields and values in RESP2, a map in RESP3.
+pub(crate) fn hash(
+    key: &str,
+    value: Value,
+) -> Result<std::collections::HashMap<String, String>, ClientError> {
+    let pairs: Vec<(Value, Value)> = match ok(key, value)? {
+        Value::Map(pairs) => pairs,
+        Value::Array(flat) => {
+            if flat.len() % 2 != 0 {
+                return Err(ClientError::corrupt(key, "a hash reply with an odd length"));
+            }
+            let mut flat = flat.into_iter();
+            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
+        }
+        Value::Nil => Vec::new(),
+        other => {
+            return Err(ClientError::corrupt(
+                key,
+                format!("expected a hash, got {other:?}"),
+            ))
+        }
+    };
+    pairs
+        .into_iter()
+        .map(|(field, value)| Ok((member(key, field)?, member(key, value)?)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -190,32 +218,4 @@ mod tests {
             Err(ClientError::Corrupt { .. })
         ));
     }
-}
-
-/// A hash (`HGETALL`): a flat array of fields and values in RESP2, a map in RESP3.
-pub(crate) fn hash(
-    key: &str,
-    value: Value,
-) -> Result<std::collections::HashMap<String, String>, ClientError> {
-    let pairs: Vec<(Value, Value)> = match ok(key, value)? {
-        Value::Map(pairs) => pairs,
-        Value::Array(flat) => {
-            if flat.len() % 2 != 0 {
-                return Err(ClientError::corrupt(key, "a hash reply with an odd length"));
-            }
-            let mut flat = flat.into_iter();
-            std::iter::from_fn(|| Some((flat.next()?, flat.next()?))).collect()
-        }
-        Value::Nil => Vec::new(),
-        other => {
-            return Err(ClientError::corrupt(
-                key,
-                format!("expected a hash, got {other:?}"),
-            ))
-        }
-    };
-    pairs
-        .into_iter()
-        .map(|(field, value)| Ok((member(key, field)?, member(key, value)?)))
-        .collect()
 }
