@@ -172,7 +172,7 @@ pub async fn run_variant(
         if let Some(janitor_conn) =
             connect_redis(&settings, &janitor_target, retry, &shutdown, &stats).await
         {
-            let reconnect: Connector<redis::aio::ConnectionManager> = Arc::new(move || {
+            let reconnect: Connector<metacache_client::connect::RedisConn> = Arc::new(move || {
                 let target = Arc::clone(&janitor_target);
                 Box::pin(async move { target.connect().await })
             });
@@ -185,7 +185,7 @@ pub async fn run_variant(
         }
     }
     let ownership = Arc::new(Ownership::new());
-    let connector: Connector<redis::aio::ConnectionManager> = {
+    let connector: Connector<metacache_client::connect::RedisConn> = {
         let (target, stats) = (Arc::clone(&target), Arc::clone(&stats));
         Arc::new(move || {
             let (target, stats) = (Arc::clone(&target), Arc::clone(&stats));
@@ -278,7 +278,7 @@ pub async fn run_variant(
 /// [`crate::pipeline::sink::redis::layout`]); retries while Redis fails, and stops the
 /// daemon when the stored layout is another. `false` when shutdown came first.
 async fn claim_layout(
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut metacache_client::connect::RedisConn,
     settings: &Settings,
     retry: RetryPolicy,
     shutdown: &Shutdown,
@@ -355,7 +355,7 @@ async fn connect_redis(
     retry: RetryPolicy,
     shutdown: &Shutdown,
     stats: &Stats,
-) -> Option<redis::aio::ConnectionManager> {
+) -> Option<metacache_client::connect::RedisConn> {
     let mut delays = retry.delays();
     let url = settings.redis.describe_target();
     loop {

@@ -367,10 +367,7 @@ impl CheckRedis for RedisSettings {
     fn check(&self, check: &mut Checks) {
         check.one_of("redis.mode", &self.mode, &REDIS_MODES);
         match self.mode() {
-            RedisMode::Cluster => check.fail(
-                "redis.mode",
-                "\"cluster\" is not supported yet (Redis Cluster support is its own work); use \"standalone\" or \"sentinel\"",
-            ),
+            RedisMode::Cluster => self.check_cluster(check),
             RedisMode::Sentinel => self.check_sentinel(check),
             RedisMode::Standalone => {}
         }
@@ -496,29 +493,70 @@ impl CheckRedis for RedisSettings {
 
 trait CheckSentinel {
     fn check_sentinel(&self, check: &mut Checks);
+    fn check_cluster(&self, check: &mut Checks);
+    fn check_node_urls(&self, check: &mut Checks, what: &str);
 }
 
 impl CheckSentinel for RedisSettings {
-    fn check_sentinel(&self, check: &mut Checks) {
+    fn check_cluster(&self, check: &mut Checks) {
         if self.nodes.is_empty() {
             check.fail(
                 "redis.nodes",
-                "sentinel mode needs the sentinels' addresses, e.g. [\"redis://sentinel-0:26379\"] (METACACHE__REDIS__NODES=redis://s0:26379,redis://s1:26379)",
+                "cluster mode needs seed nodes, e.g. [\"redis://redis-0:6379\"] (METACACHE__REDIS__NODES=redis://r0:6379,redis://r1:6379)",
             );
         }
+        self.check_node_urls(check, "a cluster node");
+        if self.db.is_some_and(|db| db != 0) {
+            check.fail("redis.db", "Redis Cluster has only database 0");
+        }
+        for node in &self.nodes {
+            if let Ok(url) = Url::parse(node) {
+                if !matches!(url.path(), "" | "/" | "/0") {
+                    check.fail(
+                        "redis.nodes",
+                        format!(
+                            "{:?}: Redis Cluster has only database 0",
+                            redact_url(node)
+                        ),
+                    );
+                }
+            }
+        }
+        let tls: Vec<bool> = self
+            .nodes
+            .iter()
+            .map(|n| n.starts_with("rediss://"))
+            .collect();
+        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
+            check.fail(
+                "redis.nodes",
+                "mixes redis:// and rediss://: a cluster's nodes are reached either all over TLS or none",
+            );
+        }
+        if self.tls.is_set() && !tls.iter().any(|t| *t) {
+            check.fail_at(
+                "redis.tls",
+                &["redis.tls", "redis.nodes"],
+                "certificates are set but the nodes in redis.nodes are not rediss://",
+            );
+        }
+    }
+
+    fn check_node_urls(&self, check: &mut Checks, what: &str) {
         for node in &self.nodes {
             match Url::parse(node) {
                 Err(e) => check.fail(
                     "redis.nodes",
                     format!(
-                        "{:?} is not a URL such as redis://sentinel-0:26379 ({e})",
-                        redact_url(node)
+                        "{:?} is not a URL such as redis://{}:6379 ({e})",
+                        redact_url(node),
+                        if what == "a sentinel" { "sentinel-0" } else { "redis-0" }
                     ),
                 ),
                 Ok(url) if !matches!(url.scheme(), "redis" | "rediss") => check.fail(
                     "redis.nodes",
                     format!(
-                        "{:?}: a sentinel is reached over redis:// or rediss://",
+                        "{:?}: {what} is reached over redis:// or rediss://",
                         redact_url(node)
                     ),
                 ),
@@ -528,6 +566,16 @@ impl CheckSentinel for RedisSettings {
                 Ok(_) => {}
             }
         }
+    }
+
+    fn check_sentinel(&self, check: &mut Checks) {
+        if self.nodes.is_empty() {
+            check.fail(
+                "redis.nodes",
+                "sentinel mode needs the sentinels' addresses, e.g. [\"redis://sentinel-0:26379\"] (METACACHE__REDIS__NODES=redis://s0:26379,redis://s1:26379)",
+            );
+        }
+        self.check_node_urls(check, "a sentinel");
         let tls: Vec<bool> = self
             .nodes
             .iter()

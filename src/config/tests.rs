@@ -1054,14 +1054,43 @@ fn sentinel_mode_needs_sentinels_and_a_master_and_takes_them_from_the_environmen
 }
 
 #[test]
-fn cluster_mode_and_unknown_modes_are_refused_by_name() {
+fn cluster_mode_needs_seed_nodes_of_database_0_and_unknown_modes_are_refused_by_name() {
     let found = problems(load(None, &[("METACACHE__REDIS__MODE", "cluster")]));
     assert!(
         found
             .iter()
-            .any(|(f, r)| f == "redis.mode" && r.contains("not supported yet")),
+            .any(|(f, r)| f == "redis.nodes" && r.contains("seed nodes")),
         "{found:?}"
     );
+    let found = problems(load(
+        None,
+        &[
+            ("METACACHE__REDIS__MODE", "cluster"),
+            ("METACACHE__REDIS__NODES", "redis://r0:7000/2,rediss://r1:7001,http://r2"),
+            ("METACACHE__REDIS__DB", "3"),
+        ],
+    ));
+    for (field, words) in [
+        ("redis.nodes", "only database 0"),
+        ("redis.nodes", "mixes"),
+        ("redis.nodes", "redis:// or rediss://"),
+        ("redis.db", "only database 0"),
+    ] {
+        assert!(
+            found.iter().any(|(f, r)| f == field && r.contains(words)),
+            "{field} {words}: {found:?}"
+        );
+    }
+    let settings = load(
+        None,
+        &[
+            ("METACACHE__REDIS__MODE", "cluster"),
+            ("METACACHE__REDIS__NODES", "redis://r0:7000,redis://r1:7001"),
+        ],
+    )
+    .expect("a cluster with two seeds is valid");
+    assert_eq!(settings.redis.mode(), RedisMode::Cluster);
+    assert_eq!(settings.redis.nodes.len(), 2);
     let found = problems(load(None, &[("METACACHE__REDIS__MODE", "replicated")]));
     assert!(found.iter().any(|(f, _)| f == "redis.mode"), "{found:?}");
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use redis::aio::ConnectionManager;
+use metacache_client::connect::RedisConn;
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -99,7 +99,7 @@ pub async fn run(
     let ttls_set = settings.devices.ttl_secs > 0 || settings.metrics.ttl_secs > 0;
     let window = Duration::from_secs(settings.http.degraded_window_secs);
     let mut history: VecDeque<(Instant, u64, u64)> = VecDeque::new();
-    let mut conn: Option<ConnectionManager> = None;
+    let mut conn: Option<RedisConn> = None;
     let mut at: Option<String> = None;
     let sentinel = settings.redis.mode() == metacache_client::settings::RedisMode::Sentinel;
     let mut warned_policy: Option<String> = None;
@@ -190,7 +190,7 @@ fn mark_down(observed: &Observed, error: String) {
 async fn open(
     settings: &Settings,
 ) -> redis::RedisResult<(
-    ConnectionManager,
+    RedisConn,
     Option<metacache_client::sentinel::Primary>,
 )> {
     // The same connection as everyone's (credentials, password file, TLS), answering
@@ -199,7 +199,7 @@ async fn open(
 }
 
 async fn refresh(
-    conn: &mut ConnectionManager,
+    conn: &mut RedisConn,
     keys: &KeyLayout,
 ) -> redis::RedisResult<CacheFigures> {
     let mut pipe = redis::pipe();

@@ -7,6 +7,7 @@ pub mod feed;
 pub mod model;
 pub mod process;
 pub mod proxy;
+pub mod cluster;
 pub mod sentinel;
 
 use std::future::Future;

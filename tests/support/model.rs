@@ -474,12 +474,12 @@ impl Model {
     }
 
     /// Compares every key in Redis (and every key the model expects) with the model.
-    pub fn compare(&self, redis: &mut redis::Connection) -> Comparison {
+    pub fn compare(&self, redis: &mut impl redis::ConnectionLike) -> Comparison {
         self.compare_sharded(redis, 1)
     }
 
     /// [`Model::compare`] for a device index split over `shards` sorted sets.
-    pub fn compare_sharded(&self, redis: &mut redis::Connection, shards: u32) -> Comparison {
+    pub fn compare_sharded(&self, redis: &mut impl redis::ConnectionLike, shards: u32) -> Comparison {
         // The writers' liveness hash is part of the layout but holds no cache data.
         let actual: BTreeSet<String> = redis
             .keys::<_, BTreeSet<String>>("*")
@@ -517,7 +517,7 @@ impl Model {
 
     fn check_key(
         &self,
-        redis: &mut redis::Connection,
+        redis: &mut impl redis::ConnectionLike,
         key: &str,
         exists: bool,
         shards: u32,

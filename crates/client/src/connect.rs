@@ -11,7 +11,73 @@ use redis::io::tcp::TcpSettings;
 use redis::{Client, ClientTlsConfig, IntoConnectionInfo, RedisResult, TlsCertificates};
 use url::Url;
 
-use crate::settings::RedisSettings;
+use crate::cluster::ClusterConnection;
+use crate::settings::{RedisMode, RedisSettings};
+
+/// A connection to wherever `[redis]` points: one server (standalone, or the primary the
+/// sentinels name) or every primary of a cluster. The read side and the writer use it
+/// alike; what must visit each node (`SCAN`, `INFO`, `CLIENT LIST`) asks [`nodes`].
+///
+/// [`nodes`]: RedisConn::nodes
+#[derive(Clone)]
+pub enum RedisConn {
+    /// One server: standalone, or the primary the sentinels named.
+    Single(ConnectionManager),
+    /// Every primary of a Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl RedisConn {
+    /// Whether this is a Redis Cluster connection.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, RedisConn::Cluster(_))
+    }
+
+    /// A connection to each node that holds part of the data, with its address (empty
+    /// for the one server of standalone and sentinel modes).
+    pub async fn nodes(&self) -> RedisResult<Vec<(String, RedisConn)>> {
+        match self {
+            RedisConn::Single(_) => Ok(vec![(String::new(), self.clone())]),
+            RedisConn::Cluster(c) => Ok(c
+                .primary_connections()
+                .await?
+                .into_iter()
+                .map(|(a, conn)| (a, RedisConn::Single(conn)))
+                .collect()),
+        }
+    }
+}
+
+impl redis::aio::ConnectionLike for RedisConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            RedisConn::Single(c) => c.get_db(),
+            RedisConn::Cluster(c) => c.get_db(),
+        }
+    }
+}
 
 /// The URL with `username`, `password` and `db` overrides applied. It carries the
 /// password: never log it (log [`RedisSettings::redacted_url`] instead).
@@ -38,7 +104,7 @@ pub fn effective_url(settings: &RedisSettings) -> Result<String, String> {
 /// Opens a multiplexed, self-repairing connection with the settings' URL, overrides and
 /// timeouts, without loading the scripts (the read side needs none, and a read-only user
 /// may not be allowed `SCRIPT LOAD`).
-pub async fn open(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
+pub async fn open(settings: &RedisSettings) -> RedisResult<RedisConn> {
     let response_timeout = Duration::from_millis(settings.response_timeout_ms);
     open_with(settings, response_timeout, 1).await
 }
@@ -51,7 +117,7 @@ pub async fn open_with(
     settings: &RedisSettings,
     response_timeout: Duration,
     retries: usize,
-) -> RedisResult<ConnectionManager> {
+) -> RedisResult<RedisConn> {
     Ok(open_located(settings, response_timeout, retries).await?.0)
 }
 
@@ -62,17 +128,27 @@ pub async fn open_located(
     settings: &RedisSettings,
     response_timeout: Duration,
     retries: usize,
-) -> RedisResult<(ConnectionManager, Option<crate::sentinel::Primary>)> {
-    if settings.mode() != crate::settings::RedisMode::Sentinel {
-        return Ok((open_at(settings, response_timeout, retries).await?, None));
+) -> RedisResult<(RedisConn, Option<crate::sentinel::Primary>)> {
+    match settings.mode() {
+        RedisMode::Standalone => {
+            return Ok((
+                RedisConn::Single(open_single(settings, response_timeout, retries).await?),
+                None,
+            ))
+        }
+        RedisMode::Cluster => {
+            let conn = ClusterConnection::connect(settings, response_timeout, retries).await?;
+            return Ok((RedisConn::Cluster(conn), None));
+        }
+        RedisMode::Sentinel => {}
     }
     let primary = crate::sentinel::locate_primary(settings).await?;
     let address = primary.address.clone();
     let at = crate::sentinel::at_primary(settings, &address);
-    let mut conn = open_at(&at, response_timeout, retries).await?;
+    let mut conn = open_single(&at, response_timeout, retries).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
     match crate::sentinel::role_name(&role).as_deref() {
-        Some("master") => Ok((conn, Some(primary))),
+        Some("master") => Ok((RedisConn::Single(conn), Some(primary))),
         other => Err(redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
             "not a primary",
@@ -86,7 +162,7 @@ pub async fn open_located(
 }
 
 /// A connection to the settings' own URL.
-async fn open_at(
+pub(crate) async fn open_single(
     settings: &RedisSettings,
     response_timeout: Duration,
     retries: usize,

@@ -40,6 +40,7 @@
 #![warn(missing_docs)]
 
 mod blocking;
+pub mod cluster;
 pub mod connect;
 mod error;
 mod glob;
@@ -52,7 +53,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
-use redis::aio::ConnectionManager;
+use connect::RedisConn;
 use redis::{Cmd, Value};
 
 pub use blocking::BlockingCacheClient;
@@ -110,7 +111,7 @@ const SCAN_CHUNK: usize = 1000;
 /// ```
 #[derive(Clone)]
 pub struct CacheClient {
-    conn: Arc<RwLock<ConnectionManager>>,
+    conn: Arc<RwLock<RedisConn>>,
     /// Sentinel mode: the settings to find the primary again after a failure.
     sentinel: Option<Arc<RedisSettings>>,
     /// The layout as the descriptor last said (see [`CacheClient::index_keys`]).
@@ -305,7 +306,7 @@ impl CacheClient {
         reply.map_err(|e| ClientError::at_key(key, e))
     }
 
-    fn connection(&self) -> ConnectionManager {
+    fn connection(&self) -> RedisConn {
         match self.conn.read() {
             Ok(conn) => conn.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),

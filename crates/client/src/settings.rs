@@ -11,14 +11,16 @@ pub const MASK: &str = "***";
 #[serde(default, deny_unknown_fields)]
 /// The `[redis]` section: where Redis is and how to talk to it.
 pub struct RedisSettings {
-    /// `standalone` (one address, `url`) or `sentinel` (the primary the sentinels in
-    /// `nodes` name for `sentinel_master`, followed through failovers). `cluster` is
-    /// refused until Redis Cluster support lands.
+    /// `standalone` (one address, `url`), `sentinel` (the primary the sentinels in
+    /// `nodes` name for `sentinel_master`, followed through failovers) or `cluster`
+    /// (every primary of a Redis Cluster, found from the seeds in `nodes`).
     pub mode: String,
     /// `redis://[user[:password]@]host:port/db` or `rediss://` for TLS.
     pub url: String,
-    /// Sentinel mode: the sentinels, as URLs (`redis://host:26379`, `rediss://` for
-    /// TLS); a comma-separated string is accepted too (`METACACHE__REDIS__NODES`).
+    /// Sentinel mode: the sentinels; cluster mode: seed nodes (any few of the cluster's
+    /// nodes; the rest are found from them). As URLs (`redis://host:26379`, `rediss://`
+    /// for TLS, a cluster node's user and password as in `url`); a comma-separated string
+    /// is accepted too (`METACACHE__REDIS__NODES`).
     #[serde(deserialize_with = "list_or_commas")]
     pub nodes: Vec<String>,
     /// Sentinel mode: the name the sentinels monitor the primary under.
@@ -106,7 +108,7 @@ pub enum RedisMode {
     Standalone,
     /// The primary the sentinels name, followed through failovers.
     Sentinel,
-    /// Redis Cluster (not supported yet; refused at start).
+    /// Every primary of a Redis Cluster, each command sent to the node owning its key.
     Cluster,
 }
 
@@ -127,6 +129,14 @@ impl RedisSettings {
     /// sentinels and the master name.
     pub fn describe_target(&self) -> String {
         match self.mode() {
+            RedisMode::Cluster => format!(
+                "cluster via {}",
+                self.nodes
+                    .iter()
+                    .map(|n| redact_url(n))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             RedisMode::Sentinel => format!(
                 "sentinel master {:?} via {}",
                 self.sentinel_master,

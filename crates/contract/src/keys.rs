@@ -51,6 +51,19 @@ pub fn index_shard(device_id: &str, shards: u32) -> u32 {
     u32::from(crc) % shards.max(1)
 }
 
+/// The Redis Cluster hash slot of a key (0..16384): CRC-16/XMODEM of the key, or of the
+/// text between its first `{` and the next `}` when that is not empty (a hash tag), mod
+/// 16384. Redis's own rule; the writer uses it to send each command to the node that owns
+/// its key, and `devices:{k}` puts each index shard where its tag says.
+pub fn hash_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|b| *b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|b| *b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
+
 /// Builds the keys under one prefix.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyLayout {
@@ -180,6 +193,18 @@ impl KeyLayout {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Slots from Redis itself (`CLUSTER KEYSLOT`, Redis 7.0.15).
+    #[test]
+    fn hash_slots_are_redis_own() {
+        assert_eq!(hash_slot(b"foo"), 12182);
+        assert_eq!(hash_slot(b"123456789"), 0x31C3);
+        assert_eq!(hash_slot(b"{user1000}.following"), hash_slot(b"user1000"));
+        // An empty tag does not count: the whole key is hashed.
+        assert_eq!(hash_slot(b"foo{}{bar}"), 8363);
+        assert_eq!(hash_slot(b"foo{{bar}}zap"), hash_slot(b"{bar"));
+        assert_eq!(hash_slot(b"devices:{9}"), hash_slot(b"9"));
+    }
 
     #[test]
     fn layout_without_prefix_matches_the_documented_keys() {

@@ -4,7 +4,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
+use metacache_client::connect::RedisConn;
 use redis::RedisResult;
 
 pub use metacache_client::connect::{effective_url, install_crypto_provider, open};
@@ -15,7 +15,7 @@ use metacache_client::RedisSettings;
 use super::scripts;
 
 /// Opens a multiplexed, self-repairing connection and loads the scripts.
-pub async fn connect(settings: &RedisSettings) -> RedisResult<ConnectionManager> {
+pub async fn connect(settings: &RedisSettings) -> RedisResult<RedisConn> {
     Target::new(settings.clone()).connect().await
 }
 
@@ -36,7 +36,7 @@ impl Target {
     }
 
     /// A new connection with the scripts loaded.
-    pub async fn connect(&self) -> RedisResult<ConnectionManager> {
+    pub async fn connect(&self) -> RedisResult<RedisConn> {
         let timeout = Duration::from_millis(self.settings.response_timeout_ms);
         let (mut conn, primary) =
             metacache_client::connect::open_located(&self.settings, timeout, 1).await?;

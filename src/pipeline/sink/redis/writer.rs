@@ -33,6 +33,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use metacache_client::connect::RedisConn;
 use redis::aio::ConnectionLike;
 use redis::{Pipeline, RedisError, RedisResult, Value};
 use tokio::sync::mpsc;
@@ -72,6 +73,30 @@ pub type Connector<C> =
 /// writer's connection goes to (the new one's address), after a failed write.
 pub type Moved =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
+
+/// What the writer needs of a connection beyond sending: the nodes it spans, for the
+/// per-connection chores (naming, fencing) that Redis does per server.
+pub trait Nodes: Sized {
+    /// Each node with a connection to it alone; one node with address "" outside cluster
+    /// mode.
+    fn nodes(&self) -> Pin<Box<dyn Future<Output = RedisResult<Vec<(String, Self)>>> + Send + '_>>;
+    /// The server-side connections to close after a fence dropped this one: (node, id).
+    /// `conn_id` is the id the pipelines' tail reported (standalone).
+    fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)>;
+}
+
+impl Nodes for RedisConn {
+    fn nodes(&self) -> Pin<Box<dyn Future<Output = RedisResult<Vec<(String, Self)>>> + Send + '_>> {
+        Box::pin(RedisConn::nodes(self))
+    }
+
+    fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)> {
+        match self {
+            RedisConn::Single(_) => conn_id.map(|id| (String::new(), id)).into_iter().collect(),
+            RedisConn::Cluster(c) => c.connection_ids(),
+        }
+    }
+}
 
 /// The pipelines on the wire, each with its batch.
 type Sent = InFlight<Batch, Replies>;
@@ -114,7 +139,7 @@ pub struct Writer<C> {
     /// The connection id Redis reported at the end of the last pipeline.
     conn_id: Option<i64>,
     /// A connection dropped by a fence, to `CLIENT KILL` once a new one is up.
-    kill: Option<i64>,
+    kill: Vec<(String, i64)>,
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
     /// Batches built so far: numbers them in traces.
@@ -148,7 +173,7 @@ pub struct WriterLinks {
 
 impl<C> Writer<C>
 where
-    C: ConnectionLike + Clone + Send + Sync + 'static,
+    C: ConnectionLike + Nodes + Clone + Send + Sync + 'static,
 {
     pub fn new(
         conn: C,
@@ -168,7 +193,7 @@ where
             versions,
             knowledge: 0,
             conn_id: None,
-            kill: None,
+            kill: Vec::new(),
             unnamed: true,
             batches_built: 0,
             answered_before: false,
@@ -310,8 +335,9 @@ where
             carries |= !self.all_owned(&batch.records);
         }
         if carries {
+            self.kill = self.conn.as_ref().map(|c| c.connection_ids(self.conn_id)).unwrap_or_default();
             self.conn = None;
-            self.kill = self.conn_id.take();
+            self.conn_id = None;
             self.stats.fences.fetch_add(1, Relaxed);
             tracing::warn!(
                 batches = count,
@@ -655,62 +681,58 @@ where
     /// Redis has not run yet. A live writer of other partitions loses its connection too
     /// and replays its unanswered pipelines in order (go-back-N): a rebalance is rare and
     /// the replay is correct; a late write is not.
+    /// In cluster mode on every primary: a dead writer's pipelines may wait on any.
     async fn fence_previous_writers(&mut self) {
         let epoch = self.ownership.epoch();
-        let Some(conn) = self.conn.as_mut() else {
+        let Some(conn) = self.conn.as_ref() else {
             return;
         };
-        // This connection's own id from the same round trip: `conn_id` is not known before
-        // the first pipeline's answer, or may be an older connection's.
-        let mut pipe = redis::pipe();
-        pipe.cmd("CLIENT").arg("ID");
-        pipe.cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal");
-        let listed = tokio::time::timeout(
-            Duration::from_secs(2),
-            pipe.query_async::<(i64, String)>(conn),
-        )
-        .await;
-        let others = match listed {
-            Ok(Ok((me, text))) => other_writers(&text, Some(me)),
-            Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-                tracing::warn!(error = %describe(&e), "cannot list Redis connections (CLIENT LIST): late writes of a writer that died cannot be fenced");
-                self.fenced_epoch = Some(epoch);
-                return;
-            }
-            // Lost connection or a slow Redis: try again before the next pipelines, a
-            // few times, then go on (a writer must not stall on it).
+        let nodes = match tokio::time::timeout(Duration::from_secs(2), conn.nodes()).await {
+            Ok(Ok(nodes)) => nodes,
             _ => {
-                self.fence_tries += 1;
-                if self.fence_tries >= FENCE_TRIES {
-                    tracing::warn!("could not list Redis connections to fence previous writers; going on without");
-                    self.fenced_epoch = Some(epoch);
-                    self.fence_tries = 0;
-                }
+                self.fence_failed(epoch);
                 return;
             }
         };
-        if !others.is_empty() {
-            let mut pipe = redis::pipe();
-            for id in &others {
-                pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(*id).ignore();
+        let mut closed = 0;
+        for (node, mut conn) in nodes {
+            match fence_node(&mut conn).await {
+                Ok(n) => closed += n,
+                Err(Some(e)) => {
+                    tracing::warn!(node, error = %describe(&e), "cannot list Redis connections (CLIENT LIST): late writes of a writer that died cannot be fenced");
+                    self.fenced_epoch = Some(epoch);
+                    return;
+                }
+                Err(None) => {
+                    self.fence_failed(epoch);
+                    return;
+                }
             }
-            pipe.ignore_errors();
-            let killed =
-                tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Value>(conn)).await;
-            if !matches!(killed, Ok(Ok(_))) {
-                return;
-            }
-            self.stats
-                .writers_fenced
-                .fetch_add(others.len() as u64, Relaxed);
+        }
+        if closed > 0 {
+            self.stats.writers_fenced.fetch_add(closed, Relaxed);
             tracing::info!(
-                connections = others.len(),
+                connections = closed,
                 "closed the connections of other metacache writers before writing under the new assignment"
             );
         }
         self.fenced_epoch = Some(epoch);
         self.fence_tries = 0;
     }
+
+    /// Lost connection or a slow Redis: try again before the next pipelines, a few
+    /// times, then go on (a writer must not stall on it).
+    fn fence_failed(&mut self, epoch: u64) {
+        self.fence_tries += 1;
+        if self.fence_tries >= FENCE_TRIES {
+            tracing::warn!(
+                "could not list Redis connections to fence previous writers; going on without"
+            );
+            self.fenced_epoch = Some(epoch);
+            self.fence_tries = 0;
+        }
+    }
+
 
     /// Opens a connection when a fence dropped the last one, and kills the dropped one on
     /// the server so bytes of it that already reached Redis are discarded too (best
@@ -719,17 +741,24 @@ where
         if self.conn.is_some() {
             return Ok(());
         }
-        let mut conn = (self.connector)().await.map_err(|e| describe(&e))?;
-        if let Some(id) = self.kill.take() {
-            let mut cmd = redis::cmd("CLIENT");
-            cmd.arg("KILL").arg("ID").arg(id);
-            let kill = cmd.query_async::<Value>(&mut conn);
-            match tokio::time::timeout(Duration::from_secs(2), kill).await {
-                Ok(Ok(_)) => tracing::debug!(id, "fenced connection killed on the server"),
-                Ok(Err(e)) => {
-                    tracing::debug!(id, error = %describe(&e), "fenced connection already gone")
+        let conn = (self.connector)().await.map_err(|e| describe(&e))?;
+        let kill = std::mem::take(&mut self.kill);
+        if !kill.is_empty() {
+            let nodes = conn.nodes().await.unwrap_or_default();
+            for (node, id) in kill {
+                let Some((_, mut at)) = nodes.iter().find(|(a, _)| *a == node).cloned() else {
+                    continue;
+                };
+                let mut cmd = redis::cmd("CLIENT");
+                cmd.arg("KILL").arg("ID").arg(id);
+                let kill = cmd.query_async::<Value>(&mut at);
+                match tokio::time::timeout(Duration::from_secs(2), kill).await {
+                    Ok(Ok(_)) => tracing::debug!(id, node, "fenced connection killed on the server"),
+                    Ok(Err(e)) => {
+                        tracing::debug!(id, node, error = %describe(&e), "fenced connection already gone")
+                    }
+                    Err(_) => tracing::debug!(id, node, "CLIENT KILL of the fenced connection timed out"),
                 }
-                Err(_) => tracing::debug!(id, "CLIENT KILL of the fenced connection timed out"),
             }
         }
         self.conn = Some(conn);
@@ -871,7 +900,7 @@ where
         if let Some(primary) = moved().await {
             tracing::warn!(%primary, "the sentinels name a new Redis primary; writing there from now on");
             self.conn = None;
-            self.kill = None;
+            self.kill.clear();
             self.conn_id = None;
             self.forget_all();
         }
@@ -888,6 +917,42 @@ where
         let hdel = cmd.query_async::<Value>(conn);
         let _ = tokio::time::timeout(Duration::from_secs(1), hdel).await;
     }
+}
+
+/// Closes the other writers' connections on one server; how many. `Err(Some)`: not
+/// allowed (`NOPERM`), `Err(None)`: failed or too slow.
+async fn fence_node<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, Option<RedisError>> {
+    // This connection's own id from the same round trip: the pipelines' tail may not have
+    // reported it yet, or reported an older connection's.
+    let mut pipe = redis::pipe();
+    pipe.cmd("CLIENT").arg("ID");
+    pipe.cmd("CLIENT").arg("LIST").arg("TYPE").arg("normal");
+    let listed = tokio::time::timeout(
+        Duration::from_secs(2),
+        pipe.query_async::<(i64, String)>(conn),
+    )
+    .await;
+    let others = match listed {
+        Ok(Ok((me, text))) => other_writers(&text, Some(me)),
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
+            return Err(Some(e))
+        }
+        _ => return Err(None),
+    };
+    if others.is_empty() {
+        return Ok(0);
+    }
+    let mut pipe = redis::pipe();
+    for id in &others {
+        pipe.cmd("CLIENT").arg("KILL").arg("ID").arg(*id).ignore();
+    }
+    pipe.ignore_errors();
+    let killed =
+        tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Value>(conn)).await;
+    if !matches!(killed, Ok(Ok(_))) {
+        return Err(None);
+    }
+    Ok(others.len() as u64)
 }
 
 /// Tries at fencing the previous writers under one assignment before going on without.

@@ -1,0 +1,213 @@
+//! Redis Cluster (`redis.mode = "cluster"`), against a real cluster of redis-server
+//! processes and the mock Kafka cluster: every event lands where the layout says with 1
+//! and 16 index shards, and the cache ends with 0 keys wrong against the independent
+//! model through a reshard and through a primary's failover, both mid-stream.
+
+mod support;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use metacache_client::{CacheClient, ListOptions, Order};
+use support::cluster::RedisCluster;
+use support::feed::Feed;
+use support::model::{figure, generate, Model, StreamSpec};
+use support::*;
+
+fn cluster_settings(h: &Harness, cluster: &RedisCluster, shards: u32) -> metacache::config::Settings {
+    let mut settings = h.settings();
+    settings.redis.mode = "cluster".into();
+    settings.redis.nodes = cluster.seeds();
+    settings.devices.index_shards = shards;
+    settings
+}
+
+/// Every page of the index, newest first, through the Rust client.
+async fn pages(client: &CacheClient) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    loop {
+        let page = client
+            .list_devices(&ListOptions {
+                limit: 97,
+                offset: out.len(),
+                order: Order::NewestFirst,
+                pattern: None,
+            })
+            .await
+            .expect("list_devices");
+        let done = page.len() < 97;
+        out.extend(page.into_iter().map(|e| (e.id, e.last_updated_ms)));
+        if done {
+            return out;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_lands_where_the_layout_says_with_one_and_sixteen_index_shards() {
+    let h = Harness::start(4);
+    let cluster = RedisCluster::start(3, 0);
+    let records = Arc::new(generate(StreamSpec::new(23, 6_000)));
+    support::feed::publish(&h.producer(), &records).await;
+    let model = Model::of(records.iter());
+
+    let mut reads = Vec::new();
+    for shards in [1u32, 16] {
+        cluster.flushall();
+        let mut settings = cluster_settings(&h, &cluster, shards);
+        settings.kafka.group_id = format!("cluster-layout-{shards}");
+        let daemon = h.start_daemon(settings.clone());
+        h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(90))
+            .await;
+        daemon.stop().await.expect("clean stop");
+
+        model
+            .compare_sharded(&mut cluster.client(), shards)
+            .report(
+                &format!("cluster: 3 primaries, {shards} index shards"),
+                records.len(),
+                0,
+                Duration::ZERO,
+            );
+        // The keys are spread over every primary, the index too once it is sharded.
+        let per_node = cluster.keys_per_primary();
+        assert!(per_node.values().all(|n| *n > 100), "{per_node:?}");
+        let index_nodes: std::collections::BTreeSet<u16> = (0..shards)
+            .map(|k| {
+                let key = if shards == 1 {
+                    "devices".to_owned()
+                } else {
+                    format!("devices:{{{k}}}")
+                };
+                cluster.owner_of(&key)
+            })
+            .collect();
+        assert_eq!(index_nodes.len(), if shards == 1 { 1 } else { 3 }, "{index_nodes:?}");
+
+        let client = CacheClient::from_settings(&settings.redis)
+            .await
+            .expect("cluster client");
+        let info = client.cache_info().await.expect("cache_info");
+        reads.push((pages(&client).await, info.total_devices));
+        let ids: Vec<&String> = model.devices.keys().take(50).collect();
+        let got = client.get_devices(&ids).await.expect("get_devices");
+        // One MGET in standalone mode; here keys of many slots, split per node.
+        assert_eq!(got.len(), ids.len(), "every device found");
+        for ((id, device), want) in got.iter().zip(&ids) {
+            assert_eq!(id, *want);
+            assert_eq!(&device.device_id, *want);
+        }
+    }
+    assert_eq!(reads[0], reads[1], "1 and 16 index shards read the same");
+    assert_eq!(reads[0].1, model.devices.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
+    let h = Harness::start(4);
+    let cluster = RedisCluster::start(3, 0);
+    let records = Arc::new(generate(StreamSpec::new(29, 30_000)));
+    let model = Model::of(records.iter());
+    let settings = cluster_settings(&h, &cluster, 16);
+    let before = cluster.primaries();
+    let daemon = h.start_daemon(settings.clone());
+    let started = Instant::now();
+    let feed = Feed::start(
+        h.kafka.bootstrap(),
+        Arc::clone(&records),
+        500,
+        Duration::from_millis(40),
+    );
+    // Once writes flow, move a third of one primary's slots to another, twice.
+    wait_for(Duration::from_secs(60), "writes to flow", || async {
+        daemon.stats.topic(metacache::model::TopicKind::Device).written.load(Relaxed) > 2_000
+    })
+    .await;
+    let ports: Vec<u16> = before.keys().copied().collect();
+    let (a, b, c) = (ports[0], ports[1], ports[2]);
+    for (from, to, slots) in [(a, b, 1500), (c, a, 1500)] {
+        let out = cluster.reshard(from, to, slots);
+        assert!(out.contains("Moving slot"), "{out}");
+    }
+    let after = cluster.primaries();
+    let delivered_during = feed.delivered();
+    feed.finish().await;
+    h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
+        .await;
+    let stats = daemon.stats.snapshot();
+    daemon.stop().await.expect("clean stop");
+
+    // The fault really happened: slots changed hands while records were still coming.
+    assert_ne!(before, after, "the reshard moved slots");
+    assert!(
+        delivered_during < records.len(),
+        "the reshard ended before the stream did ({delivered_during} of {})",
+        records.len()
+    );
+    figure(&format!(
+        "cluster reshard: slots before {before:?}, after {after:?}; writer retries {}",
+        stats.retries
+    ));
+    model.compare_sharded(&mut cluster.client(), 16).report(
+        "cluster: reshard of 3000 slots mid-stream",
+        records.len(),
+        2,
+        started.elapsed(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_took_over() {
+    let h = Harness::start(4);
+    let mut cluster = RedisCluster::start(3, 1);
+    let records = Arc::new(generate(StreamSpec::new(31, 30_000)));
+    let model = Model::of(records.iter());
+    let mut settings = cluster_settings(&h, &cluster, 16);
+    // Acknowledged only once a replica has the writes: what a failover can lose otherwise.
+    settings.redis.wait_replicas = 1;
+    settings.redis.wait_timeout_ms = 500;
+    let before = cluster.primaries();
+    let daemon = h.start_daemon(settings.clone());
+    let started = Instant::now();
+    let feed = Feed::start(
+        h.kafka.bootstrap(),
+        Arc::clone(&records),
+        500,
+        Duration::from_millis(40),
+    );
+    wait_for(Duration::from_secs(60), "writes to flow", || async {
+        daemon.stats.topic(metacache::model::TopicKind::Device).written.load(Relaxed) > 2_000
+    })
+    .await;
+    let victim = *before.keys().next().expect("a primary");
+    cluster.node(victim).stop();
+    cluster.wait_until(Duration::from_secs(30), "a replica to take over", |c| {
+        let now = c.primaries();
+        !now.contains_key(&victim) && now.len() == 3 && now.values().sum::<usize>() == 16384
+    });
+    let after = cluster.primaries();
+    let delivered_during = feed.delivered();
+    feed.finish().await;
+    h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
+        .await;
+    let stats = daemon.stats.snapshot();
+    daemon.stop().await.expect("clean stop");
+
+    assert!(
+        delivered_during < records.len(),
+        "the failover ended before the stream did ({delivered_during} of {})",
+        records.len()
+    );
+    assert!(stats.retries > 0, "the writer saw the primary go");
+    figure(&format!(
+        "cluster failover: primaries before {before:?}, after {after:?}; writer retries {}",
+        stats.retries
+    ));
+    model.compare_sharded(&mut cluster.client(), 16).report(
+        "cluster: a primary killed mid-stream, replica promoted",
+        records.len(),
+        1,
+        started.elapsed(),
+    );
+}
