@@ -514,10 +514,7 @@ impl CheckSentinel for RedisSettings {
                 if !matches!(url.path(), "" | "/" | "/0") {
                     check.fail(
                         "redis.nodes",
-                        format!(
-                            "{:?}: Redis Cluster has only database 0",
-                            redact_url(node)
-                        ),
+                        format!("{:?}: Redis Cluster has only database 0", redact_url(node)),
                     );
                 }
             }
@@ -550,7 +547,11 @@ impl CheckSentinel for RedisSettings {
                     format!(
                         "{:?} is not a URL such as redis://{}:6379 ({e})",
                         redact_url(node),
-                        if what == "a sentinel" { "sentinel-0" } else { "redis-0" }
+                        if what == "a sentinel" {
+                            "sentinel-0"
+                        } else {
+                            "redis-0"
+                        }
                     ),
                 ),
                 Ok(url) if !matches!(url.scheme(), "redis" | "rediss") => check.fail(

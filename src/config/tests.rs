@@ -1066,7 +1066,10 @@ fn cluster_mode_needs_seed_nodes_of_database_0_and_unknown_modes_are_refused_by_
         None,
         &[
             ("METACACHE__REDIS__MODE", "cluster"),
-            ("METACACHE__REDIS__NODES", "redis://r0:7000/2,rediss://r1:7001,http://r2"),
+            (
+                "METACACHE__REDIS__NODES",
+                "redis://r0:7000/2,rediss://r1:7001,http://r2",
+            ),
             ("METACACHE__REDIS__DB", "3"),
         ],
     ));

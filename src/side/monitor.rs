@@ -189,19 +189,13 @@ fn mark_down(observed: &Observed, error: String) {
 
 async fn open(
     settings: &Settings,
-) -> redis::RedisResult<(
-    RedisConn,
-    Option<metacache_client::sentinel::Primary>,
-)> {
+) -> redis::RedisResult<(RedisConn, Option<metacache_client::sentinel::Primary>)> {
     // The same connection as everyone's (credentials, password file, TLS), answering
     // within a second and never retried, so that /readyz tells the truth at once.
     metacache_client::connect::open_located(&settings.redis, Duration::from_secs(1), 0).await
 }
 
-async fn refresh(
-    conn: &mut RedisConn,
-    keys: &KeyLayout,
-) -> redis::RedisResult<CacheFigures> {
+async fn refresh(conn: &mut RedisConn, keys: &KeyLayout) -> redis::RedisResult<CacheFigures> {
     let mut pipe = redis::pipe();
     for key in keys.index_keys() {
         pipe.cmd("ZCARD")

@@ -43,13 +43,17 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stderr)
         );
         let cluster = RedisCluster { nodes };
-        cluster.wait_until(Duration::from_secs(30), "the cluster to be ok everywhere", |c| {
-            c.nodes.iter().all(|n| {
-                let info = query_text(n.port(), &["CLUSTER", "INFO"]).unwrap_or_default();
-                info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-            }) && c.primaries().len() == primaries
-                && c.replicas_synced() == primaries * replicas
-        });
+        cluster.wait_until(
+            Duration::from_secs(30),
+            "the cluster to be ok everywhere",
+            |c| {
+                c.nodes.iter().all(|n| {
+                    let info = query_text(n.port(), &["CLUSTER", "INFO"]).unwrap_or_default();
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                }) && c.primaries().len() == primaries
+                    && c.replicas_synced() == primaries * replicas
+            },
+        );
         cluster
     }
 
@@ -143,8 +147,9 @@ impl RedisCluster {
         self.nodes
             .iter()
             .filter(|n| {
-                query_text(n.port(), &["INFO", "replication"])
-                    .is_some_and(|i| i.contains("role:slave") && i.contains("master_link_status:up"))
+                query_text(n.port(), &["INFO", "replication"]).is_some_and(|i| {
+                    i.contains("role:slave") && i.contains("master_link_status:up")
+                })
             })
             .count()
     }

@@ -3,11 +3,11 @@
 //! committed offsets, wait for a condition).
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod feed;
 pub mod model;
 pub mod process;
 pub mod proxy;
-pub mod cluster;
 pub mod sentinel;
 
 use std::future::Future;

@@ -479,7 +479,11 @@ impl Model {
     }
 
     /// [`Model::compare`] for a device index split over `shards` sorted sets.
-    pub fn compare_sharded(&self, redis: &mut impl redis::ConnectionLike, shards: u32) -> Comparison {
+    pub fn compare_sharded(
+        &self,
+        redis: &mut impl redis::ConnectionLike,
+        shards: u32,
+    ) -> Comparison {
         // The writers' liveness hash is part of the layout but holds no cache data.
         let actual: BTreeSet<String> = redis
             .keys::<_, BTreeSet<String>>("*")

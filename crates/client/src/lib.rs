@@ -338,6 +338,21 @@ impl CacheClient {
 
     /// Several commands in one round trip; each reply comes back on its own, errors
     /// included, so the caller can name the key of the one that failed.
+    /// `used_memory` summed over a cluster's primaries; `None` when one does not tell.
+    async fn cluster_memory(&self) -> Option<u64> {
+        let nodes = self.connection().nodes().await.ok()?;
+        let mut total = 0u64;
+        for (_, mut node) in nodes {
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut node)
+                .await
+                .ok()?;
+            total = total.saturating_add(info_field(&info, "used_memory")?);
+        }
+        Some(total)
+    }
+
     async fn pipeline(&self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
         let mut conn = self.connection();
         let replies = pipe
@@ -407,10 +422,25 @@ impl CacheClient {
         }
         let layout = self.keys();
         let keys: Vec<String> = unique.iter().map(|id| layout.device(id)).collect();
-        let reply = self
-            .query_at(&keys[0], redis::cmd("MGET").arg(&keys))
-            .await?;
-        let values = reply::items(&keys[0], reply)?;
+        let values = if self.connection().is_cluster() {
+            // MGET needs every key in one slot on a cluster: one GET each instead, sent
+            // as one pipeline that the connection splits per node (a round trip per node).
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("GET").arg(key);
+            }
+            let replies = self.pipeline(&mut pipe).await?;
+            let mut values = Vec::with_capacity(replies.len());
+            for (key, reply) in keys.iter().zip(replies) {
+                values.push(reply::ok(key, reply)?);
+            }
+            values
+        } else {
+            let reply = self
+                .query_at(&keys[0], redis::cmd("MGET").arg(&keys))
+                .await?;
+            reply::items(&keys[0], reply)?
+        };
         if values.len() != keys.len() {
             return Err(ClientError::Redis(format!(
                 "MGET of {} keys answered {} values",
@@ -615,9 +645,12 @@ impl CacheClient {
             }
         }
         let namespace_count = reply::int(namespaces, next())?;
-        let memory = reply::text("INFO", next())
+        let mut memory = reply::text("INFO", next())
             .ok()
             .and_then(|info| info_field(&info, "used_memory"));
+        if self.connection().is_cluster() {
+            memory = self.cluster_memory().await;
+        }
         Ok(CacheInfo {
             total_devices: u64::try_from(total).unwrap_or(0),
             memory_usage_bytes: memory,

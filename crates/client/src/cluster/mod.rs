@@ -257,7 +257,11 @@ impl ClusterConnection {
         Ok(())
     }
 
-    async fn slots_from(&self, address: &str, conn: &mut ConnectionManager) -> RedisResult<SlotMap> {
+    async fn slots_from(
+        &self,
+        address: &str,
+        conn: &mut ConnectionManager,
+    ) -> RedisResult<SlotMap> {
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(conn)
@@ -603,7 +607,10 @@ mod tests {
     fn node_settings_keep_the_seeds_credentials_and_scheme() {
         let settings = RedisSettings {
             mode: "cluster".into(),
-            nodes: vec!["rediss://app:pw@seed:7000".into(), "rediss://other:7001".into()],
+            nodes: vec![
+                "rediss://app:pw@seed:7000".into(),
+                "rediss://other:7001".into(),
+            ],
             ..RedisSettings::default()
         };
         let node = node_settings(&settings, "10.0.0.5:7005").unwrap();

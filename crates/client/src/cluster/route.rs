@@ -170,7 +170,10 @@ mod tests {
 
     #[test]
     fn commands_are_routed_by_their_key() {
-        assert_eq!(target(&cmd(&["SET", "device:a", "v"])), Target::Slot(hash_slot(b"device:a")));
+        assert_eq!(
+            target(&cmd(&["SET", "device:a", "v"])),
+            Target::Slot(hash_slot(b"device:a"))
+        );
         assert_eq!(
             target(&cmd(&["EVALSHA", "abc", "1", "device:b", "json"])),
             Target::Slot(hash_slot(b"device:b"))

@@ -36,11 +36,19 @@ impl SlotMap {
             };
             let (start, end) = match (fields.first().and_then(int), fields.get(1).and_then(int)) {
                 (Some(s), Some(e)) if s <= e && (e as usize) < SLOTS => (s as usize, e as usize),
-                _ => return Err(format!("CLUSTER SLOTS: a range without valid bounds: {fields:?}")),
+                _ => {
+                    return Err(format!(
+                        "CLUSTER SLOTS: a range without valid bounds: {fields:?}"
+                    ))
+                }
             };
             let address = match fields.get(2) {
                 Some(Value::Array(node)) => node_address(node, asked)?,
-                other => return Err(format!("CLUSTER SLOTS: slots {start}-{end} have no primary: {other:?}")),
+                other => {
+                    return Err(format!(
+                        "CLUSTER SLOTS: slots {start}-{end} have no primary: {other:?}"
+                    ))
+                }
             };
             let index = match map.primaries.iter().position(|p| *p == address) {
                 Some(i) => i,
@@ -139,7 +147,10 @@ mod tests {
             range(100, 100, "10.0.0.2", 7000),
         ]);
         let map = SlotMap::from_cluster_slots(&reply, "seed:1").unwrap();
-        assert_eq!(map.primaries(), ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]);
+        assert_eq!(
+            map.primaries(),
+            ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"]
+        );
         assert_eq!(map.owner(0), Some("10.0.0.1:7000"));
         assert_eq!(map.owner(100), Some("10.0.0.2:7000"));
         assert_eq!(map.owner(5461), Some("10.0.0.2:7000"));

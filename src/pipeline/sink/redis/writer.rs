@@ -335,7 +335,11 @@ where
             carries |= !self.all_owned(&batch.records);
         }
         if carries {
-            self.kill = self.conn.as_ref().map(|c| c.connection_ids(self.conn_id)).unwrap_or_default();
+            self.kill = self
+                .conn
+                .as_ref()
+                .map(|c| c.connection_ids(self.conn_id))
+                .unwrap_or_default();
             self.conn = None;
             self.conn_id = None;
             self.stats.fences.fetch_add(1, Relaxed);
@@ -733,7 +737,6 @@ where
         }
     }
 
-
     /// Opens a connection when a fence dropped the last one, and kills the dropped one on
     /// the server so bytes of it that already reached Redis are discarded too (best
     /// effort: it may be gone already, or the user may not be allowed `CLIENT KILL`).
@@ -753,11 +756,15 @@ where
                 cmd.arg("KILL").arg("ID").arg(id);
                 let kill = cmd.query_async::<Value>(&mut at);
                 match tokio::time::timeout(Duration::from_secs(2), kill).await {
-                    Ok(Ok(_)) => tracing::debug!(id, node, "fenced connection killed on the server"),
+                    Ok(Ok(_)) => {
+                        tracing::debug!(id, node, "fenced connection killed on the server")
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(id, node, error = %describe(&e), "fenced connection already gone")
                     }
-                    Err(_) => tracing::debug!(id, node, "CLIENT KILL of the fenced connection timed out"),
+                    Err(_) => {
+                        tracing::debug!(id, node, "CLIENT KILL of the fenced connection timed out")
+                    }
                 }
             }
         }
