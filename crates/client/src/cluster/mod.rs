@@ -337,17 +337,12 @@ impl ClusterConnection {
                     // and put this one on the wire before letting the next one go.
                     let _waiting = Waiting::new(&this.inner.waiting);
                     let _gate = this.inner.gate.lock().await;
-                    let needs_refresh = match this.prepare(&refs, true) {
-                        None => true,
-                        Some(_) => false,
-                    };
-                    if needs_refresh {
-                        this.refresh().await?;
-                    }
                     let prepared = match this.prepare(&refs, true) {
-                        Some(Ok(p)) => p,
-                        Some(Err(e)) => return Err(e),
-                        None => return Err(unmapped()),
+                        Some(prepared) => prepared?,
+                        None => {
+                            this.refresh().await?;
+                            this.prepare(&refs, true).ok_or_else(unmapped)??
+                        }
                     };
                     let mut sent = Box::pin(this.send(prepared));
                     let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());

@@ -74,19 +74,23 @@ pub type Connector<C> =
 pub type Moved =
     Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Option<String>> + Send>> + Send + Sync>;
 
+/// Each node of a connection, with a connection to it alone.
+pub type NodesFuture<'a, C> =
+    Pin<Box<dyn Future<Output = RedisResult<Vec<(String, C)>>> + Send + 'a>>;
+
 /// What the writer needs of a connection beyond sending: the nodes it spans, for the
 /// per-connection chores (naming, fencing) that Redis does per server.
 pub trait Nodes: Sized {
     /// Each node with a connection to it alone; one node with address "" outside cluster
     /// mode.
-    fn nodes(&self) -> Pin<Box<dyn Future<Output = RedisResult<Vec<(String, Self)>>> + Send + '_>>;
+    fn nodes(&self) -> NodesFuture<'_, Self>;
     /// The server-side connections to close after a fence dropped this one: (node, id).
     /// `conn_id` is the id the pipelines' tail reported (standalone).
     fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)>;
 }
 
 impl Nodes for RedisConn {
-    fn nodes(&self) -> Pin<Box<dyn Future<Output = RedisResult<Vec<(String, Self)>>> + Send + '_>> {
+    fn nodes(&self) -> NodesFuture<'_, Self> {
         Box::pin(RedisConn::nodes(self))
     }
 
