@@ -27,6 +27,37 @@ fn cluster_settings(
     settings
 }
 
+/// The CLI against the cluster (settings from the environment, as in a pod).
+fn cli(cluster: &RedisCluster, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = metacache()
+        .args(args)
+        .env("METACACHE__REDIS__MODE", "cluster")
+        .env("METACACHE__REDIS__NODES", cluster.seeds().join(","))
+        .output()
+        .expect("metacache runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const CLI_READS: [&[&str]; 3] = [
+    &[
+        "get", "devices", "--limit", "25", "--offset", "40", "--json",
+    ],
+    &[
+        "get",
+        "devices",
+        "--limit",
+        "10",
+        "--pattern",
+        "dev-2?",
+        "--json",
+    ],
+    &["get", "device", "dev-17", "--json"],
+];
+
 /// Every page of the index, newest first, through the Rust client.
 async fn pages(client: &CacheClient) -> Vec<(String, i64)> {
     let mut out = Vec::new();
@@ -95,7 +126,14 @@ async fn every_event_lands_where_the_layout_says_with_one_and_sixteen_index_shar
             .await
             .expect("cluster client");
         let info = client.cache_info().await.expect("cache_info");
-        reads.push((pages(&client).await, info.total_devices));
+        assert!(info.memory_usage_bytes.unwrap_or(0) > 0);
+        let mut cli_out = Vec::new();
+        for args in CLI_READS {
+            let (code, out, err) = cli(&cluster, args);
+            assert_eq!(code, Some(0), "{args:?}: {err}");
+            cli_out.push(out);
+        }
+        reads.push((pages(&client).await, info.total_devices, cli_out));
         let ids: Vec<&String> = model.devices.keys().take(50).collect();
         let got = client.get_devices(&ids).await.expect("get_devices");
         // One MGET in standalone mode; here keys of many slots, split per node.
@@ -118,6 +156,28 @@ async fn every_event_lands_where_the_layout_says_with_one_and_sixteen_index_shar
     }
     assert_eq!(reads[0], reads[1], "1 and 16 index shards read the same");
     assert_eq!(reads[0].1, model.devices.len() as u64);
+
+    // reindex on a cluster (SCAN on every primary): 16 shards down to 1 and back.
+    for (to, was) in [(1, 16), (16, 1)] {
+        let (code, out, err) = cli(
+            &cluster,
+            &["reindex", "--index-shards", &to.to_string(), "--yes"],
+        );
+        assert_eq!(code, Some(0), "{err}");
+        assert!(
+            out.contains(&format!(
+                "reindexed {} devices into {to} index shard(s) (was {was})",
+                model.devices.len()
+            )),
+            "{out}"
+        );
+        model.compare_sharded(&mut cluster.client(), to).report(
+            &format!("cluster: reindexed {was} -> {to}"),
+            records.len(),
+            0,
+            Duration::ZERO,
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -212,6 +272,23 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
     })
     .await;
     let victim = *before.keys().next().expect("a primary");
+    // /readyz while the node is down: it should name it.
+    let http = daemon.http().await;
+    let watch = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let (_, body) = readyz(http).await;
+            let redis = body["checks"]["redis"].clone();
+            if redis["message"]
+                .to_string()
+                .contains(&format!("127.0.0.1:{victim}"))
+            {
+                return Some(redis);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        None
+    });
     let delivered_during = feed.delivered();
     cluster.node(victim).stop();
     cluster.wait_until(Duration::from_secs(30), "a replica to take over", |c| {
@@ -219,6 +296,12 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
         !now.contains_key(&victim) && now.len() == 3 && now.values().sum::<usize>() == 16384
     });
     let after = cluster.primaries();
+    let named = watch.await.expect("watcher");
+    assert!(named.is_some(), "/readyz named the primary that was down");
+    figure(&format!(
+        "cluster failover: /readyz said {}",
+        named.unwrap_or_default()
+    ));
     // The old primary comes back (as a pod would), empty, and becomes the new one's
     // replica: until then `WAIT 1` cannot be met and nothing is acknowledged.
     cluster

@@ -240,13 +240,26 @@ async fn refresh(conn: &mut RedisConn, keys: &KeyLayout) -> redis::RedisResult<C
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(0)
     };
+    let (mut used, mut max) = (number(&memory, "used_memory"), number(&memory, "maxmemory"));
+    if conn.is_cluster() {
+        // Memory is per node: the cache's is the sum over the primaries.
+        (used, max) = (0, 0);
+        for (_, mut node) in conn.nodes().await? {
+            let info: String = redis::cmd("INFO")
+                .arg("memory")
+                .query_async(&mut node)
+                .await?;
+            used += number(&info, "used_memory");
+            max += number(&info, "maxmemory");
+        }
+    }
     Ok(CacheFigures {
         total_devices: total,
         oldest_device_ms: oldest.map(|s| s as i64),
         newest_device_ms: newest.map(|s| s as i64),
         metric_namespaces: namespaces,
-        used_memory_bytes: number(&memory, "used_memory"),
-        maxmemory_bytes: number(&memory, "maxmemory"),
+        used_memory_bytes: used,
+        maxmemory_bytes: max,
         maxmemory_policy: info_field(&memory, "maxmemory_policy")
             .unwrap_or("")
             .to_owned(),

@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 
-use redis::aio::ConnectionLike;
+use metacache_client::connect::RedisConn;
 
 use super::verify::scan;
 use crate::config::Settings;
@@ -87,8 +87,8 @@ pub async fn run(settings: &Settings, shards: u32, force: bool) -> Result<Reinde
 }
 
 /// [`run`] on a connection.
-pub async fn reindex<C: ConnectionLike + Send>(
-    conn: &mut C,
+pub async fn reindex(
+    conn: &mut RedisConn,
     prefix: &str,
     shards: u32,
 ) -> redis::RedisResult<Reindexed> {
@@ -110,7 +110,7 @@ pub async fn reindex<C: ConnectionLike + Send>(
     let mut devices = 0u64;
     let device_keys = scan(conn, &format!("{escaped}device:*")).await?;
     for batch in device_keys.chunks(BATCH) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(batch).query_async(conn).await?;
+        let values = super::verify::mget(conn, batch).await?;
         for (key, value) in batch.iter().zip(values) {
             let Some(value) = value else { continue };
             let key_text = String::from_utf8_lossy(key).into_owned();
@@ -136,12 +136,13 @@ pub async fn reindex<C: ConnectionLike + Send>(
 
     // Each shard built beside the live key (leftovers of an interrupted run first)...
     let mut leftovers = scan(conn, &format!("{escaped}devices:reindex")).await?;
+    leftovers.extend(scan(conn, &format!("{{{escaped}devices}}:reindex")).await?);
     leftovers.extend(scan(conn, &format!("{escaped}devices:{{*}}:reindex")).await?);
     for key in &leftovers {
         redis::cmd("DEL").arg(key).query_async::<()>(conn).await?;
     }
     for (key, shard) in target.index_keys().iter().zip(&members) {
-        let building = format!("{key}:reindex");
+        let building = staging(key);
         for chunk in shard.chunks(BATCH) {
             let mut zadd = redis::cmd("ZADD");
             zadd.arg(&building);
@@ -162,15 +163,16 @@ pub async fn reindex<C: ConnectionLike + Send>(
         .filter(|key| is_index_key(prefix, key) && !target.index_keys().contains(key))
         .collect();
     let mut swap = redis::pipe();
-    swap.atomic();
+    // A cluster runs a transaction only within one slot: there the swap is one pipeline,
+    // each node's part applied in order but not all at one instant.
+    if !conn.is_cluster() {
+        swap.atomic();
+    }
     for (key, shard) in target.index_keys().iter().zip(&members) {
         if shard.is_empty() {
             swap.cmd("DEL").arg(key).ignore();
         } else {
-            swap.cmd("RENAME")
-                .arg(format!("{key}:reindex"))
-                .arg(key)
-                .ignore();
+            swap.cmd("RENAME").arg(staging(key)).arg(key).ignore();
         }
     }
     for key in &removed_keys {
@@ -190,6 +192,17 @@ pub async fn reindex<C: ConnectionLike + Send>(
         skipped,
         removed_keys,
     })
+}
+
+/// Where a shard is built before it is swapped in: in the live key's hash slot, so that
+/// `RENAME` works on a cluster (`devices:{3}` → `devices:{3}:reindex`, `devices` →
+/// `{devices}:reindex`).
+fn staging(key: &str) -> String {
+    if key.contains('{') {
+        format!("{key}:reindex")
+    } else {
+        format!("{{{key}}}:reindex")
+    }
 }
 
 /// Whether `key` is an index key of some layout under `prefix`: `devices`, or

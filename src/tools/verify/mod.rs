@@ -17,12 +17,12 @@ use std::fmt;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
+use metacache_client::connect::RedisConn;
 use rdkafka::client::ClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
-use redis::aio::ConnectionLike;
 use redis::RedisError;
 use serde::Serialize;
 
@@ -261,17 +261,14 @@ fn reached(consumer: &BaseConsumer<Reader>, topic: &str, partition: i32, end: i6
 }
 
 /// Reads every key metacache writes under `keys`' prefix.
-pub async fn read_redis<C: ConnectionLike + Send>(
-    conn: &mut C,
-    keys: &KeyLayout,
-) -> Result<Observed, RedisError> {
+pub async fn read_redis(conn: &mut RedisConn, keys: &KeyLayout) -> Result<Observed, RedisError> {
     let mut observed = Observed::default();
     let prefix = glob_escape(keys.prefix());
 
     let device_prefix = keys.device("");
     let device_keys = scan(conn, &format!("{prefix}device:*")).await?;
     for batch in device_keys.chunks(READ_BATCH) {
-        let values: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(batch).query_async(conn).await?;
+        let values = mget(conn, batch).await?;
         for (key, value) in batch.iter().zip(values) {
             if let (Some(id), Some(value)) = (strip(key, device_prefix.as_bytes(), b""), value) {
                 observed
@@ -345,11 +342,36 @@ pub async fn read_redis<C: ConnectionLike + Send>(
     Ok(observed)
 }
 
-/// Every key matching `pattern`, each once (`SCAN` may return a key twice).
-pub(crate) async fn scan<C: ConnectionLike + Send>(
-    conn: &mut C,
-    pattern: &str,
-) -> Result<Vec<Vec<u8>>, RedisError> {
+/// The values of `keys` in order: one `MGET`, or on a cluster (where `MGET` needs one
+/// slot) one `GET` each in a pipeline that the connection splits per node.
+pub(crate) async fn mget(
+    conn: &mut RedisConn,
+    keys: &[Vec<u8>],
+) -> Result<Vec<Option<Vec<u8>>>, RedisError> {
+    if !conn.is_cluster() {
+        return redis::cmd("MGET").arg(keys).query_async(conn).await;
+    }
+    let mut pipe = redis::pipe();
+    for key in keys {
+        pipe.cmd("GET").arg(key);
+    }
+    pipe.query_async(conn).await
+}
+
+/// Every key matching `pattern`, each once (`SCAN` may return a key twice); on a cluster,
+/// from every primary.
+pub(crate) async fn scan(conn: &mut RedisConn, pattern: &str) -> Result<Vec<Vec<u8>>, RedisError> {
+    let mut keys = Vec::new();
+    for (_, mut node) in conn.nodes().await? {
+        keys.extend(scan_node(&mut node, pattern).await?);
+    }
+    // SCAN may return a key twice; keep one.
+    keys.sort_unstable();
+    keys.dedup();
+    Ok(keys)
+}
+
+async fn scan_node(conn: &mut RedisConn, pattern: &str) -> Result<Vec<Vec<u8>>, RedisError> {
     let mut keys = Vec::new();
     let mut cursor = 0u64;
     loop {
@@ -367,9 +389,6 @@ pub(crate) async fn scan<C: ConnectionLike + Send>(
             break;
         }
     }
-    // SCAN may return a key twice; keep one.
-    keys.sort_unstable();
-    keys.dedup();
     Ok(keys)
 }
 
