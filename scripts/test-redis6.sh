@@ -19,7 +19,8 @@ PY
 echo "test-redis6: $("$server" --version)"
 
 tests=(faults_redis faults_process fencing stale_guard pipeline delivery dead_letters
-       convergence replicas sentinel acl janitor client cli_read api verify resync layout)
+       convergence replicas sentinel acl janitor client cli_read api verify resync layout
+       cluster)
 args=()
 for t in "${tests[@]}"; do
   args+=(--test "$t")

@@ -58,6 +58,9 @@ const CLI_READS: [&[&str]; 3] = [
     &["get", "device", "dev-17", "--json"],
 ];
 
+/// Records of a fault test published only once the fault is over.
+const HELD_BACK: usize = 3_000;
+
 /// Every page of the index, newest first, through the Rust client.
 async fn pages(client: &CacheClient) -> Vec<(String, i64)> {
     let mut out = Vec::new();
@@ -190,9 +193,12 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
     let before = cluster.primaries();
     let daemon = h.start_daemon(settings.clone());
     let started = Instant::now();
+    // The last records are held back until the fault is over, so some of the stream
+    // is always written after it, however slow the machine is.
+    let (head, tail) = records.split_at(records.len() - HELD_BACK);
     let feed = Feed::start(
         h.kafka.bootstrap(),
-        Arc::clone(&records),
+        Arc::new(head.to_vec()),
         100,
         Duration::from_millis(20),
     );
@@ -213,8 +219,8 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
         assert!(out.contains("Moving slot"), "{out}");
     }
     let after = cluster.primaries();
-    let delivered_during = feed.delivered();
     feed.finish().await;
+    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
     h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
         .await;
     let stats = daemon.stats.snapshot();
@@ -225,11 +231,6 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
     assert!(
         stats.retries > 0,
         "the writer was redirected (MOVED or ASK) at least once"
-    );
-    assert!(
-        delivered_during < records.len(),
-        "the reshard ended before the stream did ({delivered_during} of {})",
-        records.len()
     );
     figure(&format!(
         "cluster reshard: slots before {before:?}, after {after:?}; writer retries {}",
@@ -256,9 +257,12 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
     let before = cluster.primaries();
     let daemon = h.start_daemon(settings.clone());
     let started = Instant::now();
+    // The last records are held back until the fault is over, so some of the stream
+    // is always written after it, however slow the machine is.
+    let (head, tail) = records.split_at(records.len() - HELD_BACK);
     let feed = Feed::start(
         h.kafka.bootstrap(),
-        Arc::clone(&records),
+        Arc::new(head.to_vec()),
         100,
         Duration::from_millis(20),
     );
@@ -289,7 +293,6 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
         }
         None
     });
-    let delivered_during = feed.delivered();
     cluster.node(victim).stop();
     cluster.wait_until(Duration::from_secs(30), "a replica to take over", |c| {
         let now = c.primaries();
@@ -314,16 +317,12 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
         |c| c.replicas_synced() == 3,
     );
     feed.finish().await;
+    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
     h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
         .await;
     let stats = daemon.stats.snapshot();
     daemon.stop().await.expect("clean stop");
 
-    assert!(
-        delivered_during < records.len(),
-        "the primary was killed after the stream ended ({delivered_during} of {})",
-        records.len()
-    );
     assert!(stats.retries > 0, "the writer saw the primary go");
     figure(&format!(
         "cluster failover: primaries before {before:?}, after {after:?}; writer retries {}",

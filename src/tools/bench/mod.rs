@@ -9,6 +9,7 @@
 //! soon as data arrives).
 
 pub mod api_load;
+pub mod cluster;
 pub mod codec;
 pub mod probes;
 pub mod workload;
@@ -93,10 +94,12 @@ pub enum Stage {
     Steady,
     // Publish-to-visible latency at a steady rate.
     Latency,
+    // The daemon draining the backlog into a 3-primary Redis Cluster, 1 and 16 index shards.
+    Cluster,
 }
 
 impl Stage {
-    pub const ALL: [Stage; 8] = [
+    pub const ALL: [Stage; 9] = [
         Stage::Ceiling,
         Stage::Redis,
         Stage::Naive,
@@ -105,6 +108,7 @@ impl Stage {
         Stage::Plain,
         Stage::Steady,
         Stage::Latency,
+        Stage::Cluster,
     ];
 }
 
@@ -218,6 +222,8 @@ pub struct BenchReport {
     pub ratio_to_naive: Option<f64>,
     /// Throughput lost to the stale guard and the index: 1 - full ÷ plain.
     pub guard_and_index_cost: Option<f64>,
+    /// The drains into a 3-primary Redis Cluster (1 and 16 index shards).
+    pub cluster: Option<Vec<cluster::ClusterRun>>,
 }
 
 struct Broker {
@@ -1167,6 +1173,11 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         api_during_latency = api;
     }
 
+    let mut cluster_runs = None;
+    if wants(Stage::Cluster) {
+        eprintln!("  metacache, draining into a 3-primary Redis Cluster (1 and 16 index shards) …");
+        cluster_runs = Some(cluster::run(&broker, n, &opts)?);
+    }
     let drain_rate = drained.as_ref().map(|d| d.events_per_sec);
     let report = BenchReport {
         version: env!("CARGO_PKG_VERSION"),
@@ -1184,6 +1195,7 @@ pub fn run(opts: BenchOptions) -> Result<BenchReport, String> {
         latency,
         api_during_drain,
         api_during_latency,
+        cluster: cluster_runs,
     };
     print_report(&report);
     if let Some(path) = &opts.json {
@@ -1235,6 +1247,27 @@ fn print_report(r: &BenchReport) {
             println!(
                 "| {} | {:.3} | {:.2} |",
                 c.command, c.calls_per_event, c.usec_per_call
+            );
+        }
+    }
+    if let Some(runs) = &r.cluster {
+        println!();
+        println!("Redis Cluster, 3 primaries on this machine, backlog drain:");
+        println!("| index shards | events/s | metacache CPU µs/event | Redis CPU µs/event per primary (busiest first) | busiest primary's share |");
+        println!("| ---: | ---: | ---: | --- | ---: |");
+        for c in runs {
+            let nodes: Vec<String> = c
+                .redis_cpu_us_per_event
+                .iter()
+                .map(|(port, us)| format!("{us:.2} (:{port})"))
+                .collect();
+            println!(
+                "| {} | {:.0} | {:.2} | {} | {:.0}% |",
+                c.index_shards,
+                c.events_per_sec,
+                c.cpu_us_per_event,
+                nodes.join(", "),
+                c.busiest_share * 100.0
             );
         }
     }
