@@ -106,21 +106,26 @@ pub fn daemon_line(settings: &Settings) -> String {
     if settings.redis.wait_replicas > 0 {
         commands.push("wait");
     }
-    // Sentinel mode: every connection checks that the named primary is one.
-    if settings.redis.mode() == crate::config::RedisMode::Sentinel {
-        commands.push("role");
-    }
+    commands.extend(mode_commands(settings));
     let user = settings.redis.username.as_deref().unwrap_or("metacache");
     line(user, key_patterns(&keys, true), commands)
+}
+
+/// What finding the servers takes: in sentinel mode every connection checks that the
+/// named primary is one (`ROLE`); in cluster mode the slot map is read (`CLUSTER SLOTS`).
+fn mode_commands(settings: &Settings) -> Vec<&'static str> {
+    match settings.redis.mode() {
+        crate::config::RedisMode::Sentinel => vec!["role"],
+        crate::config::RedisMode::Cluster => vec!["cluster|slots"],
+        crate::config::RedisMode::Standalone => vec![],
+    }
 }
 
 /// A read-only line for services that read the cache (the Rust and Python clients).
 pub fn reader_line(settings: &Settings) -> String {
     let keys = settings.keys();
     let mut commands = READER.to_vec();
-    if settings.redis.mode() == crate::config::RedisMode::Sentinel {
-        commands.push("role");
-    }
+    commands.extend(mode_commands(settings));
     line("metacache-reader", key_patterns(&keys, false), commands)
 }
 
@@ -129,12 +134,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn sentinel_mode_adds_role_to_both_lines() {
+    fn sentinel_and_cluster_modes_add_what_finding_the_servers_takes() {
         let mut settings = Settings::default();
         assert!(!daemon_line(&settings).contains("+role"));
         settings.redis.mode = "sentinel".into();
         assert!(daemon_line(&settings).contains("+role"));
         assert!(reader_line(&settings).contains("+role"));
+        settings.redis.mode = "cluster".into();
+        assert!(daemon_line(&settings).contains("+cluster|slots"));
+        assert!(reader_line(&settings).contains("+cluster|slots"));
+        assert!(!daemon_line(&settings).contains("+role"));
     }
 
     #[test]

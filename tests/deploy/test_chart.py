@@ -719,6 +719,21 @@ def test_sentinel_values_render(chart):
         "name": "sentinel", "key": "password"}
 
 
+def test_cluster_values_render(chart):
+    docs = render(chart, {
+        "config": {"redis": {"mode": "cluster",
+                             "nodes": ["redis://rc-0.rc:6379", "redis://rc-1.rc:6379"]},
+                   "devices": {"index_shards": 16}},
+        "secretFiles": {"redisPassword": {"name": "redis", "key": "password"}},
+    })
+    validate(docs)
+    config = config_toml(docs)
+    assert config["redis"]["mode"] == "cluster"
+    assert config["redis"]["nodes"] == ["redis://rc-0.rc:6379", "redis://rc-1.rc:6379"]
+    assert config["devices"]["index_shards"] == 16
+    assert config["redis"]["password_file"].startswith("/var/run/secrets/metacache/")
+
+
 @pytest.mark.parametrize("values, message", [
     ({"secretFiles": {"redisPassword": {"name": "a", "key": "p"}},
       "secrets": {"redisPassword": {"name": "b", "key": "p"}}}, "Redis password one way"),
