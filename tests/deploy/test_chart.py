@@ -633,7 +633,7 @@ def test_the_redis_deployment_pages_values_install(chart):
     page = (ROOT / "docs" / "redis-deployments.md").read_text()
     blocks = [textwrap.dedent(b) for b in re.findall(r"```yaml\n(.*?)```", page, re.S)
               if b.lstrip().startswith("# values")]
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     for block in blocks:
         docs = render(chart, helm.values_from_yaml(block))
         validate(docs)
