@@ -184,9 +184,9 @@ async fn every_event_lands_where_the_layout_says_with_one_and_sixteen_index_shar
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
+async fn a_reshard_and_a_new_primary_mid_stream_end_with_no_key_wrong() {
     let h = Harness::start(4);
-    let cluster = RedisCluster::start(3, 0);
+    let mut cluster = RedisCluster::start(3, 0);
     let records = Arc::new(generate(StreamSpec::new(29, 30_000)));
     let model = Model::of(records.iter());
     let settings = cluster_settings(&h, &cluster, 16);
@@ -202,7 +202,8 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
         100,
         Duration::from_millis(20),
     );
-    // Once writes flow, move a third of one primary's slots to another, twice.
+    // Once writes flow: a third of one primary's slots to another, then a new primary
+    // joins and takes a third of another's (the writer must find and connect to it).
     wait_for(Duration::from_secs(60), "writes to flow", || async {
         daemon
             .stats
@@ -214,10 +215,11 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
     .await;
     let ports: Vec<u16> = before.keys().copied().collect();
     let (a, b, c) = (ports[0], ports[1], ports[2]);
-    for (from, to, slots) in [(a, b, 1500), (c, a, 1500)] {
-        let out = cluster.reshard(from, to, slots);
-        assert!(out.contains("Moving slot"), "{out}");
-    }
+    let out = cluster.reshard(a, b, 1500);
+    assert!(out.contains("Moving slot"), "{out}");
+    let new = cluster.add_primary();
+    let out = cluster.reshard(c, new, 1500);
+    assert!(out.contains("Moving slot"), "{out}");
     let after = cluster.primaries();
     feed.finish().await;
     support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
@@ -226,8 +228,17 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
     let stats = daemon.stats.snapshot();
     daemon.stop().await.expect("clean stop");
 
-    // The fault really happened: slots changed hands while records were still coming.
+    // The faults really happened: slots changed hands, a fourth primary serves some, and
+    // the writer wrote to it (migrated keys arrive by RESTORE, the writer's by SET and
+    // EVALSHA).
     assert_ne!(before, after, "the reshard moved slots");
+    assert_eq!(after.get(&new), Some(&1500), "{after:?}");
+    let stats_new =
+        support::cluster::query_text(new, &["INFO", "commandstats"]).unwrap_or_default();
+    assert!(
+        stats_new.contains("cmdstat_set:") || stats_new.contains("cmdstat_evalsha:"),
+        "the writer wrote to the new primary: {stats_new}"
+    );
     assert!(
         stats.retries > 0,
         "the writer was redirected (MOVED or ASK) at least once"
@@ -237,9 +248,9 @@ async fn a_reshard_mid_stream_ends_with_no_key_wrong() {
         stats.retries
     ));
     model.compare_sharded(&mut cluster.client(), 16).report(
-        "cluster: reshard of 3000 slots mid-stream",
+        "cluster: 1500 slots resharded, a primary added and given 1500 slots, mid-stream",
         records.len(),
-        2,
+        3,
         started.elapsed(),
     );
 }

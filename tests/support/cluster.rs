@@ -108,6 +108,45 @@ impl RedisCluster {
         out
     }
 
+    /// Adds an empty primary (`redis-cli --cluster add-node`); its port. It serves no slot
+    /// until a reshard gives it some.
+    pub fn add_primary(&mut self) -> u16 {
+        let node = loop {
+            if let Some(node) = start_node() {
+                break node;
+            }
+        };
+        let port = node.port();
+        let seed = self.primaries().into_keys().next().expect("a primary");
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("add-node")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg(format!("127.0.0.1:{seed}"))
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "add-node failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.nodes.push(node);
+        let count = self.nodes.len();
+        self.wait_until(
+            Duration::from_secs(30),
+            "every node to know the new one",
+            |c| {
+                c.nodes.iter().all(|n| {
+                    let info = query_text(n.port(), &["CLUSTER", "INFO"]).unwrap_or_default();
+                    info.contains(&format!("cluster_known_nodes:{count}"))
+                        && info.contains("cluster_state:ok")
+                })
+            },
+        );
+        port
+    }
+
     /// The port of the primary that holds `key` (`CLUSTER KEYSLOT`, then `CLUSTER SLOTS`).
     pub fn owner_of(&self, key: &str) -> u16 {
         let port = self.primaries().into_keys().next().expect("a primary");
