@@ -87,7 +87,22 @@ fn redirected(v: &Value) -> bool {
     }
 }
 
+/// `e` with the node it came from: readiness and logs then say which node is down.
 fn node_error(address: &str, e: &RedisError) -> RedisError {
+    if e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_timeout() {
+        // Kept an I/O error (the writer retries it, readiness calls it unreachable).
+        let kind = if e.is_timeout() {
+            std::io::ErrorKind::TimedOut
+        } else if e.is_connection_refusal() {
+            std::io::ErrorKind::ConnectionRefused
+        } else {
+            std::io::ErrorKind::BrokenPipe
+        };
+        return RedisError::from(std::io::Error::new(
+            kind,
+            format!("cluster node {address}: {e}"),
+        ));
+    }
     let kind = match e.kind() {
         ErrorKind::Server(_) | ErrorKind::Extension => ErrorKind::Io,
         other => other,
