@@ -33,6 +33,19 @@ impl RedisConn {
         matches!(self, RedisConn::Cluster(_))
     }
 
+    /// [`nodes`](Self::nodes) as the cluster's slot map says now, never waiting for it to
+    /// be read again (the writer's fence: requests only the writer drives may hold it).
+    pub fn nodes_now(&self) -> Vec<(String, RedisConn)> {
+        match self {
+            RedisConn::Single(_) => vec![(String::new(), self.clone())],
+            RedisConn::Cluster(c) => c
+                .current_connections()
+                .into_iter()
+                .map(|(a, conn)| (a, RedisConn::Single(conn)))
+                .collect(),
+        }
+    }
+
     /// A connection to each node that holds part of the data, with its address (empty
     /// for the one server of standalone and sentinel modes).
     pub async fn nodes(&self) -> RedisResult<Vec<(String, RedisConn)>> {

@@ -149,8 +149,21 @@ impl ClusterConnection {
             .unwrap_or_default()
     }
 
+    /// A connection to each primary as the map says now, without reading it again: for
+    /// the writer's fence, which must not wait behind requests only the writer drives.
+    pub fn current_connections(&self) -> Vec<(String, ConnectionManager)> {
+        let state = self.state();
+        let Some(map) = &state.map else {
+            return Vec::new();
+        };
+        map.primaries()
+            .iter()
+            .filter_map(|a| state.nodes.get(a).map(|n| (a.clone(), n.conn.clone())))
+            .collect()
+    }
+
     /// A connection to each primary (the map refreshed first when it is stale): for what
-    /// must visit every node (`SCAN`, `INFO`, `CLIENT LIST`).
+    /// must visit every node (`SCAN`, `INFO`).
     pub async fn primary_connections(&self) -> RedisResult<Vec<(String, ConnectionManager)>> {
         if self.state().stale {
             let _gate = self.inner.gate.lock().await;
@@ -249,19 +262,26 @@ impl ClusterConnection {
             if self.state().nodes.contains_key(address) {
                 continue;
             }
-            let conn = self
+            let mut conn = self
                 .open_node(address)
                 .await
                 .map_err(|e| node_error(address, &e))?;
-            opened.push((address.clone(), conn));
+            // Known from the start, so a reconnect before the first pipeline's answer
+            // still shows as another id (and the connection can be killed after a fence).
+            let id: i64 = redis::cmd("CLIENT")
+                .arg("ID")
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| node_error(address, &e))?;
+            opened.push((address.clone(), conn, id));
         }
         let mut state = self.state();
-        for (address, conn) in opened {
+        for (address, conn, id) in opened {
             state.nodes.insert(
                 address,
                 Node {
                     conn,
-                    id: Arc::new(AtomicI64::new(0)),
+                    id: Arc::new(AtomicI64::new(id)),
                 },
             );
             self.inner.generation.fetch_add(1, Ordering::SeqCst);

@@ -91,7 +91,10 @@ pub trait Nodes: Sized {
 
 impl Nodes for RedisConn {
     fn nodes(&self) -> NodesFuture<'_, Self> {
-        Box::pin(RedisConn::nodes(self))
+        // Never the refreshing kind: the fence runs in the writer's task, and a request in
+        // flight that waits for the slot map to be read is only driven by that same task.
+        let nodes = self.nodes_now();
+        Box::pin(async move { Ok(nodes) })
     }
 
     fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)> {
