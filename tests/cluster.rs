@@ -346,3 +346,65 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
         started.elapsed(),
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_between_two_daemons_fences_on_every_primary_and_loses_nothing() {
+    let h = Harness::start(4);
+    let cluster = RedisCluster::start(3, 0);
+    let records = Arc::new(generate(StreamSpec::new(37, 20_000)));
+    let model = Model::of(records.iter());
+    let settings = cluster_settings(&h, &cluster, 16);
+    let first = h.start_daemon(settings.clone());
+    let (head, tail) = records.split_at(records.len() - HELD_BACK);
+    let feed = Feed::start(
+        h.kafka.bootstrap(),
+        Arc::new(head.to_vec()),
+        100,
+        Duration::from_millis(20),
+    );
+    wait_for(Duration::from_secs(60), "writes to flow", || async {
+        first
+            .stats
+            .topic(metacache::model::TopicKind::Device)
+            .written
+            .load(Relaxed)
+            > 2_000
+    })
+    .await;
+    // A second member joins: the partitions are split, and each writer closes the other's
+    // connections on every primary before writing under the new assignment.
+    let second = h.start_daemon(settings.clone());
+    wait_for(
+        Duration::from_secs(60),
+        "the second member to write",
+        || async {
+            second
+                .stats
+                .topic(metacache::model::TopicKind::Device)
+                .written
+                .load(Relaxed)
+                > 0
+        },
+    )
+    .await;
+    feed.finish().await;
+    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
+    h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
+        .await;
+    let fenced =
+        first.stats.writers_fenced.load(Relaxed) + second.stats.writers_fenced.load(Relaxed);
+    second.stop().await.expect("clean stop");
+    first.stop().await.expect("clean stop");
+
+    // One writer's connections are one per primary: a fence closes three.
+    assert!(fenced >= 3, "connections fenced: {fenced}");
+    figure(&format!(
+        "cluster rebalance: writer connections fenced {fenced}"
+    ));
+    model.compare_sharded(&mut cluster.client(), 16).report(
+        "cluster: a second daemon joins mid-stream (rebalance, fences on every primary)",
+        records.len(),
+        1,
+        Duration::ZERO,
+    );
+}
