@@ -23,6 +23,9 @@ scenarios=(
   "faults_kafka:the_broker_unreachable_and_back_the_daemon_recovers_without_a_restart"
   "fencing:a_revoked_members_writes_in_flight_never_land_after_the_new_owners"
   "fencing:a_dead_writers_late_bytes_never_land_after_the_new_owners"
+  "cluster:a_reshard_and_a_new_primary_mid_stream_end_with_no_key_wrong"
+  "cluster:a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_took_over"
+  "cluster:a_rebalance_between_two_daemons_mid_stream_loses_nothing"
 )
 for name in $(grep -A1 '#\[tokio::test' tests/faults_process.rs | grep -o 'async fn [a-z_]*' | cut -d' ' -f3); do
   scenarios+=("faults_process:$name")
