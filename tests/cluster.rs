@@ -411,7 +411,7 @@ async fn a_rebalance_between_two_daemons_mid_stream_loses_nothing() {
                 .find(|l| l.starts_with("cmdstat_client|kill:"))
                 .and_then(|l| l.split("calls=").nth(1))
                 .and_then(|v| v.split(',').next())
-                .unwrap_or("0")
+                .unwrap_or("? (Redis 6.2 counts CLIENT subcommands together)")
                 .to_owned();
             format!(":{port} {calls}")
         })
