@@ -426,3 +426,54 @@ async fn a_rebalance_between_two_daemons_mid_stream_loses_nothing() {
         Duration::ZERO,
     );
 }
+
+/// Over TLS (`rediss://` seeds, a private CA): the nodes found through `CLUSTER SLOTS` are
+/// reached over TLS too. Not on Redis 6.2 (the matrix's build has no TLS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_nodes_are_all_written_over_tls() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    support::certs::ca(certs.path(), "ca");
+    support::certs::cert(
+        certs.path(),
+        "server",
+        "localhost",
+        "ca",
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    );
+    let h = Harness::start(2);
+    let cluster = RedisCluster::start_with(3, 0, Some(certs.path()));
+    let records = Arc::new(generate(StreamSpec::new(41, 3_000)));
+    support::feed::publish(&h.producer(), &records).await;
+    let model = Model::of(records.iter());
+    let mut settings = cluster_settings(&h, &cluster, 16);
+    // One seed, over TLS: the other primaries come from CLUSTER SLOTS.
+    let (_, tls) = cluster.tls_ports.iter().next().expect("a TLS port");
+    settings.redis.nodes = vec![format!("rediss://127.0.0.1:{tls}")];
+    settings.redis.tls.ca_file = certs.path().join("ca.pem").display().to_string();
+    let daemon = h.start_daemon(settings.clone());
+    h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(60))
+        .await;
+    // Every primary has the writer's connection on its TLS port (CLIENT LIST's laddr).
+    for (plain, tls) in &cluster.tls_ports {
+        let list = support::cluster::query_text(*plain, &["CLIENT", "LIST"]).unwrap_or_default();
+        let writer: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains("name=metacache-writer"))
+            .collect();
+        assert!(
+            !writer.is_empty()
+                && writer
+                    .iter()
+                    .all(|l| l.contains(&format!("laddr=127.0.0.1:{tls} "))),
+            "primary {plain}: the writer is connected over TLS port {tls}: {list}"
+        );
+    }
+    daemon.stop().await.expect("clean stop");
+
+    model.compare_sharded(&mut cluster.client(), 16).report(
+        "cluster over TLS",
+        records.len(),
+        0,
+        Duration::ZERO,
+    );
+}

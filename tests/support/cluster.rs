@@ -11,6 +11,8 @@ use redis::Value;
 
 pub struct RedisCluster {
     pub nodes: Vec<EmbeddedRedis>,
+    /// With TLS: each node's TLS port, by its plain port (the harness itself talks plain).
+    pub tls_ports: BTreeMap<u16, u16>,
 }
 
 /// How long a node may be unreachable before the others mark it failed.
@@ -19,10 +21,45 @@ pub const NODE_TIMEOUT_MS: u64 = 1000;
 impl RedisCluster {
     /// `primaries` primaries, each with `replicas` replicas.
     pub fn start(primaries: usize, replicas: usize) -> RedisCluster {
+        Self::start_with(primaries, replicas, None)
+    }
+
+    /// [`start`](Self::start), each node also listening for TLS clients with the server
+    /// certificate `server.pem`/`server.key` signed by `ca.pem` in `certs` (Redis answers
+    /// a TLS client's `CLUSTER SLOTS` with the TLS ports).
+    pub fn start_with(
+        primaries: usize,
+        replicas: usize,
+        certs: Option<&std::path::Path>,
+    ) -> RedisCluster {
         let count = primaries * (1 + replicas);
         let mut nodes = Vec::with_capacity(count);
+        let mut tls_ports = BTreeMap::new();
         while nodes.len() < count {
-            if let Some(node) = start_node() {
+            let tls = certs.map(|dir| {
+                let port = metacache::tools::embedded::free_port().expect("free port");
+                let f = |n: &str| dir.join(n).display().to_string();
+                let args = vec![
+                    "--tls-port".to_owned(),
+                    port.to_string(),
+                    "--tls-cert-file".into(),
+                    f("server.pem"),
+                    "--tls-key-file".into(),
+                    f("server.key"),
+                    "--tls-ca-cert-file".into(),
+                    f("ca.pem"),
+                    "--tls-auth-clients".into(),
+                    "no".into(),
+                    "--tls-cluster".into(),
+                    "yes".into(),
+                ];
+                (port, args)
+            });
+            let extra: Vec<String> = tls.as_ref().map(|(_, a)| a.clone()).unwrap_or_default();
+            if let Some(node) = start_node_with(&extra) {
+                if let Some((port, _)) = tls {
+                    tls_ports.insert(node.port(), port);
+                }
                 nodes.push(node);
             }
         }
@@ -42,7 +79,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, tls_ports };
         cluster.wait_until(
             Duration::from_secs(30),
             "the cluster to be ok everywhere",
@@ -261,6 +298,10 @@ impl RedisCluster {
 }
 
 fn start_node() -> Option<EmbeddedRedis> {
+    start_node_with(&[])
+}
+
+fn start_node_with(extra: &[String]) -> Option<EmbeddedRedis> {
     let timeout = NODE_TIMEOUT_MS.to_string();
     let mut args = vec![
         "--cluster-enabled",
@@ -279,6 +320,7 @@ fn start_node() -> Option<EmbeddedRedis> {
         bus = metacache::tools::embedded::free_port().ok()?.to_string();
         args.extend(["--cluster-port", &bus]);
     }
+    args.extend(extra.iter().map(String::as_str));
     EmbeddedRedis::start_with(&args).ok()
 }
 

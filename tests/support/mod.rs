@@ -3,6 +3,7 @@
 //! committed offsets, wait for a condition).
 #![allow(dead_code)]
 
+pub mod certs;
 pub mod cluster;
 pub mod feed;
 pub mod model;
