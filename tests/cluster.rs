@@ -477,3 +477,48 @@ async fn rediss_cluster_nodes_are_all_written_over_tls() {
         Duration::ZERO,
     );
 }
+
+/// With a TTL, the janitor walks every index shard on every primary and removes the
+/// entries whose device keys expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_janitor_clears_expired_entries_from_every_shard_on_every_primary() {
+    use redis::Commands;
+    let h = Harness::start(2);
+    let cluster = RedisCluster::start(3, 0);
+    let mut settings = cluster_settings(&h, &cluster, 16);
+    settings.devices.ttl_secs = 2;
+    settings.janitor.interval_secs = 1;
+    let daemon = h.start_daemon(settings);
+    let ids: Vec<String> = (0..60).map(|i| format!("short-{i}")).collect();
+    let values: Vec<String> = ids
+        .iter()
+        .map(|id| device_json(id, "t", "2026-11-22T10:00:00Z"))
+        .collect();
+    let records: Vec<(Option<&str>, Option<&str>)> = ids
+        .iter()
+        .zip(&values)
+        .map(|(id, v)| (Some(id.as_str()), Some(v.as_str())))
+        .collect();
+    h.produce(DEVICES, &records).await;
+    daemon.wait_finished(60, Duration::from_secs(30)).await;
+    let shards: std::collections::BTreeSet<String> = ids
+        .iter()
+        .map(|id| support::model::index_key(id, 16))
+        .collect();
+    let nodes: std::collections::BTreeSet<u16> =
+        shards.iter().map(|k| cluster.owner_of(k)).collect();
+    assert_eq!(nodes.len(), 3, "the shards used are on every primary");
+    let mut r = cluster.client();
+    let indexed: u64 = shards.iter().map(|k| r.zcard::<_, u64>(k).unwrap()).sum();
+    assert_eq!(indexed, 60, "every device indexed before it expires");
+    wait_for(
+        Duration::from_secs(20),
+        "every shard's entries to go",
+        || async {
+            let mut r = cluster.client();
+            shards.iter().all(|k| r.zcard::<_, u64>(k).unwrap() == 0)
+        },
+    )
+    .await;
+    daemon.stop().await.expect("clean stop");
+}
