@@ -61,6 +61,43 @@ const CLI_READS: [&[&str]; 3] = [
 /// Records of a fault test published only once the fault is over.
 const HELD_BACK: usize = 3_000;
 
+fn device_writes(daemon: &Running) -> u64 {
+    daemon
+        .stats
+        .topic(metacache::model::TopicKind::Device)
+        .written
+        .load(Relaxed)
+}
+
+/// Publishes all but the last [`HELD_BACK`] records, paced, and returns once `daemon` has
+/// written 2,000 device events: the fault goes in then. The tail is held back until the
+/// fault is over ([`finish_stream`]), so some of the stream is always written after it,
+/// however slow the machine is.
+async fn stream_until_writes_flow<'r>(
+    h: &Harness,
+    daemon: &Running,
+    records: &'r [support::model::Rec],
+) -> (Feed, &'r [support::model::Rec]) {
+    let (head, tail) = records.split_at(records.len() - HELD_BACK);
+    let feed = Feed::start(
+        h.kafka.bootstrap(),
+        Arc::new(head.to_vec()),
+        100,
+        Duration::from_millis(20),
+    );
+    wait_for(Duration::from_secs(60), "writes to flow", || async {
+        device_writes(daemon) > 2_000
+    })
+    .await;
+    (feed, tail)
+}
+
+/// The paced head to its end, then the held-back tail (per-key order kept).
+async fn finish_stream(h: &Harness, feed: Feed, tail: &[support::model::Rec]) {
+    feed.finish().await;
+    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
+}
+
 /// Every page of the index, newest first, through the Rust client.
 async fn pages(client: &CacheClient) -> Vec<(String, i64)> {
     let mut out = Vec::new();
@@ -193,26 +230,9 @@ async fn a_reshard_and_a_new_primary_mid_stream_end_with_no_key_wrong() {
     let before = cluster.primaries();
     let daemon = h.start_daemon(settings.clone());
     let started = Instant::now();
-    // The last records are held back until the fault is over, so some of the stream
-    // is always written after it, however slow the machine is.
-    let (head, tail) = records.split_at(records.len() - HELD_BACK);
-    let feed = Feed::start(
-        h.kafka.bootstrap(),
-        Arc::new(head.to_vec()),
-        100,
-        Duration::from_millis(20),
-    );
+    let (feed, tail) = stream_until_writes_flow(&h, &daemon, &records).await;
     // Once writes flow: a third of one primary's slots to another, then a new primary
     // joins and takes a third of another's (the writer must find and connect to it).
-    wait_for(Duration::from_secs(60), "writes to flow", || async {
-        daemon
-            .stats
-            .topic(metacache::model::TopicKind::Device)
-            .written
-            .load(Relaxed)
-            > 2_000
-    })
-    .await;
     let ports: Vec<u16> = before.keys().copied().collect();
     let (a, b, c) = (ports[0], ports[1], ports[2]);
     let out = cluster.reshard(a, b, 1500);
@@ -221,8 +241,7 @@ async fn a_reshard_and_a_new_primary_mid_stream_end_with_no_key_wrong() {
     let out = cluster.reshard(c, new, 1500);
     assert!(out.contains("Moving slot"), "{out}");
     let after = cluster.primaries();
-    feed.finish().await;
-    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
+    finish_stream(&h, feed, tail).await;
     h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
         .await;
     let stats = daemon.stats.snapshot();
@@ -268,24 +287,7 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
     let before = cluster.primaries();
     let daemon = h.start_daemon(settings.clone());
     let started = Instant::now();
-    // The last records are held back until the fault is over, so some of the stream
-    // is always written after it, however slow the machine is.
-    let (head, tail) = records.split_at(records.len() - HELD_BACK);
-    let feed = Feed::start(
-        h.kafka.bootstrap(),
-        Arc::new(head.to_vec()),
-        100,
-        Duration::from_millis(20),
-    );
-    wait_for(Duration::from_secs(60), "writes to flow", || async {
-        daemon
-            .stats
-            .topic(metacache::model::TopicKind::Device)
-            .written
-            .load(Relaxed)
-            > 2_000
-    })
-    .await;
+    let (feed, tail) = stream_until_writes_flow(&h, &daemon, &records).await;
     let victim = *before.keys().next().expect("a primary");
     // /readyz while the node is down: it should name it.
     let http = daemon.http().await;
@@ -327,8 +329,7 @@ async fn a_primary_killed_mid_stream_ends_with_no_key_wrong_once_its_replica_too
         "the old primary to rejoin as a replica",
         |c| c.replicas_synced() == 3,
     );
-    feed.finish().await;
-    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
+    finish_stream(&h, feed, tail).await;
     h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
         .await;
     let stats = daemon.stats.snapshot();
@@ -355,40 +356,17 @@ async fn a_rebalance_between_two_daemons_mid_stream_loses_nothing() {
     let model = Model::of(records.iter());
     let settings = cluster_settings(&h, &cluster, 16);
     let first = h.start_daemon(settings.clone());
-    let (head, tail) = records.split_at(records.len() - HELD_BACK);
-    let feed = Feed::start(
-        h.kafka.bootstrap(),
-        Arc::new(head.to_vec()),
-        100,
-        Duration::from_millis(20),
-    );
-    wait_for(Duration::from_secs(60), "writes to flow", || async {
-        first
-            .stats
-            .topic(metacache::model::TopicKind::Device)
-            .written
-            .load(Relaxed)
-            > 2_000
-    })
-    .await;
+    let (feed, tail) = stream_until_writes_flow(&h, &first, &records).await;
     // A second member joins: the partitions are split, and each writer closes the other's
     // connections on every primary before writing under the new assignment.
     let second = h.start_daemon(settings.clone());
     wait_for(
         Duration::from_secs(60),
         "the second member to write",
-        || async {
-            second
-                .stats
-                .topic(metacache::model::TopicKind::Device)
-                .written
-                .load(Relaxed)
-                > 0
-        },
+        || async { device_writes(&second) > 0 },
     )
     .await;
-    feed.finish().await;
-    support::feed::publish(&support::feed::ordered_producer(h.kafka.bootstrap()), tail).await;
+    finish_stream(&h, feed, tail).await;
     h.wait_all_committed(&settings.kafka.group_id, Duration::from_secs(120))
         .await;
     let fenced =

@@ -495,6 +495,7 @@ trait CheckSentinel {
     fn check_sentinel(&self, check: &mut Checks);
     fn check_cluster(&self, check: &mut Checks);
     fn check_node_urls(&self, check: &mut Checks, what: &str);
+    fn check_nodes_tls(&self, check: &mut Checks, mixed: &str, who: &str);
 }
 
 impl CheckSentinel for RedisSettings {
@@ -519,6 +520,16 @@ impl CheckSentinel for RedisSettings {
                 }
             }
         }
+        self.check_nodes_tls(
+            check,
+            "a cluster's nodes are reached either all over TLS or none",
+            "the nodes",
+        );
+    }
+
+    /// `redis.nodes` all `rediss://` or none (`mixed` says why), and certificates only
+    /// with `rediss://` (`who`: what the nodes are).
+    fn check_nodes_tls(&self, check: &mut Checks, mixed: &str, who: &str) {
         let tls: Vec<bool> = self
             .nodes
             .iter()
@@ -527,14 +538,14 @@ impl CheckSentinel for RedisSettings {
         if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
             check.fail(
                 "redis.nodes",
-                "mixes redis:// and rediss://: a cluster's nodes are reached either all over TLS or none",
+                format!("mixes redis:// and rediss://: {mixed}"),
             );
         }
         if self.tls.is_set() && !tls.iter().any(|t| *t) {
             check.fail_at(
                 "redis.tls",
                 &["redis.tls", "redis.nodes"],
-                "certificates are set but the nodes in redis.nodes are not rediss://",
+                format!("certificates are set but {who} in redis.nodes are not rediss://"),
             );
         }
     }
@@ -577,28 +588,15 @@ impl CheckSentinel for RedisSettings {
             );
         }
         self.check_node_urls(check, "a sentinel");
-        let tls: Vec<bool> = self
-            .nodes
-            .iter()
-            .map(|n| n.starts_with("rediss://"))
-            .collect();
-        if tls.iter().any(|t| *t) && !tls.iter().all(|t| *t) {
-            check.fail(
-                "redis.nodes",
-                "mixes redis:// and rediss://: the sentinels and the primary are reached either all over TLS or none",
-            );
-        }
+        self.check_nodes_tls(
+            check,
+            "the sentinels and the primary are reached either all over TLS or none",
+            "the sentinels",
+        );
         if self.sentinel_master.trim().is_empty() {
             check.fail(
                 "redis.sentinel_master",
                 "sentinel mode needs the name the sentinels monitor the primary under (`sentinel monitor <name> ...`)",
-            );
-        }
-        if self.tls.is_set() && !tls.iter().any(|t| *t) {
-            check.fail_at(
-                "redis.tls",
-                &["redis.tls", "redis.nodes"],
-                "certificates are set but the sentinels in redis.nodes are not rediss://",
             );
         }
     }
