@@ -30,6 +30,8 @@ struct Outcome {
     acknowledged_while_replica_behind: u64,
     /// Devices whose final value was sent after the failover.
     written_after_failover: BTreeSet<String>,
+    /// The sentinels failed over a second time (see [`failover`]).
+    failed_over_again: bool,
     took: Duration,
 }
 
@@ -142,10 +144,22 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
         .wait_finished(n as u64, Duration::from_secs(120))
         .await;
     let s = daemon.stats.snapshot();
+    // The writer writes where the sentinels point. Usually that is the promoted replica;
+    // in one full-suite run (both sentinel tests at once, 2026-12-06) the sentinels failed
+    // over a second time, to the old primary after it came back as a replica, and the
+    // writer followed (not reproduced in 8 runs of this test alone under stress-ng). What
+    // matters is that it writes where they point, and that no key is wrong below.
+    let current = set.named_primary().unwrap_or(new_primary);
+    if current != new_primary {
+        figure(&format!(
+            "faults: sentinel failover: the sentinels failed over a second time, to {current}"
+        ));
+    }
     assert_eq!(
         s.redis_primary.as_deref(),
-        Some(format!("127.0.0.1:{new_primary}").as_str()),
-        "the writer follows the failover"
+        Some(format!("127.0.0.1:{current}").as_str()),
+        "the writer follows the sentinels; what they decided:\n{}",
+        set.events()
     );
     assert!(s.retries > 0, "the failover was never seen by the writer");
     wait_for(
@@ -156,11 +170,11 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
             status == 200
                 && body["checks"]["redis"]["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains(&format!("primary 127.0.0.1:{new_primary}")))
+                    .is_some_and(|m| m.contains(&format!("primary 127.0.0.1:{current}")))
         },
     )
     .await;
-    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{new_primary}"))
+    let mut conn = redis::Client::open(format!("redis://127.0.0.1:{current}"))
         .and_then(|c| c.get_connection())
         .expect("the new primary answers");
     let comparison = Model::of(records.iter()).compare(&mut conn);
@@ -181,6 +195,7 @@ async fn failover(wait_replicas: u32, seed: u64) -> Outcome {
         wrong: comparison.wrong,
         acknowledged_while_replica_behind,
         written_after_failover: decided_after(&records, after_failover),
+        failed_over_again: current != new_primary,
         took: started.elapsed(),
     }
 }
@@ -220,7 +235,12 @@ async fn without_replica_acknowledgement_a_failover_loses_what_the_replica_lacke
     );
     // What the stream said after the failover landed on the new primary: no device
     // whose final value came then is wrong (a lost value with a later `last_updated`, or
-    // a lost `add` to a metric set, stays lost for good).
+    // a lost `add` to a metric set, stays lost for good). Unless the sentinels failed over
+    // a second time: without replica acknowledgement that one may lose writes sent after
+    // the first, which is the loss this test shows, not a fault of the writer's.
+    if out.failed_over_again {
+        return;
+    }
     let late: Vec<&String> = out
         .wrong
         .iter()
