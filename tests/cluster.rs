@@ -29,16 +29,11 @@ fn cluster_settings(
 
 /// The CLI against the cluster (settings from the environment, as in a pod).
 fn cli(cluster: &RedisCluster, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = metacache()
-        .args(args)
-        .env("METACACHE__REDIS__MODE", "cluster")
-        .env("METACACHE__REDIS__NODES", cluster.seeds().join(","))
-        .output()
-        .expect("metacache runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    outcome(
+        metacache()
+            .args(args)
+            .env("METACACHE__REDIS__MODE", "cluster")
+            .env("METACACHE__REDIS__NODES", cluster.seeds().join(",")),
     )
 }
 
@@ -467,17 +462,7 @@ async fn the_janitor_clears_expired_entries_from_every_shard_on_every_primary() 
     settings.devices.ttl_secs = 2;
     settings.janitor.interval_secs = 1;
     let daemon = h.start_daemon(settings);
-    let ids: Vec<String> = (0..60).map(|i| format!("short-{i}")).collect();
-    let values: Vec<String> = ids
-        .iter()
-        .map(|id| device_json(id, "t", "2026-11-22T10:00:00Z"))
-        .collect();
-    let records: Vec<(Option<&str>, Option<&str>)> = ids
-        .iter()
-        .zip(&values)
-        .map(|(id, v)| (Some(id.as_str()), Some(v.as_str())))
-        .collect();
-    h.produce(DEVICES, &records).await;
+    let ids = produce_devices(&h, 60).await;
     daemon.wait_finished(60, Duration::from_secs(30)).await;
     let shards: std::collections::BTreeSet<String> = ids
         .iter()

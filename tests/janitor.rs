@@ -68,17 +68,7 @@ async fn with_index_shards_the_janitor_walks_every_shard() {
     settings.devices.index_shards = 16;
     settings.janitor.interval_secs = 1;
     let daemon = h.start_daemon(settings);
-    let ids: Vec<String> = (0..40).map(|i| format!("short-{i}")).collect();
-    let values: Vec<String> = ids
-        .iter()
-        .map(|id| device_json(id, "t", "2026-11-22T10:00:00Z"))
-        .collect();
-    let records: Vec<(Option<&str>, Option<&str>)> = ids
-        .iter()
-        .zip(&values)
-        .map(|(id, v)| (Some(id.as_str()), Some(v.as_str())))
-        .collect();
-    h.produce(DEVICES, &records).await;
+    let ids = produce_devices(&h, 40).await;
     daemon.wait_finished(40, Duration::from_secs(30)).await;
     let shards: std::collections::BTreeSet<String> = ids
         .iter()

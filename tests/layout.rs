@@ -55,16 +55,7 @@ async fn all_pages(
 }
 
 fn cli(url: &str, args: &[&str]) -> (Option<i32>, String, String) {
-    let out = metacache()
-        .args(args)
-        .args(["--redis-url", url])
-        .output()
-        .expect("metacache runs");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    outcome(metacache().args(args).args(["--redis-url", url]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -244,11 +244,7 @@ async fn refresh(conn: &mut RedisConn, keys: &KeyLayout) -> redis::RedisResult<C
     if conn.is_cluster() {
         // Memory is per node: the cache's is the sum over the primaries.
         (used, max) = (0, 0);
-        for (_, mut node) in conn.nodes().await? {
-            let info: String = redis::cmd("INFO")
-                .arg("memory")
-                .query_async(&mut node)
-                .await?;
+        for info in conn.info_each("memory").await? {
             used += number(&info, "used_memory");
             max += number(&info, "maxmemory");
         }

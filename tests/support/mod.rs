@@ -427,19 +427,39 @@ pub fn resync(h: &Harness, group: &str, extra: &[&str]) -> (Option<i32>, String,
             cmd.env_remove(key);
         }
     }
-    let out = cmd
-        .args(["resync", "--brokers", h.kafka.bootstrap(), "--group", group])
+    cmd.args(["resync", "--brokers", h.kafka.bootstrap(), "--group", group])
         .args(extra)
         .env("METACACHE__KAFKA__CLIENT__SESSION_TIMEOUT_MS", "3000")
         .env("METACACHE__KAFKA__CLIENT__HEARTBEAT_INTERVAL_MS", "500")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .expect("metacache resync runs");
+        .stdin(std::process::Stdio::null());
+    outcome(&mut cmd)
+}
+
+/// Runs `cmd` to its end: (exit code, stdout, stderr).
+pub fn outcome(cmd: &mut std::process::Command) -> (Option<i32>, String, String) {
+    let out = cmd.output().expect("the command runs");
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
+}
+
+/// Publishes one device event (`last_updated` 2026-11-22T10:00:00Z) for each of the ids
+/// `short-0` .. `short-{n-1}`; returns the ids.
+pub async fn produce_devices(h: &Harness, n: usize) -> Vec<String> {
+    let ids: Vec<String> = (0..n).map(|i| format!("short-{i}")).collect();
+    let values: Vec<String> = ids
+        .iter()
+        .map(|id| device_json(id, "t", "2026-11-22T10:00:00Z"))
+        .collect();
+    let records: Vec<(Option<&str>, Option<&str>)> = ids
+        .iter()
+        .zip(&values)
+        .map(|(id, v)| (Some(id.as_str()), Some(v.as_str())))
+        .collect();
+    h.produce(DEVICES, &records).await;
+    ids
 }
 
 /// The `metacache` binary, from the repository root, in a clean environment: a

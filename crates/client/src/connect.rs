@@ -46,6 +46,46 @@ impl RedisConn {
         }
     }
 
+    /// The values of `keys`, in order (errors as `Value::ServerError`): one `MGET`, or on a
+    /// cluster, where `MGET` needs every key in one slot, one `GET` each in a pipeline the
+    /// connection splits per node (a round trip per node).
+    pub async fn values<K: redis::ToRedisArgs + Sync>(
+        &mut self,
+        keys: &[K],
+    ) -> RedisResult<Vec<redis::Value>> {
+        if self.is_cluster() {
+            let mut pipe = redis::pipe();
+            for key in keys {
+                pipe.cmd("GET").arg(key);
+            }
+            return pipe.query_async(self).await;
+        }
+        match redis::cmd("MGET").arg(keys).query_async(self).await? {
+            redis::Value::Array(items) => Ok(items),
+            redis::Value::Nil => Ok(Vec::new()),
+            other => Err(redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "MGET",
+                format!("expected an array, got {other:?}"),
+            ))),
+        }
+    }
+
+    /// `INFO <section>` of every node that holds part of the data (one in standalone and
+    /// sentinel modes): figures such as memory are per node, and a cluster's are the sum.
+    pub async fn info_each(&self, section: &str) -> RedisResult<Vec<String>> {
+        let mut texts = Vec::new();
+        for (_, mut node) in self.nodes().await? {
+            texts.push(
+                redis::cmd("INFO")
+                    .arg(section)
+                    .query_async(&mut node)
+                    .await?,
+            );
+        }
+        Ok(texts)
+    }
+
     /// A connection to each node that holds part of the data, with its address (empty
     /// for the one server of standalone and sentinel modes).
     pub async fn nodes(&self) -> RedisResult<Vec<(String, RedisConn)>> {

@@ -340,17 +340,10 @@ impl CacheClient {
     /// included, so the caller can name the key of the one that failed.
     /// `used_memory` summed over a cluster's primaries; `None` when one does not tell.
     async fn cluster_memory(&self) -> Option<u64> {
-        let nodes = self.connection().nodes().await.ok()?;
-        let mut total = 0u64;
-        for (_, mut node) in nodes {
-            let info: String = redis::cmd("INFO")
-                .arg("memory")
-                .query_async(&mut node)
-                .await
-                .ok()?;
-            total = total.saturating_add(info_field(&info, "used_memory")?);
-        }
-        Some(total)
+        let texts = self.connection().info_each("memory").await.ok()?;
+        texts.iter().try_fold(0u64, |total, info| {
+            Some(total.saturating_add(info_field(info, "used_memory")?))
+        })
     }
 
     async fn pipeline(&self, pipe: &mut redis::Pipeline) -> Result<Vec<Value>> {
@@ -422,25 +415,11 @@ impl CacheClient {
         }
         let layout = self.keys();
         let keys: Vec<String> = unique.iter().map(|id| layout.device(id)).collect();
-        let values = if self.connection().is_cluster() {
-            // MGET needs every key in one slot on a cluster: one GET each instead, sent
-            // as one pipeline that the connection splits per node (a round trip per node).
-            let mut pipe = redis::pipe();
-            for key in &keys {
-                pipe.cmd("GET").arg(key);
-            }
-            let replies = self.pipeline(&mut pipe).await?;
-            let mut values = Vec::with_capacity(replies.len());
-            for (key, reply) in keys.iter().zip(replies) {
-                values.push(reply::ok(key, reply)?);
-            }
-            values
-        } else {
-            let reply = self
-                .query_at(&keys[0], redis::cmd("MGET").arg(&keys))
-                .await?;
-            reply::items(&keys[0], reply)?
-        };
+        let values = self.connection().values(&keys).await;
+        if let Err(e) = &values {
+            self.after_failure(e).await;
+        }
+        let values = values.map_err(|e| ClientError::at_key(&keys[0], e))?;
         if values.len() != keys.len() {
             return Err(ClientError::Redis(format!(
                 "MGET of {} keys answered {} values",
@@ -450,7 +429,7 @@ impl CacheClient {
         }
         let mut found = HashMap::with_capacity(values.len());
         for ((id, key), value) in unique.iter().zip(&keys).zip(values) {
-            if let Some(bytes) = reply::bytes_or_nil(key, value)? {
+            if let Some(bytes) = reply::bytes_or_nil(key, reply::ok(key, value)?)? {
                 found.insert((*id).to_owned(), device_from(key, id, &bytes)?);
             }
         }

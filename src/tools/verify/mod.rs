@@ -348,14 +348,10 @@ pub(crate) async fn mget(
     conn: &mut RedisConn,
     keys: &[Vec<u8>],
 ) -> Result<Vec<Option<Vec<u8>>>, RedisError> {
-    if !conn.is_cluster() {
-        return redis::cmd("MGET").arg(keys).query_async(conn).await;
-    }
-    let mut pipe = redis::pipe();
-    for key in keys {
-        pipe.cmd("GET").arg(key);
-    }
-    pipe.query_async(conn).await
+    let values = conn.values(keys).await?;
+    Ok(redis::FromRedisValue::from_redis_value(
+        redis::Value::Array(values),
+    )?)
 }
 
 /// Every key matching `pattern`, each once (`SCAN` may return a key twice); on a cluster,

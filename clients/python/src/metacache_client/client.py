@@ -126,6 +126,27 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+def _queue_cache_info(pipe: Any, layout: lay.Layout, with_info: bool) -> None:
+    """The commands `get_cache_info` sends, for both clients: per index shard its size and
+    both ends, the namespace count, and `INFO memory` unless on a cluster (there INFO goes
+    to every primary on its own)."""
+    for key in layout.index_keys:
+        pipe.zcard(key)
+        pipe.zrange(key, 0, 0, withscores=True)
+        pipe.zrevrange(key, 0, 0, withscores=True)
+    pipe.scard(layout.metric_namespaces)
+    if with_info:
+        pipe.info("memory")
+
+
+def _cache_info(layout: lay.Layout, replies: List[Any], info: Any) -> CacheInfo:
+    """`get_cache_info`'s answer from the replies of ``_queue_cache_info``'s commands."""
+    for r in replies:
+        if isinstance(r, Exception):
+            raise _translate(r)
+    return lay.cache_info(layout, replies, lay.used_memory(info))
+
+
 def _health(latency_ms: Optional[float], error: Optional[Exception], policy: Any) -> HealthStatus:
     if error is not None:
         return HealthStatus(status="unhealthy", message=f"PING failed: {error}", timestamp=_now())
@@ -264,13 +285,7 @@ class _RedisAsync:
         layout = await self._index_layout()
         with _errors():
             pipe = self._redis.pipeline(transaction=False)
-            for key in layout.index_keys:
-                pipe.zcard(key)
-                pipe.zrange(key, 0, 0, withscores=True)
-                pipe.zrevrange(key, 0, 0, withscores=True)
-            pipe.scard(layout.metric_namespaces)
-            if not self._cluster:
-                pipe.info("memory")
+            _queue_cache_info(pipe, layout, with_info=not self._cluster)
             replies = await pipe.execute(raise_on_error=False)
         if self._cluster:
             try:
@@ -279,10 +294,7 @@ class _RedisAsync:
                 info = None
         else:
             info = replies.pop()
-        for r in replies:
-            if isinstance(r, Exception):
-                raise _translate(r)
-        return lay.cache_info(layout, replies, lay.used_memory(info))
+        return _cache_info(layout, replies, info)
 
     async def check_health(self) -> HealthStatus:
         """PING (and its latency), then the eviction policy. Never raises."""
@@ -425,13 +437,7 @@ class _RedisSync:
         layout = self._index_layout()
         with _errors():
             pipe = self._redis.pipeline(transaction=False)
-            for key in layout.index_keys:
-                pipe.zcard(key)
-                pipe.zrange(key, 0, 0, withscores=True)
-                pipe.zrevrange(key, 0, 0, withscores=True)
-            pipe.scard(layout.metric_namespaces)
-            if not self._cluster:
-                pipe.info("memory")
+            _queue_cache_info(pipe, layout, with_info=not self._cluster)
             replies = pipe.execute(raise_on_error=False)
         if self._cluster:
             try:
@@ -440,10 +446,7 @@ class _RedisSync:
                 info = None
         else:
             info = replies.pop()
-        for r in replies:
-            if isinstance(r, Exception):
-                raise _translate(r)
-        return lay.cache_info(layout, replies, lay.used_memory(info))
+        return _cache_info(layout, replies, info)
 
     def check_health(self) -> HealthStatus:
         started = time.perf_counter()

@@ -140,15 +140,6 @@ impl ClusterConnection {
         Ok(conn)
     }
 
-    /// The primaries, as `host:port`, in the slot map's order.
-    pub fn primaries(&self) -> Vec<String> {
-        self.state()
-            .map
-            .as_ref()
-            .map(|m| m.primaries().to_vec())
-            .unwrap_or_default()
-    }
-
     /// A connection to each primary as the map says now, without reading it again: for
     /// the writer's fence, which must not wait behind requests only the writer drives.
     pub fn current_connections(&self) -> Vec<(String, ConnectionManager)> {
@@ -171,25 +162,15 @@ impl ClusterConnection {
                 self.refresh().await?;
             }
         }
-        let state = self.state();
-        let Some(map) = &state.map else {
-            return Err(unmapped());
-        };
-        Ok(map
-            .primaries()
-            .iter()
-            .filter_map(|a| state.nodes.get(a).map(|n| (a.clone(), n.conn.clone())))
-            .collect())
+        Ok(self.current_connections())
     }
 
-    /// Each primary's address and the `CLIENT ID` its connection had when last answered
-    /// (0: not answered yet).
+    /// Each primary's address and the `CLIENT ID` its connection had when last seen.
     pub fn connection_ids(&self) -> Vec<(String, i64)> {
         self.state()
             .nodes
             .iter()
             .map(|(a, n)| (a.clone(), n.id.load(Ordering::SeqCst)))
-            .filter(|(_, id)| *id != 0)
             .collect()
     }
 
@@ -421,7 +402,7 @@ impl ClusterConnection {
                     Ok(mut values) => {
                         if let Some(Value::Int(id)) = values.pop() {
                             let before = node.id.swap(id, Ordering::SeqCst);
-                            if before != 0 && before != id {
+                            if before != id {
                                 this.inner.generation.fetch_add(1, Ordering::SeqCst);
                             }
                         }
