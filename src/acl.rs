@@ -21,8 +21,11 @@ const DAEMON: &[&str] = &[
     "sadd",
     "srem",
     "expire",
-    // Each pipeline's tail, and the fence.
+    // Each pipeline's tail; the writer's connection is named and its id read when it
+    // opens; the fence lists the other writers' connections and kills them.
     "client|id",
+    "client|setname",
+    "client|list",
     "hset",
     // The layout descriptor: claimed at start (a script: HGETALL, HSET), written again
     // after Redis lost its data (HSETNX, HGETALL).

@@ -103,7 +103,7 @@ pub async fn run_variant(
         shutdown.clone(),
     ));
 
-    let target = Target::new(settings.redis.clone());
+    let target = Target::writer(settings.redis.clone());
     let Some(conn) = connect_redis(&settings, &target, retry, &shutdown, &stats).await else {
         return Ok(());
     };
@@ -372,8 +372,11 @@ async fn connect_redis(
                 }
                 Err(e) => {
                     let delay = delays.next().unwrap_or(retry.max);
+                    // /readyz names it: a refused name or script is no network trouble.
+                    stats.retries.fetch_add(1, Relaxed);
+                    stats.redis_error(&crate::pipeline::sink::redis::connect_trouble(&e));
                     tracing::warn!(redis = %url, error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "cannot reach Redis; retrying");
+                        "cannot connect to Redis; retrying");
                     tokio::select! {
                         _ = shutdown.cancelled() => return None,
                         _ = tokio::time::sleep(delay) => {}

@@ -63,6 +63,10 @@ pub struct Stats {
     pub fences: AtomicU64,
     /// Other writers' connections closed before writing under a new assignment.
     pub writers_fenced: AtomicU64,
+    /// New Redis connections on which this member proved it still owns its partitions
+    /// (a commit the coordinator took), and proofs refused (evicted, or no coordinator).
+    pub ownership_proofs: AtomicU64,
+    pub ownership_refused: AtomicU64,
     /// Dead letters given up after being refused for good (logged at error level).
     pub dead_letters_lost: AtomicU64,
     /// Why dead letters are failing right now (cleared by the next success).
@@ -118,6 +122,8 @@ impl Default for Stats {
             disowned: AtomicU64::new(0),
             fences: AtomicU64::new(0),
             writers_fenced: AtomicU64::new(0),
+            ownership_proofs: AtomicU64::new(0),
+            ownership_refused: AtomicU64::new(0),
             guard_cache_resets: AtomicU64::new(0),
             dead_letters_lost: AtomicU64::new(0),
             dead_letter_failing: Mutex::new(None),

@@ -221,3 +221,124 @@ async fn a_dead_writers_late_bytes_never_land_after_the_new_owners() {
         "the new owner closed no connection of the dead writer"
     );
 }
+
+/// Member A reaches Redis through a proxy that holds its bytes, with pipelines on the wire
+/// and more records consumed; A is then frozen (`SIGSTOP`) past its session timeout, or,
+/// awake, stuck in a revoke drain longer than the session timeout. Either way the
+/// coordinator evicts it, member B takes every partition, fences and writes newer values
+/// of the same keys. Then the proxy lets go (and A gets `SIGCONT`): whatever A still
+/// holds, replays or retries must not land after B's writes.
+async fn evicted_member_scenario(freeze: bool) {
+    let started = Instant::now();
+    let h = Harness::start(4);
+    let proxy = HoldingProxy::start(h.redis.port()).await;
+    let name = if freeze { "frozen" } else { "evicted-draining" };
+    let group = group(name);
+
+    // Few keys, so B rewrites what A's held writes touch: metric `add`/`remove`/`replace`,
+    // device upserts and tombstones.
+    let mut spec = StreamSpec::new(28, 3_000);
+    spec.devices = 60;
+    spec.namespaces = 8;
+    spec.device_percent = 60;
+    let records = generate(spec);
+    let n = records.len();
+    let parts: Vec<&[support::model::Rec]> = records.chunks(n.div_ceil(3)).collect();
+    let producer = ordered_producer(h.kafka.bootstrap());
+    let proxied = proxy.url();
+
+    // A revoke drain of 15 s (the most it waits), longer than the 3 s session timeout.
+    let a = h.spawn_daemon(
+        &format!("{name}-a"),
+        &group,
+        &[
+            ("METACACHE__REDIS__URL", proxied.as_str()),
+            ("METACACHE__SHUTDOWN__TIMEOUT_SECS", "30"),
+            ("METACACHE__REDIS__RESPONSE_TIMEOUT_MS", "60000"),
+        ],
+    );
+    publish(&producer, parts[0]).await;
+    h.wait_all_committed(&group, Duration::from_secs(60)).await;
+
+    // A's path stalls with writes on the wire and more consumed.
+    proxy.hold();
+    publish(&producer, parts[1]).await;
+    wait_for(
+        Duration::from_secs(30),
+        "member A to have pipelines held in the proxy",
+        || async { proxy.bytes_held() > 2_000 && a.stat("/writer/in_flight_pipelines").await > 0 },
+    )
+    .await;
+    if freeze {
+        a.signal("STOP");
+        // Past the session timeout (3 s): the coordinator evicts A.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+
+    let b = h.spawn_daemon(&format!("{name}-b"), &group, &[]);
+    let all = 2 * h.partitions as u64;
+    wait_for(
+        Duration::from_secs(60),
+        "member B to own every partition (A evicted)",
+        || async { b.stat("/kafka/assigned_partitions").await == all },
+    )
+    .await;
+    // B writes the held records again and everything after them.
+    publish(&producer, parts[2]).await;
+    h.wait_all_committed(&group, Duration::from_secs(90)).await;
+    let fenced = b.stat("/writer/writers_fenced").await;
+
+    // A's path comes back: whatever it still holds would land now, after B's writes.
+    proxy.release();
+    if freeze {
+        a.signal("CONT");
+    }
+    // A finds out it was evicted, rejoins, and the group settles with both members.
+    wait_for(
+        Duration::from_secs(60),
+        "member A to rejoin the group",
+        || async { a.stat("/kafka/assigned_partitions").await > 0 },
+    )
+    .await;
+    h.wait_all_committed(&group, Duration::from_secs(60)).await;
+    let mut a = a;
+    let mut b = b;
+    a.signal("TERM");
+    b.signal("TERM");
+    assert_eq!(
+        a.wait_exit(Duration::from_secs(40)),
+        Some(0),
+        "A exits cleanly"
+    );
+    assert_eq!(
+        b.wait_exit(Duration::from_secs(40)),
+        Some(0),
+        "B exits cleanly"
+    );
+
+    support::model::figure(&format!(
+        "faults: {name}: {} bytes held, {} discarded; B fenced {fenced} connection(s)",
+        proxy.bytes_held(),
+        proxy.bytes_discarded()
+    ));
+    assert!(
+        fenced >= 1,
+        "B fenced no connection of A: the fault did not happen"
+    );
+    Model::of(records.iter()).compare(&mut h.redis()).report(
+        &format!("{name}-member-new-owner-direct"),
+        n,
+        1,
+        started.elapsed(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_member_never_writes_after_it_lost_its_partitions() {
+    evicted_member_scenario(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_evicted_while_draining_never_writes_after_the_new_owner() {
+    evicted_member_scenario(false).await;
+}

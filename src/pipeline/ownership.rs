@@ -21,6 +21,18 @@
 //! commit and let the partitions go. A dropped connection's unsent bytes are never
 //! written; bytes Redis had already received may still run, which the writer narrows
 //! with `CLIENT KILL` of the old connection on the new one (docs/reliability.md).
+//!
+//! A member cannot tell by itself that the group moved on without it: frozen past its
+//! session timeout, or cut off from the coordinator, it still believes it owns its
+//! partitions while their new owner writes. So before the writer writes on a connection it
+//! has just opened, it asks for a *proof* ([`Ownership::request_proof`]): the source
+//! commits the partitions' watermarks synchronously, and Kafka's coordinator accepts a
+//! commit only from a member of the group's current generation. The order is what makes
+//! this enough: the new connection is named before the proof, and a new owner fences (closes
+//! every named writer connection) only after it joined a later generation, which is after
+//! any commit of the earlier one succeeded. So a writer that proved ownership on a
+//! connection either writes before the next owner's fence (the next owner writes after)
+//! or on a connection that fence closed (the write fails and is never acknowledged).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,6 +57,21 @@ pub struct Ownership {
     /// Bumped at every rebalance; see [`Trust`].
     epoch: AtomicU64,
     fence: Fence,
+    proof: Proof,
+}
+
+#[derive(Debug, Default)]
+struct Proof {
+    state: Mutex<ProofState>,
+    answered: Notify,
+}
+
+#[derive(Debug, Default)]
+struct ProofState {
+    requested: u64,
+    answered: u64,
+    /// The last answer: `Err` says why ownership could not be shown.
+    outcome: Option<Result<(), String>>,
 }
 
 #[derive(Debug, Default)]
@@ -173,6 +200,50 @@ impl Ownership {
         true
     }
 
+    /// The writer asks the source to show that this member still owns its partitions in
+    /// the group's current generation (see the module doc); returns the ticket whose
+    /// answer [`proof`](Self::proof) waits for.
+    pub fn request_proof(&self) -> u64 {
+        let mut state = self.proof_state();
+        state.requested += 1;
+        state.requested
+    }
+
+    /// The source's side: the ticket of a proof asked for and not answered yet.
+    pub fn proof_requested(&self) -> Option<u64> {
+        let state = self.proof_state();
+        (state.requested > state.answered).then_some(state.requested)
+    }
+
+    /// The source's answer to every proof asked for up to `ticket`.
+    pub fn answer_proof(&self, ticket: u64, outcome: Result<(), String>) {
+        let mut state = self.proof_state();
+        if ticket > state.answered {
+            state.answered = ticket;
+            state.outcome = Some(outcome);
+        }
+        drop(state);
+        self.proof.answered.notify_waiters();
+    }
+
+    /// Resolves with the answer to proof `ticket` (or to a later one).
+    pub async fn proof(&self, ticket: u64) -> Result<(), String> {
+        loop {
+            let answered = self.proof.answered.notified();
+            {
+                let state = self.proof_state();
+                if state.answered >= ticket {
+                    return state.outcome.clone().unwrap_or(Ok(()));
+                }
+            }
+            answered.await;
+        }
+    }
+
+    fn proof_state(&self) -> std::sync::MutexGuard<'_, ProofState> {
+        self.proof.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn tickets(&self) -> std::sync::MutexGuard<'_, (u64, u64)> {
         // Nothing panics while holding these locks; a poisoned one still holds valid data.
         self.fence.tickets.lock().unwrap_or_else(|p| p.into_inner())
@@ -281,6 +352,26 @@ mod tests {
         assert_ne!(o.trust(), trust);
         assert_eq!(o.trust().scope_of(&record(before, Some(b"d1"))), None);
         assert_eq!(trust.scope_of(&record(before, Some(b"d1"))), Some(before));
+    }
+
+    #[tokio::test]
+    async fn a_proof_is_answered_with_the_sources_outcome() {
+        let o = std::sync::Arc::new(Ownership::new());
+        assert_eq!(o.proof_requested(), None);
+        let ticket = o.request_proof();
+        assert_eq!(o.proof_requested(), Some(ticket));
+        let source = std::sync::Arc::clone(&o);
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            let asked = source.proof_requested().unwrap();
+            source.answer_proof(asked, Err("Broker: Unknown member".into()));
+        });
+        assert_eq!(o.proof(ticket).await, Err("Broker: Unknown member".into()));
+        t.join().unwrap();
+        assert_eq!(o.proof_requested(), None);
+        let next = o.request_proof();
+        o.answer_proof(next, Ok(()));
+        assert_eq!(o.proof(next).await, Ok(()));
     }
 
     #[test]

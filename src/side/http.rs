@@ -330,6 +330,10 @@ pub struct WriterReport {
     pub pending_records: u64,
     /// Other writers' connections closed before writing under a new assignment.
     pub writers_fenced: u64,
+    /// New Redis connections on which this member proved it still owns its partitions.
+    pub ownership_proofs: u64,
+    /// Proofs the coordinator refused (this member was evicted) or could not answer.
+    pub ownership_refused: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -398,6 +402,8 @@ pub fn report(stats: &Stats, observed: &Observed, topics: &[String; 2]) -> Stats
             in_flight_pipelines: s.in_flight,
             pending_records: s.pending_records,
             writers_fenced: stats.writers_fenced.load(Relaxed),
+            ownership_proofs: stats.ownership_proofs.load(Relaxed),
+            ownership_refused: stats.ownership_refused.load(Relaxed),
         },
         kafka: KafkaReport {
             assigned_partitions: s.kafka_assigned_partitions,

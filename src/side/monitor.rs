@@ -192,7 +192,7 @@ async fn open(
 ) -> redis::RedisResult<(RedisConn, Option<metacache_client::sentinel::Primary>)> {
     // The same connection as everyone's (credentials, password file, TLS), answering
     // within a second and never retried, so that /readyz tells the truth at once.
-    metacache_client::connect::open_located(&settings.redis, Duration::from_secs(1), 0).await
+    metacache_client::connect::open_located(&settings.redis, Duration::from_secs(1), 0, None).await
 }
 
 async fn refresh(conn: &mut RedisConn, keys: &KeyLayout) -> redis::RedisResult<CacheFigures> {

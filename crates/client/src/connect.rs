@@ -1,14 +1,18 @@
-//! Opening a Redis connection from settings. Connection repair (reconnecting after a
-//! drop) is the `redis` crate's `ConnectionManager`'s job; this module only builds it.
+//! Opening a Redis connection from settings. Readers' connections repair themselves
+//! (reconnecting after a drop is the `redis` crate's `ConnectionManager`'s job); the
+//! writer's are [`FixedConn`]s, one socket each for its whole life (see there why).
 
 use std::pin::Pin;
 use std::time::Duration;
 
 use futures_util::Stream;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
 use redis::auth::{BasicAuth, StreamingCredentialsProvider};
 use redis::io::tcp::TcpSettings;
-use redis::{Client, ClientTlsConfig, IntoConnectionInfo, RedisResult, TlsCertificates};
+use redis::{
+    AsyncConnectionConfig, Client, ClientTlsConfig, IntoConnectionInfo, RedisResult,
+    TlsCertificates,
+};
 use url::Url;
 
 use crate::cluster::ClusterConnection;
@@ -23,6 +27,8 @@ use crate::settings::{RedisMode, RedisSettings};
 pub enum RedisConn {
     /// One server: standalone, or the primary the sentinels named.
     Single(ConnectionManager),
+    /// One server, on one socket that is never reopened: the writer's (see [`FixedConn`]).
+    Fixed(FixedConn),
     /// Every primary of a Redis Cluster.
     Cluster(ClusterConnection),
 }
@@ -37,7 +43,7 @@ impl RedisConn {
     /// be read again (the writer's fence: requests only the writer drives may hold it).
     pub fn nodes_now(&self) -> Vec<(String, RedisConn)> {
         match self {
-            RedisConn::Single(_) => vec![(String::new(), self.clone())],
+            RedisConn::Single(_) | RedisConn::Fixed(_) => vec![(String::new(), self.clone())],
             RedisConn::Cluster(c) => c
                 .current_connections()
                 .into_iter()
@@ -90,7 +96,7 @@ impl RedisConn {
     /// for the one server of standalone and sentinel modes).
     pub async fn nodes(&self) -> RedisResult<Vec<(String, RedisConn)>> {
         match self {
-            RedisConn::Single(_) => Ok(vec![(String::new(), self.clone())]),
+            RedisConn::Single(_) | RedisConn::Fixed(_) => Ok(vec![(String::new(), self.clone())]),
             RedisConn::Cluster(c) => Ok(c
                 .primary_connections()
                 .await?
@@ -108,6 +114,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
+            RedisConn::Fixed(c) => c.conn.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -120,6 +127,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            RedisConn::Fixed(c) => c.conn.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -127,6 +135,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
+            RedisConn::Fixed(c) => c.conn.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
     }
@@ -171,24 +180,36 @@ pub async fn open_with(
     response_timeout: Duration,
     retries: usize,
 ) -> RedisResult<RedisConn> {
-    Ok(open_located(settings, response_timeout, retries).await?.0)
+    Ok(open_located(settings, response_timeout, retries, None)
+        .await?
+        .0)
 }
 
 /// [`open_with`], and where the connection went: `None` for the configured URL, the
 /// primary the sentinels named in sentinel mode. A sentinel-named primary is checked with
 /// `ROLE` before it is returned, so a node demoted a moment ago is never written to.
+///
+/// With a `name` (the writer's), a standalone or sentinel-located server gets a
+/// [`FixedConn`] carrying that name from its first command, instead of a connection that
+/// reopens itself.
 pub async fn open_located(
     settings: &RedisSettings,
     response_timeout: Duration,
     retries: usize,
+    name: Option<&str>,
 ) -> RedisResult<(RedisConn, Option<crate::sentinel::Primary>)> {
-    match settings.mode() {
-        RedisMode::Standalone => {
-            return Ok((
-                RedisConn::Single(open_single(settings, response_timeout, retries).await?),
-                None,
-            ))
+    let one = |at: RedisSettings| async move {
+        match name {
+            Some(name) => Ok::<_, redis::RedisError>(RedisConn::Fixed(
+                FixedConn::open(&at, response_timeout, name).await?,
+            )),
+            None => Ok(RedisConn::Single(
+                open_single(&at, response_timeout, retries).await?,
+            )),
         }
+    };
+    match settings.mode() {
+        RedisMode::Standalone => return Ok((one(settings.clone()).await?, None)),
         RedisMode::Cluster => {
             let conn = ClusterConnection::connect(settings, response_timeout, retries).await?;
             return Ok((RedisConn::Cluster(conn), None));
@@ -198,10 +219,10 @@ pub async fn open_located(
     let primary = crate::sentinel::locate_primary(settings).await?;
     let address = primary.address.clone();
     let at = crate::sentinel::at_primary(settings, &address);
-    let mut conn = open_single(&at, response_timeout, retries).await?;
+    let mut conn = one(at).await?;
     let role: redis::Value = redis::cmd("ROLE").query_async(&mut conn).await?;
     match crate::sentinel::role_name(&role).as_deref() {
-        Some("master") => Ok((RedisConn::Single(conn), Some(primary))),
+        Some("master") => Ok((conn, Some(primary))),
         other => Err(redis::RedisError::from((
             redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
             "not a primary",
@@ -220,22 +241,7 @@ pub(crate) async fn open_single(
     response_timeout: Duration,
     retries: usize,
 ) -> RedisResult<ConnectionManager> {
-    install_crypto_provider();
-    let url = effective_url(settings).map_err(|e| {
-        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
-    })?;
-    // A pipelining client wants every write on the wire at once; Nagle's algorithm could
-    // hold back a pipeline's tail (no change was measured on loopback, but it costs nothing).
-    let info = url
-        .as_str()
-        .into_connection_info()?
-        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
-    let user = info.redis_settings().username().map(str::to_owned);
-    let client = if settings.tls.is_set() {
-        Client::build_with_tls(info, certificates(&settings.tls)?)?
-    } else {
-        Client::open(info)?
-    };
+    let (client, user) = client(settings)?;
     let mut config = ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
         .set_response_timeout(Some(response_timeout))
@@ -255,6 +261,86 @@ pub(crate) async fn open_single(
         });
     }
     ConnectionManager::new_with_config(client, config).await
+}
+
+/// One connection to one server for its whole life, named from its first command and
+/// with its `CLIENT ID` known before anything else is sent on it: the writer's.
+///
+/// Why not a connection that reopens itself: a socket reopened behind the writer's back
+/// carries writes before anyone has named it or asked whether this process still owns
+/// what it writes, so a new owner's fence (`CLIENT KILL` of every connection named
+/// `metacache-writer`) cannot see it, and a member evicted meanwhile writes after the new
+/// owner. When this socket breaks, every request on it fails; the writer opens the next
+/// one itself, and proves its ownership again before it writes there.
+#[derive(Clone)]
+pub struct FixedConn {
+    conn: MultiplexedConnection,
+    id: i64,
+}
+
+impl FixedConn {
+    /// Connects, then `CLIENT SETNAME name` and `CLIENT ID` before the connection is
+    /// handed out. A refused name (an ACL without `client|setname`) is an
+    /// error: a connection the fence cannot find must not carry writes.
+    pub async fn open(
+        settings: &RedisSettings,
+        response_timeout: Duration,
+        name: &str,
+    ) -> RedisResult<FixedConn> {
+        let (client, user) = client(settings)?;
+        let mut config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
+            .set_response_timeout(Some(response_timeout))
+            .set_pipeline_buffer_size(PIPELINE_BUFFER);
+        if let Some(path) = &settings.password_file {
+            config = config.set_credentials_provider(PasswordFile {
+                path: path.clone(),
+                username: user.unwrap_or_else(|| "default".to_owned()),
+                every: PASSWORD_FILE_POLL,
+            });
+        }
+        let mut conn = client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        // Two round trips, once per connection: a refusal then reads as Redis's own
+        // error (`NOPERM … 'client|setname'`), not as a pipeline's.
+        redis::cmd("CLIENT")
+            .arg("SETNAME")
+            .arg(name)
+            .query_async::<()>(&mut conn)
+            .await?;
+        let id: i64 = redis::cmd("CLIENT")
+            .arg("ID")
+            .query_async(&mut conn)
+            .await?;
+        Ok(FixedConn { conn, id })
+    }
+
+    /// The server's `CLIENT ID` for this connection.
+    pub fn id(&self) -> i64 {
+        self.id
+    }
+}
+
+/// A client for the settings' URL with its overrides and TLS files, and the user name.
+fn client(settings: &RedisSettings) -> RedisResult<(Client, Option<String>)> {
+    install_crypto_provider();
+    let url = effective_url(settings).map_err(|e| {
+        redis::RedisError::from((redis::ErrorKind::InvalidClientConfig, "bad URL", e))
+    })?;
+    // A pipelining client wants every write on the wire at once; Nagle's algorithm could
+    // hold back a pipeline's tail (no change was measured on loopback, but it costs nothing).
+    let info = url
+        .as_str()
+        .into_connection_info()?
+        .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    let user = info.redis_settings().username().map(str::to_owned);
+    let client = if settings.tls.is_set() {
+        Client::build_with_tls(info, certificates(&settings.tls)?)?
+    } else {
+        Client::open(info)?
+    };
+    Ok((client, user))
 }
 
 /// Requests a connection queues before senders wait: above the writer's largest

@@ -250,9 +250,16 @@ impl SourceContext {
         }
     }
 
-    /// Waits until `busy` says no record of interest is in flight, or until `deadline`.
-    fn drain_until(&self, deadline: Instant, busy: impl Fn(&Offsets) -> bool) -> bool {
+    /// Waits until `busy` says no record of interest is in flight, or until `deadline`,
+    /// answering the writer's ownership proofs meanwhile (it may need one to finish).
+    fn drain_until(
+        &self,
+        consumer: &BaseConsumer<SourceContext>,
+        deadline: Instant,
+        busy: impl Fn(&Offsets) -> bool,
+    ) -> bool {
         loop {
+            self.serve_proof(consumer);
             {
                 let mut state = self.state();
                 self.apply_acks(&mut state);
@@ -312,6 +319,71 @@ impl SourceContext {
                 self.forget_commits(&tpl);
             }
         }
+    }
+
+    /// Answers the writer's request for a proof of ownership (see
+    /// [`Ownership::request_proof`]): a synchronous commit of the watermark of every
+    /// partition owned and consumed from, which the coordinator accepts only from a member
+    /// of the group's current generation. A member that was evicted hears
+    /// `UNKNOWN_MEMBER_ID` or `ILLEGAL_GENERATION`, and librdkafka then revokes its
+    /// assignment as lost. Nothing consumed means nothing of this member's to write.
+    fn serve_proof(&self, consumer: &BaseConsumer<SourceContext>) {
+        let Some(ticket) = self.ownership.proof_requested() else {
+            return;
+        };
+        let started = Instant::now();
+        let mut tpl = TopicPartitionList::new();
+        let mut marks = Vec::new();
+        {
+            let mut state = self.state();
+            self.apply_acks(&mut state);
+            for (id, progress) in state.offsets.iter() {
+                if self.ownership.generation(*id) != Some(progress.generation()) {
+                    continue;
+                }
+                let Some(offset) = progress.watermark() else {
+                    continue;
+                };
+                if tpl
+                    .add_partition_offset(self.topics.name(id.0), id.1, Offset::Offset(offset))
+                    .is_ok()
+                {
+                    marks.push((*id, offset));
+                }
+            }
+        }
+        let outcome = if tpl.count() == 0 {
+            Ok(())
+        } else {
+            consumer
+                .commit(&tpl, CommitMode::Sync)
+                .map_err(|e| e.to_string())
+        };
+        match &outcome {
+            Ok(()) => {
+                let mut state = self.state();
+                for (id, offset) in marks {
+                    if let Some(p) = state.offsets.get_mut(&id) {
+                        p.mark_committed(offset);
+                    }
+                }
+                self.stats.ownership_proofs.fetch_add(1, Relaxed);
+                tracing::info!(
+                    partitions = tpl.count(),
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "ownership proven for a new Redis connection (the coordinator took a commit of this generation)"
+                );
+            }
+            Err(reason) => {
+                self.stats.ownership_refused.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    %reason,
+                    partitions = tpl.count(),
+                    "cannot prove this member still owns its partitions: the writer does not write until it can, or until they are revoked"
+                );
+            }
+        }
+        self.ownership.answer_proof(ticket, outcome);
     }
 
     /// Compares what this source believes committed with what librdkafka last saw the
@@ -451,13 +523,17 @@ impl ConsumerContext for SourceContext {
             }
             state.stash.retain(|c| !c.is_empty());
         }
-        let wait = if self.closing.load(Relaxed) {
+        // A lost assignment (evicted: frozen or cut off past the session timeout) already
+        // belongs to another member, which may be writing it now: nothing of it may be
+        // sent, replayed or retried from here on, so there is no drain to wait for.
+        let lost = consumer.assignment_lost();
+        let wait = if self.closing.load(Relaxed) || lost {
             Duration::ZERO
         } else {
             self.drain_timeout
         };
         let deadline = Instant::now() + wait;
-        let drained = self.drain_until(deadline, |offsets| {
+        let drained = self.drain_until(consumer, deadline, |offsets| {
             revoked
                 .iter()
                 .any(|id| offsets.get(id).is_some_and(|p| p.in_flight() > 0))
@@ -471,6 +547,11 @@ impl ConsumerContext for SourceContext {
                     "revoked partitions still had records in flight after {:?}; they are dropped and the next owner replays them",
                     self.drain_timeout
                 );
+            } else if lost {
+                tracing::warn!(
+                    partitions = revoked.len(),
+                    "the assignment was lost with records in flight: they are dropped unacknowledged at once, and the next owner replays them"
+                );
             }
             // Some of them may be on a connection to Redis: the writer drops it before
             // the next owner may start, so they cannot land after its writes.
@@ -482,7 +563,7 @@ impl ConsumerContext for SourceContext {
                 );
             }
         }
-        if consumer.assignment_lost() {
+        if lost {
             // The coordinator already gave these partitions up (the session timed out):
             // a commit would only fail, after blocking this thread until the coordinator
             // answers, which delays the rejoin by seconds. The next owner resumes from
@@ -749,6 +830,7 @@ impl KafkaSource {
                 }
             }
             self.fill(&mut last_poll_error);
+            self.ctx().serve_proof(&self.consumer);
             let mut state = self.ctx().state();
             self.ctx().apply_acks(&mut state);
         }
@@ -904,9 +986,11 @@ impl KafkaSource {
         self.records = None;
         let deadline = Instant::now() + self.shutdown_timeout;
         loop {
-            let drained = self
-                .ctx()
-                .drain_until(Instant::now() + POLL_INTERVAL, |o| o.in_flight() > 0);
+            let drained =
+                self.ctx()
+                    .drain_until(&self.consumer, Instant::now() + POLL_INTERVAL, |o| {
+                        o.in_flight() > 0
+                    });
             if drained || Instant::now() >= deadline {
                 break;
             }

@@ -14,9 +14,9 @@ use metacache_client::RedisSettings;
 
 use super::scripts;
 
-/// Opens a multiplexed, self-repairing connection and loads the scripts.
+/// Opens the writer's connection and loads the scripts.
 pub async fn connect(settings: &RedisSettings) -> RedisResult<RedisConn> {
-    Target::new(settings.clone()).connect().await
+    Target::writer(settings.clone()).connect().await
 }
 
 /// Where the writer's connections go: `redis.url`, or in sentinel mode the primary the
@@ -25,13 +25,32 @@ pub async fn connect(settings: &RedisSettings) -> RedisResult<RedisConn> {
 pub struct Target {
     settings: RedisSettings,
     primary: Mutex<Option<Primary>>,
+    /// The writer's connections are named from their first command and never reopened
+    /// behind its back; others (the janitor's) repair themselves and carry no name, so a
+    /// fence does not take them for a writer's.
+    name: Option<&'static str>,
 }
 
 impl Target {
+    /// Connections that repair themselves (the janitor's).
     pub fn new(settings: RedisSettings) -> Arc<Target> {
         Arc::new(Target {
             settings,
             primary: Mutex::new(None),
+            name: None,
+        })
+    }
+
+    /// The writer's connections: named [`WRITER_NAME`] from their first command, and on
+    /// one server a socket that is never reopened behind the writer's back (see
+    /// [`metacache_client::connect::FixedConn`]).
+    ///
+    /// [`WRITER_NAME`]: super::writer::WRITER_NAME
+    pub fn writer(settings: RedisSettings) -> Arc<Target> {
+        Arc::new(Target {
+            settings,
+            primary: Mutex::new(None),
+            name: Some(super::writer::WRITER_NAME),
         })
     }
 
@@ -39,7 +58,7 @@ impl Target {
     pub async fn connect(&self) -> RedisResult<RedisConn> {
         let timeout = Duration::from_millis(self.settings.response_timeout_ms);
         let (mut conn, primary) =
-            metacache_client::connect::open_located(&self.settings, timeout, 1).await?;
+            metacache_client::connect::open_located(&self.settings, timeout, 1, self.name).await?;
         load_scripts(&mut conn).await?;
         if let Ok(mut current) = self.primary.lock() {
             *current = primary;

@@ -87,6 +87,12 @@ pub trait Nodes: Sized {
     /// The server-side connections to close after a fence dropped this one: (node, id).
     /// `conn_id` is the id the pipelines' tail reported (standalone).
     fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)>;
+    /// The `CLIENT ID` of a connection that was named when it opened and is never reopened
+    /// behind the writer's back; `None` for one that reopens itself.
+    fn fixed_id(&self) -> Option<i64>;
+    /// Whether `e` means this connection can carry nothing more (the writer opens the next
+    /// one itself, and proves its ownership there before writing).
+    fn broken_by(&self, e: &RedisError) -> bool;
 }
 
 impl Nodes for RedisConn {
@@ -100,8 +106,21 @@ impl Nodes for RedisConn {
     fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)> {
         match self {
             RedisConn::Single(_) => conn_id.map(|id| (String::new(), id)).into_iter().collect(),
+            RedisConn::Fixed(c) => vec![(String::new(), c.id())],
             RedisConn::Cluster(c) => c.connection_ids(),
         }
+    }
+
+    fn fixed_id(&self) -> Option<i64> {
+        match self {
+            RedisConn::Fixed(c) => Some(c.id()),
+            _ => None,
+        }
+    }
+
+    fn broken_by(&self, e: &RedisError) -> bool {
+        // A timeout leaves the socket as it was: what follows it still goes in order.
+        matches!(self, RedisConn::Fixed(_)) && e.is_io_error() && !e.is_timeout()
     }
 }
 
@@ -149,6 +168,10 @@ pub struct Writer<C> {
     kill: Vec<(String, i64)>,
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
+    /// This member proved, after the current connection was opened and named, that it
+    /// still owns its partitions in the group's current generation (see
+    /// [`Ownership::request_proof`]): nothing is written on a connection before that.
+    proven: bool,
     /// Batches built so far: numbers them in traces.
     batches_built: u64,
     /// Redis answered a pipeline of this writer before.
@@ -192,6 +215,7 @@ where
         links: WriterLinks,
     ) -> Self {
         let rejects = Rejects::new(links.dead_letters, Arc::clone(&links.stats));
+        let fixed_id = conn.fixed_id();
         Writer {
             conn: Some(conn),
             connector,
@@ -199,9 +223,10 @@ where
             config,
             versions,
             knowledge: 0,
-            conn_id: None,
+            conn_id: fixed_id,
             kill: Vec::new(),
-            unnamed: true,
+            unnamed: fixed_id.is_none(),
+            proven: false,
             batches_built: 0,
             answered_before: false,
             fenced_epoch: None,
@@ -231,13 +256,21 @@ where
                 let Some(mut batch) = self.build(batcher.take()) else {
                     continue;
                 };
-                if self.conn.is_none() {
-                    // A fence dropped the connection: reconnect and send in order.
-                    self.go_back(&mut sent, Some(batch), "no connection".into(), false)
-                        .await;
+                if let Err(reason) = self.ready().await {
+                    // No connection fit to write on yet: reconnect, prove, fence, and send
+                    // in order.
+                    self.go_back(&mut sent, Some(batch), reason, false).await;
                     continue;
                 }
-                self.before_send().await;
+                // Getting ready may have waited for a proof, during which partitions can
+                // have been revoked.
+                if !self.all_owned(&batch.records) {
+                    let records = std::mem::take(&mut batch.records);
+                    match self.build(records) {
+                        Some(again) => batch = again,
+                        None => continue,
+                    }
+                }
                 batch.sent_at = Instant::now();
                 let flight = self.send(&batch);
                 tracing::trace!(
@@ -460,6 +493,9 @@ where
         replies: Replies,
         others_in_flight: bool,
     ) -> Result<Vec<RedisResult<Value>>, Retry> {
+        if let Err(e) = &replies {
+            self.let_go_broken(e);
+        }
         let (replies, id, created) =
             match judge(batch.commands, &batch.planned, replies, self.config.tail) {
                 Judged::Retry(retry) => {
@@ -614,14 +650,73 @@ where
         }
     }
 
-    /// Names a new connection, and fences the previous writers after a rebalance: both
-    /// before the next pipeline goes.
-    async fn before_send(&mut self) {
+    /// Makes the connection fit to write on, before the next pipeline goes: opened (after
+    /// a fence or a broken socket), named, this member's ownership proven on it, and the
+    /// previous writers fenced after a rebalance. `Err` says what is missing; nothing is
+    /// written until it is done (a safety step that cannot run stops the writes).
+    async fn ready(&mut self) -> Result<(), String> {
+        self.ensure_connected().await?;
         if self.unnamed {
             self.name_connection().await;
         }
+        if !self.proven {
+            self.prove().await?;
+        }
         if self.fenced_epoch != Some(self.ownership.epoch()) {
-            self.fence_previous_writers().await;
+            self.fence_previous_writers().await?;
+        }
+        Ok(())
+    }
+
+    fn is_ready(&self) -> bool {
+        self.conn.is_some() && self.proven && self.fenced_epoch == Some(self.ownership.epoch())
+    }
+
+    /// Asks the source to prove that this member still owns its partitions in the
+    /// group's current generation, after the connection was opened and named (the order
+    /// the argument in [`Ownership`]'s doc needs). A fence wanted meanwhile is confirmed at
+    /// once: nothing was sent on an unproven connection, so it carries nothing to drop.
+    async fn prove(&mut self) -> Result<(), String> {
+        let ownership = Arc::clone(&self.ownership);
+        let ticket = ownership.request_proof();
+        let started = Instant::now();
+        loop {
+            let served = self.fence_served;
+            tokio::select! {
+                biased;
+                _ = ownership.fence_wanted(served) => {
+                    self.serve_fence(std::iter::empty());
+                }
+                outcome = tokio::time::timeout(PROOF_TIMEOUT, ownership.proof(ticket)) => {
+                    return match outcome {
+                        Ok(Ok(())) => {
+                            self.proven = true;
+                            tracing::debug!(took_us = started.elapsed().as_micros() as u64, "ownership proven on the new connection");
+                            Ok(())
+                        }
+                        Ok(Err(reason)) => Err(format!(
+                            "cannot prove this member still owns its partitions ({reason}); nothing is written until it can, or until they are revoked"
+                        )),
+                        Err(_) => Err(format!(
+                            "no proof of ownership within {} s (the Kafka coordinator did not answer); nothing is written until there is one",
+                            PROOF_TIMEOUT.as_secs()
+                        )),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A connection that can carry nothing more is let go; the next one is opened by
+    /// [`Writer::ensure_connected`], named and proven before anything is written there.
+    /// Its id is not killed: the socket is gone, and the next connection may reach
+    /// another server (a failover behind a fixed address) where that id is someone else's.
+    fn let_go_broken(&mut self, e: &RedisError) {
+        if self.conn.as_ref().is_some_and(|c| c.broken_by(e)) {
+            tracing::info!(error = %describe(e), "the writer's Redis connection broke; the next one is named and proven before anything is written on it");
+            self.conn = None;
+            self.conn_id = None;
+            self.proven = false;
         }
     }
 
@@ -693,30 +788,42 @@ where
     /// and replays its unanswered pipelines in order (go-back-N): a rebalance is rare and
     /// the replay is correct; a late write is not.
     /// In cluster mode on every primary: a dead writer's pipelines may wait on any.
-    async fn fence_previous_writers(&mut self) {
+    async fn fence_previous_writers(&mut self) -> Result<(), String> {
         let epoch = self.ownership.epoch();
         let Some(conn) = self.conn.as_ref() else {
-            return;
+            return Err("no connection".into());
         };
         let nodes = match tokio::time::timeout(Duration::from_secs(2), conn.nodes()).await {
             Ok(Ok(nodes)) => nodes,
-            _ => {
-                self.fence_failed(epoch);
-                return;
-            }
+            _ => return Err(self.fence_failed("the cluster's nodes could not be listed")),
         };
         let mut closed = 0;
         for (node, mut conn) in nodes {
             match fence_node(&mut conn).await {
                 Ok(n) => closed += n,
+                Err(Some(e))
+                    if !matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm)
+                    ) =>
+                {
+                    self.let_go_broken(&e);
+                    return Err(self.fence_failed(format!("{node} {}", describe(&e)).trim_start()));
+                }
                 Err(Some(e)) => {
-                    tracing::warn!(node, error = %describe(&e), "cannot list Redis connections (CLIENT LIST): late writes of a writer that died cannot be fenced");
-                    self.fenced_epoch = Some(epoch);
-                    return;
+                    self.fence_tries += 1;
+                    // A pipeline's error carries no detail of its own: its text names
+                    // the refused command.
+                    return Err(format!(
+                        "cannot fence the previous writers: NOPERM {e}; grant the ACL user what `metacache check-config --print-acl` prints (+client|list, +client|kill); nothing is written under the new assignment until then"
+                    ));
                 }
                 Err(None) => {
-                    self.fence_failed(epoch);
-                    return;
+                    return Err(self.fence_failed(if node.is_empty() {
+                        "CLIENT LIST or CLIENT KILL failed or timed out".to_owned()
+                    } else {
+                        format!("CLIENT LIST or CLIENT KILL on {node} failed or timed out")
+                    }))
                 }
             }
         }
@@ -729,19 +836,17 @@ where
         }
         self.fenced_epoch = Some(epoch);
         self.fence_tries = 0;
+        Ok(())
     }
 
-    /// Lost connection or a slow Redis: try again before the next pipelines, a few
-    /// times, then go on (a writer must not stall on it).
-    fn fence_failed(&mut self, epoch: u64) {
+    /// Lost connection or a slow Redis: the writer tries again before the next pipeline,
+    /// however long it takes; it never writes under a new assignment unfenced.
+    fn fence_failed(&mut self, what: impl std::fmt::Display) -> String {
         self.fence_tries += 1;
-        if self.fence_tries >= FENCE_TRIES {
-            tracing::warn!(
-                "could not list Redis connections to fence previous writers; going on without"
-            );
-            self.fenced_epoch = Some(epoch);
-            self.fence_tries = 0;
-        }
+        format!(
+            "cannot fence the previous writers ({what}; try {}); nothing is written under the new assignment until it succeeds",
+            self.fence_tries
+        )
     }
 
     /// Opens a connection when a fence dropped the last one, and kills the dropped one on
@@ -752,6 +857,12 @@ where
             return Ok(());
         }
         let conn = (self.connector)().await.map_err(|e| describe(&e))?;
+        // Everything about a new connection is learnt again: its name and id, this
+        // member's ownership, and what Redis holds (it may be another server now).
+        self.conn_id = conn.fixed_id();
+        self.unnamed = self.conn_id.is_none();
+        self.proven = false;
+        self.forget_all();
         let kill = std::mem::take(&mut self.kill);
         if !kill.is_empty() {
             let nodes = conn.nodes().await.unwrap_or_default();
@@ -834,6 +945,11 @@ where
                     }
                 }
             }
+            if self.conn.is_some() {
+                if let Err(e) = self.ready().await {
+                    replay.failed(e, false);
+                }
+            }
             if let Some(backoff) = replay.backoff() {
                 let reason = replay.failure().unwrap_or_default().to_owned();
                 self.stats.retries.fetch_add(1, Relaxed);
@@ -852,6 +968,10 @@ where
                     .await;
                 if self.conn.is_none() {
                     replay.failed("connection dropped by a fence".into(), false);
+                    continue;
+                }
+                if !self.is_ready() {
+                    // Not connected, proven and fenced yet: the next round tries again.
                     continue;
                 }
             }
@@ -874,7 +994,6 @@ where
                 let records = std::mem::take(&mut batch.records);
                 batch = self.build_under(records, None);
             }
-            self.before_send().await;
             batch.sent_at = Instant::now();
             let flight = self.send(&batch);
             replay.put_back(batch);
@@ -933,8 +1052,8 @@ where
     }
 }
 
-/// Closes the other writers' connections on one server; how many. `Err(Some)`: not
-/// allowed (`NOPERM`), `Err(None)`: failed or too slow.
+/// Closes the other writers' connections on one server; how many. `Err(Some)`: Redis or
+/// the connection said no (`NOPERM`, a broken socket), `Err(None)`: too slow.
 async fn fence_node<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, Option<RedisError>> {
     // This connection's own id from the same round trip: the pipelines' tail may not have
     // reported it yet, or reported an older connection's.
@@ -948,10 +1067,8 @@ async fn fence_node<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, Optio
     .await;
     let others = match listed {
         Ok(Ok((me, text))) => other_writers(&text, Some(me)),
-        Ok(Err(e)) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => {
-            return Err(Some(e))
-        }
-        _ => return Err(None),
+        Ok(Err(e)) => return Err(Some(e)),
+        Err(_) => return Err(None),
     };
     if others.is_empty() {
         return Ok(0);
@@ -963,14 +1080,16 @@ async fn fence_node<C: ConnectionLike + Send>(conn: &mut C) -> Result<u64, Optio
     pipe.ignore_errors();
     let killed =
         tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Value>(conn)).await;
-    if !matches!(killed, Ok(Ok(_))) {
-        return Err(None);
+    match killed {
+        Ok(Ok(_)) => Ok(others.len() as u64),
+        Ok(Err(e)) => Err(Some(e)),
+        Err(_) => Err(None),
     }
-    Ok(others.len() as u64)
 }
 
-/// Tries at fencing the previous writers under one assignment before going on without.
-const FENCE_TRIES: u32 = 3;
+/// Longest the writer waits for the source's answer to a proof before trying again (the
+/// source answers within one poll, plus the coordinator's round trip).
+const PROOF_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The name every writer gives its connection (`CLIENT SETNAME`), so that a new owner
 /// finds the connections of writers that may have died.
