@@ -25,6 +25,7 @@ const DAEMON: &[&str] = &[
     // opens; the fence lists the other writers' connections and kills them.
     "client|id",
     "client|setname",
+    "client|info",
     "client|list",
     "hset",
     // The layout descriptor: claimed at start (a script: HGETALL, HSET), written again

@@ -86,6 +86,13 @@ async fn the_broker_unreachable_and_back_the_daemon_recovers_without_a_restart()
         "faults: broker: down {:.1} s; rebalances before/after the outage {rebalances}/{}; the topics hold {stored} records for {n} published",
         6.0, snap.rebalances
     ));
+    // The fault really happened: the session expired during the outage, so the group
+    // assigned the partitions again afterwards.
+    assert!(
+        snap.rebalances > rebalances,
+        "no rebalance after the broker was down past the session timeout ({rebalances} before, {} after): the session never expired",
+        snap.rebalances
+    );
     let comparison = Model::of(records.iter()).compare(&mut h.redis());
     // Where each wrong device's events lie in the stream and in Kafka, to tell a skip
     // (the newest event never applied) from a reordering.

@@ -38,6 +38,23 @@ async fn writes_count_as_done_only_once_a_replica_has_them() {
         replica_has(&replica, "device:a"),
         "acknowledged before the replica had it"
     );
+    // Replication on loopback is quick enough that the replica would mostly have it even
+    // without WAIT: what shows that the acknowledgement waited for it is that the
+    // primary ran WAIT before it.
+    let stats: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut h.redis())
+        .unwrap();
+    let waits = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_wait:calls="))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        waits >= 1,
+        "no WAIT ran before the acknowledgement: {stats}"
+    );
     let committed_devices = || {
         h.committed(&group, DEVICES)
             .iter()

@@ -221,40 +221,47 @@ async fn with_a_replica_acknowledging_a_failover_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_replica_acknowledgement_a_failover_loses_what_the_replica_lacked() {
-    let out = failover(0, 42).await;
-    figure(&format!(
-        "faults: sentinel failover, wait_replicas=0: events {}, acknowledged while the replica was behind {}, keys wrong (lost) {}, duration {:.1} s",
-        out.events,
-        out.acknowledged_while_replica_behind,
-        out.wrong.len(),
-        out.took.as_secs_f64()
-    ));
-    assert!(
-        out.acknowledged_while_replica_behind > 0,
-        "the primary acknowledged nothing while the replica was behind: the scenario did not happen"
-    );
-    // What the stream said after the failover landed on the new primary: no device
-    // whose final value came then is wrong (a lost value with a later `last_updated`, or
-    // a lost `add` to a metric set, stays lost for good). Unless the sentinels failed over
-    // a second time: without replica acknowledgement that one may lose writes sent after
-    // the first, which is the loss this test shows, not a fault of the writer's.
-    if out.failed_over_again {
+    // When the sentinels fail over a second time, writes sent after the first may be lost
+    // too (that is this test's loss, not a fault of the writer's), so the check of what
+    // came after the failover needs a run with one failover: tried again, up to three
+    // times, rather than passing without checking.
+    for attempt in 0..3 {
+        let out = failover(0, 42 + attempt).await;
+        figure(&format!(
+            "faults: sentinel failover, wait_replicas=0: events {}, acknowledged while the replica was behind {}, keys wrong (lost) {}, failed over again {}, duration {:.1} s",
+            out.events,
+            out.acknowledged_while_replica_behind,
+            out.wrong.len(),
+            out.failed_over_again,
+            out.took.as_secs_f64()
+        ));
+        assert!(
+            out.acknowledged_while_replica_behind > 0,
+            "the primary acknowledged nothing while the replica was behind: the scenario did not happen"
+        );
+        if out.failed_over_again {
+            continue;
+        }
+        // What the stream said after the failover landed on the new primary: no device
+        // whose final value came then is wrong (a lost value with a later `last_updated`,
+        // or a lost `add` to a metric set, stays lost for good).
+        let late: Vec<&String> = out
+            .wrong
+            .iter()
+            .filter(|w| {
+                w.strip_prefix("device:")
+                    .and_then(|rest| rest.split_once(": "))
+                    .is_some_and(|(id, _)| out.written_after_failover.contains(id))
+            })
+            .collect();
+        assert!(
+            late.is_empty(),
+            "{} devices written after the failover are wrong, e.g. {:?}\nwhat the sentinels decided:\n{}",
+            late.len(),
+            &late[..late.len().min(5)],
+            out.sentinel_events
+        );
         return;
     }
-    let late: Vec<&String> = out
-        .wrong
-        .iter()
-        .filter(|w| {
-            w.strip_prefix("device:")
-                .and_then(|rest| rest.split_once(": "))
-                .is_some_and(|(id, _)| out.written_after_failover.contains(id))
-        })
-        .collect();
-    assert!(
-        late.is_empty(),
-        "{} devices written after the failover are wrong, e.g. {:?}\nwhat the sentinels decided:\n{}",
-        late.len(),
-        &late[..late.len().min(5)],
-        out.sentinel_events
-    );
+    panic!("the sentinels failed over twice in each of three runs: what came after a failover was never checked");
 }

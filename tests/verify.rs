@@ -152,3 +152,55 @@ async fn a_daemon_that_is_not_caught_up_is_reported_by_partition_not_as_drift() 
     );
     assert!(problems(&report).is_empty());
 }
+
+/// A producer that partitions by another hash (or not by key) puts one device's events on
+/// several partitions, where they have no order: verify names such keys and their
+/// partitions, and does not say the cache matches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_spread_over_partitions_are_reported_not_vouched_for() {
+    use rdkafka::producer::FutureRecord;
+    let h = Harness::start(4);
+    let settings = h.settings();
+    let group = settings.kafka.group_id.clone();
+    let daemon = h.start_daemon(settings);
+    let producer = h.producer();
+    let early = device_json("split-dev", "t", "2026-11-22T10:00:00Z");
+    let late = device_json("split-dev", "t", "2026-11-22T11:00:00Z");
+    let ns = r#"{"op":"add","namespace":"split-ns","metric_names":["a"]}"#;
+    let whole = device_json("whole-dev", "t", "2026-11-22T10:00:00Z");
+    let sends = [
+        (DEVICES, "split-dev", early.as_str(), 0),
+        (DEVICES, "split-dev", late.as_str(), 2),
+        (METRICS, "split-ns", ns, 1),
+        (METRICS, "split-ns", ns, 3),
+        (DEVICES, "whole-dev", whole.as_str(), 1),
+    ];
+    for (topic, key, value, partition) in sends {
+        producer
+            .send(
+                FutureRecord::to(topic)
+                    .key(key)
+                    .payload(value)
+                    .partition(partition),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("delivered");
+    }
+    daemon.wait_finished(5, Duration::from_secs(30)).await;
+    h.wait_all_committed(&group, Duration::from_secs(30)).await;
+    daemon.stop().await.expect("clean stop");
+
+    let (code, report, stderr) = verify(&h, &group);
+    assert_eq!(code, Some(1), "{report:#}\n{stderr}");
+    assert_eq!(
+        report["split_devices"],
+        serde_json::json!([{"id": "split-dev", "partitions": [0, 2]}]),
+        "{report:#}"
+    );
+    assert_eq!(
+        report["split_namespaces"],
+        serde_json::json!([{"id": "split-ns", "partitions": [1, 3]}]),
+        "{report:#}"
+    );
+}

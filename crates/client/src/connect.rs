@@ -275,7 +275,34 @@ pub(crate) async fn open_single(
 #[derive(Clone)]
 pub struct FixedConn {
     conn: MultiplexedConnection,
-    id: i64,
+    me: ClientInfo,
+}
+
+/// Who a connection is on its server: `CLIENT INFO`'s `id`, `addr` (the peer as the
+/// server sees it) and `laddr` (the server's own address for it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientInfo {
+    /// `CLIENT ID`: unique on its server, and only there.
+    pub id: i64,
+    /// The client's end as the server sees it (`ip:port`).
+    pub addr: String,
+    /// The server's end (`ip:port`).
+    pub laddr: String,
+}
+
+impl ClientInfo {
+    /// Reads a `CLIENT INFO` (or one `CLIENT LIST` line) reply.
+    pub fn parse(text: &str) -> Option<ClientInfo> {
+        let field = |name: &str| {
+            text.split_ascii_whitespace()
+                .find_map(|f| f.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(ClientInfo {
+            id: field("id")?.parse().ok()?,
+            addr: field("addr")?.to_owned(),
+            laddr: field("laddr")?.to_owned(),
+        })
+    }
 }
 
 impl FixedConn {
@@ -309,16 +336,39 @@ impl FixedConn {
             .arg(name)
             .query_async::<()>(&mut conn)
             .await?;
-        let id: i64 = redis::cmd("CLIENT")
-            .arg("ID")
+        let info: String = redis::cmd("CLIENT")
+            .arg("INFO")
             .query_async(&mut conn)
             .await?;
-        Ok(FixedConn { conn, id })
+        let me = ClientInfo::parse(&info).ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::UnexpectedReturnType,
+                "CLIENT INFO",
+                format!("no id, addr and laddr in {info:?}"),
+            ))
+        })?;
+        Ok(FixedConn { conn, me })
     }
 
     /// The server's `CLIENT ID` for this connection.
     pub fn id(&self) -> i64 {
-        self.id
+        self.me.id
+    }
+
+    /// `CLIENT KILL` of this connection and no other, to send on another connection
+    /// after this one was given up. Ids are counted per server, so the id alone could
+    /// name someone else's connection on a server the address now leads to (a failover
+    /// behind a fixed address); with both ends of the socket it cannot.
+    pub fn kill_command(&self) -> redis::Cmd {
+        let mut cmd = redis::cmd("CLIENT");
+        cmd.arg("KILL")
+            .arg("ID")
+            .arg(self.me.id)
+            .arg("ADDR")
+            .arg(&self.me.addr)
+            .arg("LADDR")
+            .arg(&self.me.laddr);
+        cmd
     }
 }
 
@@ -455,6 +505,21 @@ mod tests {
             effective_url(&settings).unwrap(),
             "redis://app:s3cr%3At@cache:6380/3"
         );
+    }
+
+    #[test]
+    fn client_info_names_both_ends_of_the_socket() {
+        let info = "id=7 addr=127.0.0.1:50616 laddr=127.0.0.1:6379 fd=8 name=metacache-writer age=0 idle=0 flags=N db=0\n";
+        assert_eq!(
+            ClientInfo::parse(info),
+            Some(ClientInfo {
+                id: 7,
+                addr: "127.0.0.1:50616".into(),
+                laddr: "127.0.0.1:6379".into(),
+            })
+        );
+        assert_eq!(ClientInfo::parse("id=7 addr=x"), None);
+        assert_eq!(ClientInfo::parse("id=x addr=a laddr=b"), None);
     }
 
     #[test]

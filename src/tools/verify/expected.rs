@@ -54,6 +54,60 @@ pub struct Expected {
     /// Events applied, by kind; rejected records (which change nothing) counted apart.
     pub applied: u64,
     pub rejected: u64,
+    /// Which partition each device id and namespace was seen on.
+    pub spread: Spread,
+}
+
+/// The partitions each key's records were found on. The daemon relies on every event of
+/// one device (or namespace) arriving on one partition, in order; a producer with another
+/// partitioner (librdkafka's CRC32 against the Java client's murmur2), or without keys,
+/// spreads them, and then neither Kafka nor metacache can say which came last.
+#[derive(Debug, Default)]
+pub struct Spread {
+    first: std::collections::HashMap<(bool, String), i32>,
+    /// Keys seen on more than one partition: (is a device, id) → partitions.
+    split: BTreeMap<(bool, String), BTreeSet<i32>>,
+}
+
+impl Spread {
+    /// `event` was read from `partition`.
+    pub fn saw(&mut self, event: &Event, partition: i32) {
+        let key = match event {
+            Event::DeviceUpsert(d) => (true, d.device_id()),
+            Event::DeviceDelete { device_id } => (true, device_id.as_str()),
+            Event::Metric(op) => (false, op.namespace()),
+        };
+        match self.first.get(&(key.0, key.1.to_owned())) {
+            None => {
+                self.first.insert((key.0, key.1.to_owned()), partition);
+            }
+            Some(&p) if p != partition => {
+                self.split
+                    .entry((key.0, key.1.to_owned()))
+                    .or_insert_with(|| BTreeSet::from([p]))
+                    .insert(partition);
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// Device ids found on more than one partition, with those partitions.
+    pub fn split_devices(&self) -> Vec<(String, Vec<i32>)> {
+        self.split_of(true)
+    }
+
+    /// Namespaces found on more than one partition, with those partitions.
+    pub fn split_namespaces(&self) -> Vec<(String, Vec<i32>)> {
+        self.split_of(false)
+    }
+
+    fn split_of(&self, devices: bool) -> Vec<(String, Vec<i32>)> {
+        self.split
+            .iter()
+            .filter(|((d, _), _)| *d == devices)
+            .map(|((_, id), parts)| (id.clone(), parts.iter().copied().collect()))
+            .collect()
+    }
 }
 
 impl Expected {
@@ -151,6 +205,36 @@ mod tests {
 
     fn set(names: &[&str]) -> Names {
         Names::Known(names.iter().map(|n| n.to_string()).collect())
+    }
+
+    #[test]
+    fn keys_found_on_more_than_one_partition_are_named_with_their_partitions() {
+        let mut spread = Spread::default();
+        spread.saw(&device("d1", "2026-11-22T10:00:30Z", "a"), 0);
+        spread.saw(&device("d1", "2026-11-22T10:00:40Z", "b"), 0);
+        spread.saw(&device("d2", "2026-11-22T10:00:30Z", "a"), 1);
+        spread.saw(
+            &Event::DeviceDelete {
+                device_id: "d2".into(),
+            },
+            3,
+        );
+        spread.saw(&device("d2", "2026-11-22T10:00:50Z", "c"), 2);
+        spread.saw(
+            &metric(r#"{"op":"add","namespace":"ns","metric_names":["a"]}"#),
+            0,
+        );
+        spread.saw(
+            &metric(r#"{"op":"add","namespace":"ns","metric_names":["b"]}"#),
+            1,
+        );
+        // A device and a namespace of the same name are different keys.
+        spread.saw(
+            &metric(r#"{"op":"add","namespace":"d1","metric_names":["a"]}"#),
+            5,
+        );
+        assert_eq!(spread.split_devices(), [("d2".to_owned(), vec![1, 2, 3])]);
+        assert_eq!(spread.split_namespaces(), [("ns".to_owned(), vec![0, 1])]);
     }
 
     #[test]

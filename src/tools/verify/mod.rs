@@ -83,14 +83,30 @@ pub struct Report {
     pub not_caught_up: Vec<Lagging>,
     /// `devices.ttl_secs` is set: expired device keys show as missing.
     pub device_ttl: bool,
+    /// Device ids and namespaces whose records lie on more than one partition: a producer
+    /// mistake that breaks per-key order (docs/reliability.md, "One key, one partition").
+    pub split_devices: Vec<SplitKey>,
+    pub split_namespaces: Vec<SplitKey>,
     #[serde(flatten)]
     pub comparison: Comparison,
 }
 
+/// A key found on more than one partition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SplitKey {
+    pub id: String,
+    pub partitions: Vec<i32>,
+}
+
 impl Report {
-    /// The cache holds what the stream says (pending and unverifiable keys aside).
+    /// The cache holds what the stream says (pending and unverifiable keys aside), and the
+    /// stream has an order to hold to: no key is spread over partitions.
     pub fn matches(&self) -> bool {
-        self.comparison.total_differences() == 0
+        self.comparison.total_differences() == 0 && self.split_keys() == 0
+    }
+
+    fn split_keys(&self) -> usize {
+        self.split_devices.len() + self.split_namespaces.len()
     }
 }
 
@@ -231,6 +247,7 @@ pub fn read_stream(
         match model::decode(span.kind, message.key(), message.payload(), limits) {
             Ok(event) => {
                 let pending = span.committed.is_none_or(|c| offset >= c);
+                expected.spread.saw(&event, span.partition);
                 expected.apply(&event, pending);
             }
             Err(_) => expected.reject(),
@@ -445,8 +462,16 @@ pub async fn run(
         compare_secs: compared.elapsed().as_secs_f64(),
         not_caught_up,
         device_ttl: settings.devices.ttl_secs > 0,
+        split_devices: split(expected.spread.split_devices()),
+        split_namespaces: split(expected.spread.split_namespaces()),
         comparison,
     })
+}
+
+fn split(keys: Vec<(String, Vec<i32>)>) -> Vec<SplitKey> {
+    keys.into_iter()
+        .map(|(id, partitions)| SplitKey { id, partitions })
+        .collect()
 }
 
 /// How many differences the text report lists.
@@ -500,7 +525,31 @@ impl fmt::Display for Report {
                 "note: devices.ttl_secs is set, so expired device keys count as missing"
             )?;
         }
+        for (what, keys) in [
+            ("device ids", &self.split_devices),
+            ("namespaces", &self.split_namespaces),
+        ] {
+            if keys.is_empty() {
+                continue;
+            }
+            writeln!(
+                f,
+                "{} {what} have records on more than one partition: their events have no order, so neither the cache nor this check can say which came last (a producer that does not partition by key; see docs/reliability.md, \"One key, one partition\"):",
+                keys.len()
+            )?;
+            for k in keys.iter().take(SHOWN) {
+                let parts: Vec<String> = k.partitions.iter().map(|p| p.to_string()).collect();
+                writeln!(f, "  {}  partitions {}", k.id, parts.join(", "))?;
+            }
+        }
         let total = self.comparison.total_differences();
+        if total == 0 && self.split_keys() > 0 {
+            return write!(
+                f,
+                "result: {} keys on more than one partition",
+                self.split_keys()
+            );
+        }
         if total == 0 {
             return write!(f, "result: the cache matches the stream");
         }

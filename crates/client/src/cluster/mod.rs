@@ -54,6 +54,9 @@ struct Inner {
     /// Bumped whenever a node connection is new or was replaced: the answer to `CLIENT
     /// ID`, so the writer sees a reconnect to any node as it sees one in standalone mode.
     generation: AtomicI64,
+    /// Commands answered `ASK` are sent again, each after `ASKING`, to the node the answer
+    /// names (see [`ClusterConnection::follow_ask`]).
+    follow_ask: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -84,6 +87,16 @@ fn redirected(v: &Value) -> bool {
             "MOVED" | "ASK" | "CLUSTERDOWN" | "TRYAGAIN" | "READONLY"
         ),
         _ => false,
+    }
+}
+
+/// The node an `ASK` answer sends a command to (`ASK <slot> <host:port>`).
+fn ask_target(v: &Value) -> Option<String> {
+    match v {
+        Value::ServerError(e) if e.code() == "ASK" => {
+            e.details()?.split_whitespace().nth(1).map(str::to_owned)
+        }
+        _ => None,
     }
 }
 
@@ -131,6 +144,9 @@ impl ClusterConnection {
                 gate: tokio::sync::Mutex::new(()),
                 waiting: AtomicUsize::new(0),
                 generation: AtomicI64::new(0),
+                // Readers and one-request-at-a-time callers follow `ASK`; the writer
+                // turns it off while it pipelines.
+                follow_ask: std::sync::atomic::AtomicBool::new(true),
             }),
         };
         {
@@ -177,6 +193,19 @@ impl ClusterConnection {
     /// The answer to `CLIENT ID` (see [`Inner::generation`]).
     pub fn generation(&self) -> i64 {
         self.inner.generation.load(Ordering::SeqCst)
+    }
+
+    /// Whether to follow `ASK` answers. A slot being migrated stays with its source node in
+    /// `CLUSTER SLOTS` until the migration is finished, so reading the map again never
+    /// helps; a migration left half done (an interrupted reshard) would answer `ASK` to
+    /// every retry for as long as it lasts. Following it is safe for per-key order only
+    /// while one request is in flight (the writer's in-order replay): each command
+    /// answered `ASK` is sent again, in the request's order, after the source answered.
+    /// With several requests in flight, a later one's follow-up could reach the importing
+    /// node first, so the writer turns this off while it pipelines and on while it replays
+    /// one batch at a time. On by default (readers, the layout claim, the janitor).
+    pub fn follow_ask(&self, on: bool) {
+        self.inner.follow_ask.store(on, Ordering::SeqCst);
     }
 
     /// The slot map is read again before the next request.
@@ -380,11 +409,16 @@ impl ClusterConnection {
     ) -> std::pin::Pin<Box<dyn Future<Output = RedisResult<Vec<Value>>> + Send>> {
         let this = self.clone();
         let Prepared { split, subs } = prepared;
+        let follow_ask = self.inner.follow_ask.load(Ordering::SeqCst);
         let flights = join_all(subs.into_iter().map(|(address, node, pipe)| {
             let mut conn = node.conn.clone();
+            let this = this.clone();
             async move {
                 let count = pipe.len();
-                let replies = conn.req_packed_commands(&pipe, 0, count).await;
+                let mut replies = conn.req_packed_commands(&pipe, 0, count).await;
+                if let (true, Ok(values)) = (follow_ask, replies.as_mut()) {
+                    this.follow_asks(&pipe, values).await;
+                }
                 (address, node, replies)
             }
         }));
@@ -441,6 +475,31 @@ impl ClusterConnection {
                 })
                 .collect())
         })
+    }
+
+    /// Sends each command of `pipe` answered `ASK` again, in order, to the node the
+    /// answer names, after `ASKING`, and puts that node's answer in its place. A node not
+    /// connected to (not a primary in the map) leaves the `ASK` in place: a retry.
+    async fn follow_asks(&self, pipe: &Pipeline, values: &mut [Value]) {
+        let commands: Vec<&Cmd> = pipe.cmd_iter().collect();
+        for (i, value) in values.iter_mut().enumerate() {
+            let Some(to) = ask_target(value) else {
+                continue;
+            };
+            let (Some(cmd), Some(node)) = (commands.get(i), self.state().nodes.get(&to).cloned())
+            else {
+                continue;
+            };
+            let mut asking = redis::pipe();
+            asking.cmd("ASKING");
+            asking.add_command((*cmd).clone());
+            let mut conn = node.conn.clone();
+            if let Ok(mut answer) = conn.req_packed_commands(&asking, 0, 2).await {
+                if let Some(v) = answer.pop() {
+                    *value = v;
+                }
+            }
+        }
     }
 
     /// A keyless command sent alone: to every primary; the first answer, or the first

@@ -84,15 +84,18 @@ pub trait Nodes: Sized {
     /// Each node with a connection to it alone; one node with address "" outside cluster
     /// mode.
     fn nodes(&self) -> NodesFuture<'_, Self>;
-    /// The server-side connections to close after a fence dropped this one: (node, id).
-    /// `conn_id` is the id the pipelines' tail reported (standalone).
-    fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)>;
+    /// How to close this connection's server side after a fence dropped it: (node,
+    /// `CLIENT KILL` command). `conn_id` is the id the pipelines' tail reported.
+    fn kill_commands(&self, conn_id: Option<i64>) -> Vec<(String, redis::Cmd)>;
     /// The `CLIENT ID` of a connection that was named when it opened and is never reopened
     /// behind the writer's back; `None` for one that reopens itself.
     fn fixed_id(&self) -> Option<i64>;
     /// Whether `e` means this connection can carry nothing more (the writer opens the next
     /// one itself, and proves its ownership there before writing).
     fn broken_by(&self, e: &RedisError) -> bool;
+    /// Cluster mode: whether commands answered `ASK` are followed to the importing node
+    /// (safe only with one pipeline in flight: the in-order replay).
+    fn follow_ask(&self, on: bool);
 }
 
 impl Nodes for RedisConn {
@@ -103,11 +106,23 @@ impl Nodes for RedisConn {
         Box::pin(async move { Ok(nodes) })
     }
 
-    fn connection_ids(&self, conn_id: Option<i64>) -> Vec<(String, i64)> {
+    fn kill_commands(&self, conn_id: Option<i64>) -> Vec<(String, redis::Cmd)> {
+        let by_id = |id: i64| {
+            let mut cmd = redis::cmd("CLIENT");
+            cmd.arg("KILL").arg("ID").arg(id);
+            cmd
+        };
         match self {
-            RedisConn::Single(_) => conn_id.map(|id| (String::new(), id)).into_iter().collect(),
-            RedisConn::Fixed(c) => vec![(String::new(), c.id())],
-            RedisConn::Cluster(c) => c.connection_ids(),
+            RedisConn::Single(_) => conn_id
+                .map(|id| (String::new(), by_id(id)))
+                .into_iter()
+                .collect(),
+            RedisConn::Fixed(c) => vec![(String::new(), c.kill_command())],
+            RedisConn::Cluster(c) => c
+                .connection_ids()
+                .into_iter()
+                .map(|(node, id)| (node, by_id(id)))
+                .collect(),
         }
     }
 
@@ -121,6 +136,12 @@ impl Nodes for RedisConn {
     fn broken_by(&self, e: &RedisError) -> bool {
         // A timeout leaves the socket as it was: what follows it still goes in order.
         matches!(self, RedisConn::Fixed(_)) && e.is_io_error() && !e.is_timeout()
+    }
+
+    fn follow_ask(&self, on: bool) {
+        if let RedisConn::Cluster(c) = self {
+            c.follow_ask(on);
+        }
     }
 }
 
@@ -165,7 +186,7 @@ pub struct Writer<C> {
     /// The connection id Redis reported at the end of the last pipeline.
     conn_id: Option<i64>,
     /// A connection dropped by a fence, to `CLIENT KILL` once a new one is up.
-    kill: Vec<(String, i64)>,
+    kill: Vec<(String, redis::Cmd)>,
     /// The current connection is not named [`WRITER_NAME`] yet (it is new).
     unnamed: bool,
     /// This member proved, after the current connection was opened and named, that it
@@ -272,6 +293,7 @@ where
                     }
                 }
                 batch.sent_at = Instant::now();
+                self.follow_ask(false);
                 let flight = self.send(&batch);
                 tracing::trace!(
                     batch = batch.number,
@@ -378,7 +400,7 @@ where
             self.kill = self
                 .conn
                 .as_ref()
-                .map(|c| c.connection_ids(self.conn_id))
+                .map(|c| c.kill_commands(self.conn_id))
                 .unwrap_or_default();
             self.conn = None;
             self.conn_id = None;
@@ -460,6 +482,12 @@ where
             knowledge: self.knowledge,
             sent_at: Instant::now(),
             number: self.batches_built,
+        }
+    }
+
+    fn follow_ask(&self, on: bool) {
+        if let Some(conn) = &self.conn {
+            conn.follow_ask(on);
         }
     }
 
@@ -866,22 +894,20 @@ where
         let kill = std::mem::take(&mut self.kill);
         if !kill.is_empty() {
             let nodes = conn.nodes().await.unwrap_or_default();
-            for (node, id) in kill {
+            for (node, cmd) in kill {
                 let Some((_, mut at)) = nodes.iter().find(|(a, _)| *a == node).cloned() else {
                     continue;
                 };
-                let mut cmd = redis::cmd("CLIENT");
-                cmd.arg("KILL").arg("ID").arg(id);
                 let kill = cmd.query_async::<Value>(&mut at);
                 match tokio::time::timeout(Duration::from_secs(2), kill).await {
                     Ok(Ok(_)) => {
-                        tracing::debug!(id, node, "fenced connection killed on the server")
+                        tracing::debug!(node, "fenced connection killed on the server")
                     }
                     Ok(Err(e)) => {
-                        tracing::debug!(id, node, error = %describe(&e), "fenced connection already gone")
+                        tracing::debug!(node, error = %describe(&e), "fenced connection already gone")
                     }
                     Err(_) => {
-                        tracing::debug!(id, node, "CLIENT KILL of the fenced connection timed out")
+                        tracing::debug!(node, "CLIENT KILL of the fenced connection timed out")
                     }
                 }
             }
@@ -995,6 +1021,8 @@ where
                 batch = self.build_under(records, None);
             }
             batch.sent_at = Instant::now();
+            // One batch at a time: a slot left half-migrated cannot pin the replay.
+            self.follow_ask(true);
             let flight = self.send(&batch);
             replay.put_back(batch);
             let Some(replies) = self.unless_fenced(&replay, flight).await else {
