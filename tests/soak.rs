@@ -169,7 +169,7 @@ async fn a_randomized_fault_soak_ends_with_redis_equal_to_the_stream() {
                 for m in members.iter_mut() {
                     m.stop();
                 }
-                let (code, out, err) = resync(&h, &group, &["--assume-idle"]);
+                let (code, out, err) = resync(&h, &group, &["--assume-idle", "--yes"]);
                 assert_eq!(code, Some(0), "resync: {out}{err}");
                 for m in members.iter_mut() {
                     m.start(&h, &group);

@@ -86,6 +86,17 @@ impl Rig {
             },
         );
         tokio::spawn(writer.run(records_rx));
+        // This rig plays the source: its one partition is owned for the whole test, so
+        // every proof of ownership the writer asks for (on each new connection) holds.
+        let source = Arc::clone(&ownership);
+        tokio::spawn(async move {
+            loop {
+                if let Some(ticket) = source.proof_requested() {
+                    source.answer_proof(ticket, Ok(()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
         Rig {
             redis,
             ownership,
