@@ -384,6 +384,12 @@ fn client(settings: &RedisSettings) -> RedisResult<(Client, Option<String>)> {
         .as_str()
         .into_connection_info()?
         .set_tcp_settings(TcpSettings::default().set_nodelay(true));
+    // No `CLIENT SETINFO` at connect: before Redis 7.2 it is no command, and a
+    // least-privilege user on 6.2 is refused it (an `ACL LOG` entry for every connection,
+    // which would hide a real refusal); the printed ACL line cannot grant it on 7.0, which
+    // rejects unknown subcommands.
+    let redis_settings = info.redis_settings().clone().set_skip_set_lib_name();
+    let info = info.set_redis_settings(redis_settings);
     let user = info.redis_settings().username().map(str::to_owned);
     let client = if settings.tls.is_set() {
         Client::build_with_tls(info, certificates(&settings.tls)?)?
