@@ -64,6 +64,12 @@ const READER: &[&str] = &[
     "config|get",
 ];
 
+/// `metacache verify`: a reader's commands, and the walk over every key of the layout
+/// (`SCAN` for device keys and catalogs, `ZSCAN` for the index, `SMEMBERS` for the sets).
+/// Read-only, but `SCAN` lists key names beyond the patterns, so it is a user of its own
+/// rather than more rights for every reader.
+const VERIFY: &[&str] = &["scan", "zscan", "smembers"];
+
 /// The key patterns of metacache's layout under `prefix`.
 fn key_patterns(keys: &KeyLayout, writer: bool) -> Vec<String> {
     let p = glob_escape(keys.prefix());
@@ -131,6 +137,15 @@ pub fn reader_line(settings: &Settings) -> String {
     let mut commands = READER.to_vec();
     commands.extend(mode_commands(settings));
     line("metacache-reader", key_patterns(&keys, false), commands)
+}
+
+/// The line for `metacache verify` (user `metacache-verify`).
+pub fn verify_line(settings: &Settings) -> String {
+    let keys = settings.keys();
+    let mut commands = READER.to_vec();
+    commands.extend(VERIFY);
+    commands.extend(mode_commands(settings));
+    line("metacache-verify", key_patterns(&keys, false), commands)
 }
 
 #[cfg(test)]

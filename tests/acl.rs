@@ -375,3 +375,52 @@ async fn a_reader_whose_acl_predates_the_descriptor_still_reads_devices_and_is_t
         .expect("the index reads");
     assert_eq!(page.len(), 3);
 }
+
+/// `metacache verify` as the user of the line `--print-acl` prints for it: the cache is
+/// checked with nothing refused. As the reader user it cannot walk the keys (`SCAN`),
+/// which is why it has a line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_runs_as_the_printed_verify_user() {
+    let h = Harness::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&h, &dir);
+    let group = settings.kafka.group_id.clone();
+    create_user(&h, &metacache::acl::daemon_line(&settings));
+    create_user(&h, &metacache::acl::verify_line(&settings));
+    create_user(&h, &metacache::acl::reader_line(&settings));
+    let daemon = h.start_daemon(settings);
+    feed(&h).await;
+    daemon.wait_finished(25, Duration::from_secs(30)).await;
+    h.wait_all_committed(&group, Duration::from_secs(30)).await;
+    daemon.stop().await.expect("clean stop");
+    let mut r = h.redis();
+    redis::cmd("ACL")
+        .arg("LOG")
+        .arg("RESET")
+        .query::<()>(&mut r)
+        .unwrap();
+
+    let verify_as = |user: &str| {
+        outcome(
+            metacache()
+                .args(["verify", "--brokers", h.kafka.bootstrap()])
+                .args(["--redis-url", &h.redis.url(), "--group", &group])
+                .env("METACACHE__REDIS__USERNAME", user)
+                .env("METACACHE__REDIS__PASSWORD", PASSWORD)
+                .env("METACACHE__REDIS__KEY_PREFIX", "app:")
+                .env("METACACHE__DEVICES__TTL_SECS", "3600")
+                .stdin(std::process::Stdio::null()),
+        )
+    };
+    let (code, out, err) = verify_as("metacache-verify");
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("result: the cache matches the stream"),
+        "{out}"
+    );
+    assert_acl_log_empty(&mut r);
+
+    let (code, out, err) = verify_as("metacache-reader");
+    assert_eq!(code, Some(3), "the reader cannot walk the keys: {out}{err}");
+    assert!(err.to_ascii_uppercase().contains("NOPERM"), "{err}");
+}

@@ -16,6 +16,8 @@ pub fn check_config(args: &CheckConfigArgs) -> ExitCode {
             println!("{}", metacache::acl::daemon_line(&settings));
             println!("# services that read the cache (clients, the CLI look-ups):");
             println!("{}", metacache::acl::reader_line(&settings));
+            println!("# metacache verify (read-only; walks every key of the layout):");
+            println!("{}", metacache::acl::verify_line(&settings));
             ExitCode::SUCCESS
         }
         Ok(settings) => {
