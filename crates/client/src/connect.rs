@@ -44,11 +44,7 @@ impl RedisConn {
     pub fn nodes_now(&self) -> Vec<(String, RedisConn)> {
         match self {
             RedisConn::Single(_) | RedisConn::Fixed(_) => vec![(String::new(), self.clone())],
-            RedisConn::Cluster(c) => c
-                .current_connections()
-                .into_iter()
-                .map(|(a, conn)| (a, RedisConn::Single(conn)))
-                .collect(),
+            RedisConn::Cluster(c) => c.current_connections(),
         }
     }
 
@@ -97,12 +93,7 @@ impl RedisConn {
     pub async fn nodes(&self) -> RedisResult<Vec<(String, RedisConn)>> {
         match self {
             RedisConn::Single(_) | RedisConn::Fixed(_) => Ok(vec![(String::new(), self.clone())]),
-            RedisConn::Cluster(c) => Ok(c
-                .primary_connections()
-                .await?
-                .into_iter()
-                .map(|(a, conn)| (a, RedisConn::Single(conn)))
-                .collect()),
+            RedisConn::Cluster(c) => c.primary_connections().await,
         }
     }
 }
@@ -114,7 +105,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     ) -> redis::RedisFuture<'a, redis::Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Fixed(c) => c.conn.req_packed_command(cmd),
+            RedisConn::Fixed(c) => c.req_packed_command(cmd),
             RedisConn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -127,7 +118,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Fixed(c) => c.conn.req_packed_commands(pipeline, offset, count),
+            RedisConn::Fixed(c) => c.req_packed_commands(pipeline, offset, count),
             RedisConn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
         }
     }
@@ -135,7 +126,7 @@ impl redis::aio::ConnectionLike for RedisConn {
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
-            RedisConn::Fixed(c) => c.conn.get_db(),
+            RedisConn::Fixed(c) => c.get_db(),
             RedisConn::Cluster(c) => c.get_db(),
         }
     }
@@ -211,7 +202,8 @@ pub async fn open_located(
     match settings.mode() {
         RedisMode::Standalone => return Ok((one(settings.clone()).await?, None)),
         RedisMode::Cluster => {
-            let conn = ClusterConnection::connect(settings, response_timeout, retries).await?;
+            let conn =
+                ClusterConnection::connect(settings, response_timeout, retries, name).await?;
             return Ok((RedisConn::Cluster(conn), None));
         }
         RedisMode::Sentinel => {}
@@ -369,6 +361,28 @@ impl FixedConn {
             .arg("LADDR")
             .arg(&self.me.laddr);
         cmd
+    }
+}
+
+impl redis::aio::ConnectionLike for FixedConn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        self.conn.req_packed_command(cmd)
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        self.conn.req_packed_commands(pipeline, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
     }
 }
 

@@ -31,6 +31,7 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::{Cmd, ErrorKind, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 use url::Url;
 
+use crate::connect::{FixedConn, RedisConn};
 use crate::settings::RedisSettings;
 use route::{Answer, Split, Target};
 use slots::SlotMap;
@@ -46,6 +47,11 @@ struct Inner {
     settings: RedisSettings,
     response_timeout: Duration,
     retries: usize,
+    /// The writer's cluster connection: every node connection is a [`FixedConn`] with this
+    /// name, opened when the connection is made and never again (see [`Self::opened`]).
+    name: Option<String>,
+    /// The first slot map was read and its primaries connected to.
+    opened: std::sync::atomic::AtomicBool,
     state: Mutex<State>,
     /// Held while the map is refreshed and by every request made meanwhile, in order.
     gate: tokio::sync::Mutex<()>,
@@ -68,9 +74,51 @@ struct State {
 
 #[derive(Clone)]
 struct Node {
-    conn: ConnectionManager,
+    conn: NodeConn,
     /// The `CLIENT ID` the node gave last: another one means the connection was replaced.
     id: Arc<AtomicI64>,
+}
+
+/// A node's connection: one that reopens itself (readers, the janitor), or the writer's,
+/// one socket named from its first command (see [`FixedConn`]).
+#[derive(Clone)]
+enum NodeConn {
+    Managed(ConnectionManager),
+    Fixed(FixedConn),
+}
+
+impl NodeConn {
+    fn into_redis_conn(self) -> RedisConn {
+        match self {
+            NodeConn::Managed(c) => RedisConn::Single(c),
+            NodeConn::Fixed(c) => RedisConn::Fixed(c),
+        }
+    }
+}
+
+impl ConnectionLike for NodeConn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            NodeConn::Managed(c) => c.req_packed_command(cmd),
+            NodeConn::Fixed(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            NodeConn::Managed(c) => c.req_packed_commands(pipeline, offset, count),
+            NodeConn::Fixed(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        0
+    }
 }
 
 /// A request ready to go: the sub-pipelines, each with the connection it goes on.
@@ -130,16 +178,26 @@ fn node_error(address: &str, e: &RedisError) -> RedisError {
 impl ClusterConnection {
     /// Reads the slot map from the first seed (`redis.nodes`) that answers and connects
     /// to every primary.
+    ///
+    /// With a `name` (the writer's), every node connection is a [`FixedConn`] of that
+    /// name, and only the primaries of this first map are ever connected to: a primary
+    /// that appears later (a reshard to a new node) fails the request that needs it, as a
+    /// broken connection does, and the writer opens a new cluster connection, whose nodes
+    /// are all named before it proves its ownership and writes (a node connection opened
+    /// later, in the middle of writing, would carry writes nobody proved).
     pub async fn connect(
         settings: &RedisSettings,
         response_timeout: Duration,
         retries: usize,
+        name: Option<&str>,
     ) -> RedisResult<ClusterConnection> {
         let conn = ClusterConnection {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
                 response_timeout,
                 retries,
+                name: name.map(str::to_owned),
+                opened: std::sync::atomic::AtomicBool::new(false),
                 state: Mutex::new(State::default()),
                 gate: tokio::sync::Mutex::new(()),
                 waiting: AtomicUsize::new(0),
@@ -153,25 +211,56 @@ impl ClusterConnection {
             let _gate = conn.inner.gate.lock().await;
             conn.refresh().await?;
         }
+        conn.inner.opened.store(true, Ordering::SeqCst);
         Ok(conn)
     }
 
     /// A connection to each primary as the map says now, without reading it again: for
     /// the writer's fence, which must not wait behind requests only the writer drives.
-    pub fn current_connections(&self) -> Vec<(String, ConnectionManager)> {
+    pub fn current_connections(&self) -> Vec<(String, RedisConn)> {
         let state = self.state();
         let Some(map) = &state.map else {
             return Vec::new();
         };
         map.primaries()
             .iter()
-            .filter_map(|a| state.nodes.get(a).map(|n| (a.clone(), n.conn.clone())))
+            .filter_map(|a| {
+                state
+                    .nodes
+                    .get(a)
+                    .map(|n| (a.clone(), n.conn.clone().into_redis_conn()))
+            })
+            .collect()
+    }
+
+    /// Whether the node connections are the writer's [`FixedConn`]s.
+    pub fn is_fixed(&self) -> bool {
+        self.inner.name.is_some()
+    }
+
+    /// How to close each node's connection after a fence dropped this cluster connection:
+    /// (node, `CLIENT KILL`), by both socket ends for the writer's node connections.
+    pub fn kill_commands(&self) -> Vec<(String, Cmd)> {
+        self.state()
+            .nodes
+            .iter()
+            .map(|(a, n)| {
+                let cmd = match &n.conn {
+                    NodeConn::Fixed(c) => c.kill_command(),
+                    NodeConn::Managed(_) => {
+                        let mut cmd = redis::cmd("CLIENT");
+                        cmd.arg("KILL").arg("ID").arg(n.id.load(Ordering::SeqCst));
+                        cmd
+                    }
+                };
+                (a.clone(), cmd)
+            })
             .collect()
     }
 
     /// A connection to each primary (the map refreshed first when it is stale): for what
     /// must visit every node (`SCAN`, `INFO`).
-    pub async fn primary_connections(&self) -> RedisResult<Vec<(String, ConnectionManager)>> {
+    pub async fn primary_connections(&self) -> RedisResult<Vec<(String, RedisConn)>> {
         if self.state().stale {
             let _gate = self.inner.gate.lock().await;
             if self.state().stale {
@@ -179,15 +268,6 @@ impl ClusterConnection {
             }
         }
         Ok(self.current_connections())
-    }
-
-    /// Each primary's address and the `CLIENT ID` its connection had when last seen.
-    pub fn connection_ids(&self) -> Vec<(String, i64)> {
-        self.state()
-            .nodes
-            .iter()
-            .map(|(a, n)| (a.clone(), n.id.load(Ordering::SeqCst)))
-            .collect()
     }
 
     /// The answer to `CLIENT ID` (see [`Inner::generation`]).
@@ -221,7 +301,7 @@ impl ClusterConnection {
     /// Reads `CLUSTER SLOTS` from a node that answers (a known primary, else a seed),
     /// connects to primaries not connected yet and drops the others. Called with the gate.
     async fn refresh(&self) -> RedisResult<()> {
-        let known: Vec<(String, ConnectionManager)> = {
+        let known: Vec<(String, NodeConn)> = {
             let state = self.state();
             state
                 .nodes
@@ -272,6 +352,15 @@ impl ClusterConnection {
             if self.state().nodes.contains_key(address) {
                 continue;
             }
+            if self.is_fixed() && self.inner.opened.load(Ordering::SeqCst) {
+                // See `connect`: the writer reconnects, so that this node's connection is
+                // named and proven before anything is written there.
+                self.state().stale = true;
+                return Err(RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::BrokenPipe,
+                    format!("cluster node {address} is new to this writer's connection: reconnecting to name it and prove ownership before writing there"),
+                )));
+            }
             let mut conn = self
                 .open_node(address)
                 .await
@@ -302,11 +391,7 @@ impl ClusterConnection {
         Ok(())
     }
 
-    async fn slots_from(
-        &self,
-        address: &str,
-        conn: &mut ConnectionManager,
-    ) -> RedisResult<SlotMap> {
+    async fn slots_from(&self, address: &str, conn: &mut NodeConn) -> RedisResult<SlotMap> {
         let reply: Value = redis::cmd("CLUSTER")
             .arg("SLOTS")
             .query_async(conn)
@@ -330,10 +415,21 @@ impl ClusterConnection {
 
     /// A connection to `address` with the settings' credentials and TLS (the first seed's
     /// URL with its host and port replaced).
-    async fn open_node(&self, address: &str) -> RedisResult<ConnectionManager> {
+    async fn open_node(&self, address: &str) -> RedisResult<NodeConn> {
         let settings = node_settings(&self.inner.settings, address)?;
-        crate::connect::open_single(&settings, self.inner.response_timeout, self.inner.retries)
-            .await
+        Ok(match &self.inner.name {
+            Some(name) => NodeConn::Fixed(
+                FixedConn::open(&settings, self.inner.response_timeout, name).await?,
+            ),
+            None => NodeConn::Managed(
+                crate::connect::open_single(
+                    &settings,
+                    self.inner.response_timeout,
+                    self.inner.retries,
+                )
+                .await?,
+            ),
+        })
     }
 
     /// Splits `commands` over the nodes now, or `None` when the map must be read first.

@@ -118,24 +118,28 @@ impl Nodes for RedisConn {
                 .into_iter()
                 .collect(),
             RedisConn::Fixed(c) => vec![(String::new(), c.kill_command())],
-            RedisConn::Cluster(c) => c
-                .connection_ids()
-                .into_iter()
-                .map(|(node, id)| (node, by_id(id)))
-                .collect(),
+            RedisConn::Cluster(c) => c.kill_commands(),
         }
     }
 
     fn fixed_id(&self) -> Option<i64> {
         match self {
             RedisConn::Fixed(c) => Some(c.id()),
+            // What the pipelines' tail reports for a cluster: it moves only when a node
+            // connection is new, which a fixed cluster connection never gets.
+            RedisConn::Cluster(c) if c.is_fixed() => Some(c.generation()),
             _ => None,
         }
     }
 
     fn broken_by(&self, e: &RedisError) -> bool {
         // A timeout leaves the socket as it was: what follows it still goes in order.
-        matches!(self, RedisConn::Fixed(_)) && e.is_io_error() && !e.is_timeout()
+        let fixed = match self {
+            RedisConn::Fixed(_) => true,
+            RedisConn::Cluster(c) => c.is_fixed(),
+            RedisConn::Single(_) => false,
+        };
+        fixed && e.is_io_error() && !e.is_timeout()
     }
 
     fn follow_ask(&self, on: bool) {
