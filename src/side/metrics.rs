@@ -206,6 +206,18 @@ impl Collector for StatsCollector {
         )?;
         counter(
             &mut encoder,
+            "metacache_ownership_proofs",
+            "New writer connections on which this member proved it still owns its partitions (a commit the group coordinator took)",
+            s.ownership_proofs.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "metacache_ownership_refused",
+            "Proofs of ownership refused (this member was evicted) or unanswered; nothing is written meanwhile",
+            s.ownership_refused.load(Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "metacache_http_connections_evicted",
             "HTTP connections closed to make room for a new one, oldest first (many means a flood of clients)",
             s.http_evicted.load(Relaxed),
