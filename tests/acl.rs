@@ -41,11 +41,12 @@ fn settings(h: &Harness, dir: &tempfile::TempDir) -> metacache::config::Settings
     settings
 }
 
-async fn feed(h: &Harness) {
-    let devices: Vec<(String, String)> = (0..20)
+/// Devices `d{first}` .. `d{last - 1}`, updated `at`.
+async fn produce_devices_at(h: &Harness, ids: std::ops::Range<usize>, at: &str) {
+    let devices: Vec<(String, String)> = ids
         .map(|i| {
             let id = format!("d{i}");
-            (id.clone(), device_json(&id, "t", "2026-11-22T10:00:00Z"))
+            (id.clone(), device_json(&id, "t", at))
         })
         .collect();
     let records: Vec<(Option<&str>, Option<&str>)> = devices
@@ -53,6 +54,10 @@ async fn feed(h: &Harness) {
         .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
         .collect();
     h.produce(DEVICES, &records).await;
+}
+
+async fn feed(h: &Harness) {
+    produce_devices_at(h, 0..20, "2026-11-22T10:00:00Z").await;
     h.produce(DEVICES, &[(Some("d0"), None)]).await;
     h.produce(
         METRICS,
@@ -158,17 +163,7 @@ async fn a_rebalance_between_two_members_fences_as_the_printed_user() {
     )
     .await;
     // Writes after the rebalance: the second member fences before its first one.
-    let more: Vec<(String, String)> = (20..60)
-        .map(|i| {
-            let id = format!("d{i}");
-            (id.clone(), device_json(&id, "t", "2026-11-22T11:00:00Z"))
-        })
-        .collect();
-    let records: Vec<(Option<&str>, Option<&str>)> = more
-        .iter()
-        .map(|(k, v)| (Some(k.as_str()), Some(v.as_str())))
-        .collect();
-    h.produce(DEVICES, &records).await;
+    produce_devices_at(&h, 20..60, "2026-11-22T11:00:00Z").await;
     wait_for(Duration::from_secs(30), "every device written", || async {
         h.redis().zcard::<_, u64>("app:devices").unwrap() == 59
     })

@@ -245,12 +245,8 @@ pub(crate) async fn open_single(
         // `writer.max_in_flight` (<= 64) pipelines and a few side requests in flight:
         // with room for all of them the queue is never full.
         .set_pipeline_buffer_size(PIPELINE_BUFFER);
-    if let Some(path) = &settings.password_file {
-        config = config.set_credentials_provider(PasswordFile {
-            path: path.clone(),
-            username: user.unwrap_or_else(|| "default".to_owned()),
-            every: PASSWORD_FILE_POLL,
-        });
+    if let Some(provider) = PasswordFile::of(settings, user) {
+        config = config.set_credentials_provider(provider);
     }
     ConnectionManager::new_with_config(client, config).await
 }
@@ -311,12 +307,8 @@ impl FixedConn {
             .set_connection_timeout(Some(Duration::from_millis(settings.connect_timeout_ms)))
             .set_response_timeout(Some(response_timeout))
             .set_pipeline_buffer_size(PIPELINE_BUFFER);
-        if let Some(path) = &settings.password_file {
-            config = config.set_credentials_provider(PasswordFile {
-                path: path.clone(),
-                username: user.unwrap_or_else(|| "default".to_owned()),
-                every: PASSWORD_FILE_POLL,
-            });
+        if let Some(provider) = PasswordFile::of(settings, user) {
+            config = config.set_credentials_provider(provider);
         }
         let mut conn = client
             .get_multiplexed_async_connection_with_config(&config)
@@ -466,6 +458,16 @@ struct PasswordFile {
 }
 
 impl PasswordFile {
+    /// The provider for `redis.password_file`, if it is set; `user` from the URL or
+    /// `redis.username`, else `default`.
+    fn of(settings: &RedisSettings, user: Option<String>) -> Option<PasswordFile> {
+        settings.password_file.as_ref().map(|path| PasswordFile {
+            path: path.clone(),
+            username: user.unwrap_or_else(|| "default".to_owned()),
+            every: PASSWORD_FILE_POLL,
+        })
+    }
+
     fn read(path: &str, username: &str) -> redis::RedisResult<BasicAuth> {
         match crate::settings::read_secret_file(path) {
             Ok(password) => Ok(BasicAuth::new(username.to_owned(), password)),
