@@ -70,6 +70,13 @@ const READER: &[&str] = &[
 /// rather than more rights for every reader.
 const VERIFY: &[&str] = &["scan", "zscan", "smembers"];
 
+/// `metacache reindex` (an operator's job, with every writer stopped): the writers'
+/// marker and the descriptor read, device keys walked and read, each shard built beside
+/// its live key and swapped in with the descriptor in one transaction.
+const REINDEX: &[&str] = &[
+    "hkeys", "hgetall", "scan", "mget", "get", "del", "zadd", "rename", "hset", "multi", "exec",
+];
+
 /// The key patterns of metacache's layout under `prefix`.
 fn key_patterns(keys: &KeyLayout, writer: bool) -> Vec<String> {
     let p = glob_escape(keys.prefix());
@@ -146,6 +153,23 @@ pub fn verify_line(settings: &Settings) -> String {
     commands.extend(VERIFY);
     commands.extend(mode_commands(settings));
     line("metacache-verify", key_patterns(&keys, false), commands)
+}
+
+/// The line for `metacache reindex` (user `metacache-reindex`): the index keys of any
+/// shard count and their staging keys (`devices:{k}:reindex`, `{devices}:reindex`), the
+/// device keys (read), the descriptor and the writers' marker.
+pub fn reindex_line(settings: &Settings) -> String {
+    let p = glob_escape(settings.keys().prefix());
+    let keys = vec![
+        format!("~{p}device:*"),
+        format!("~{p}devices*"),
+        format!("~{{{p}devices}}:reindex"),
+        format!("~{p}metacache:layout"),
+        format!("~{p}metacache:writers"),
+    ];
+    let mut commands = REINDEX.to_vec();
+    commands.extend(mode_commands(settings));
+    line("metacache-reindex", keys, commands)
 }
 
 #[cfg(test)]

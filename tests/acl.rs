@@ -419,3 +419,50 @@ async fn verify_runs_as_the_printed_verify_user() {
     assert_eq!(code, Some(3), "the reader cannot walk the keys: {out}{err}");
     assert!(err.to_ascii_uppercase().contains("NOPERM"), "{err}");
 }
+
+/// `metacache reindex` as the user of the line `--print-acl` prints for it: the index is
+/// rebuilt with four shards, readers find every device, and Redis refused nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reindex_runs_as_the_printed_reindex_user() {
+    let h = Harness::start(2);
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(&h, &dir);
+    let group = settings.kafka.group_id.clone();
+    create_user(&h, &metacache::acl::daemon_line(&settings));
+    create_user(&h, &metacache::acl::reindex_line(&settings));
+    let daemon = h.start_daemon(settings);
+    feed(&h).await;
+    daemon.wait_finished(25, Duration::from_secs(30)).await;
+    h.wait_all_committed(&group, Duration::from_secs(30)).await;
+    // A clean stop signs the writer out, which reindex checks for.
+    daemon.stop().await.expect("clean stop");
+    let mut r = h.redis();
+    redis::cmd("ACL")
+        .arg("LOG")
+        .arg("RESET")
+        .query::<()>(&mut r)
+        .unwrap();
+
+    let (code, out, err) = outcome(
+        metacache()
+            .args(["reindex", "--redis-url", &h.redis.url()])
+            .args(["--index-shards", "4", "--yes"])
+            .env("METACACHE__REDIS__USERNAME", "metacache-reindex")
+            .env("METACACHE__REDIS__PASSWORD", PASSWORD)
+            .env("METACACHE__REDIS__KEY_PREFIX", "app:")
+            .stdin(std::process::Stdio::null()),
+    );
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert_acl_log_empty(&mut r);
+    let indexed: u64 = (0..4)
+        .map(|k| r.zcard::<_, u64>(format!("app:devices:{{{k}}}")).unwrap())
+        .sum();
+    assert_eq!(
+        indexed, 19,
+        "every live device indexed over the four shards"
+    );
+    assert!(
+        !r.exists::<_, bool>("app:devices").unwrap(),
+        "the old index is gone"
+    );
+}

@@ -18,6 +18,8 @@ pub fn check_config(args: &CheckConfigArgs) -> ExitCode {
             println!("{}", metacache::acl::reader_line(&settings));
             println!("# metacache verify (read-only; walks every key of the layout):");
             println!("{}", metacache::acl::verify_line(&settings));
+            println!("# metacache reindex (rewrites the index; every writer stopped):");
+            println!("{}", metacache::acl::reindex_line(&settings));
             ExitCode::SUCCESS
         }
         Ok(settings) => {
