@@ -371,29 +371,45 @@ async fn a_reader_whose_acl_predates_the_descriptor_still_reads_devices_and_is_t
     assert_eq!(page.len(), 3);
 }
 
+/// The daemon, as its printed user, writes `feed` and stops cleanly (which signs the
+/// writer out, as reindex checks); the users of `lines` are created, and `ACL LOG` is
+/// emptied for what runs next. Returns the group.
+async fn filled_by_the_daemon(
+    h: &Harness,
+    lines: &[fn(&metacache::config::Settings) -> String],
+) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let settings = settings(h, &dir);
+    let group = settings.kafka.group_id.clone();
+    create_user(h, &metacache::acl::daemon_line(&settings));
+    for line in lines {
+        create_user(h, &line(&settings));
+    }
+    let daemon = h.start_daemon(settings);
+    feed(h).await;
+    daemon.wait_finished(25, Duration::from_secs(30)).await;
+    h.wait_all_committed(&group, Duration::from_secs(30)).await;
+    daemon.stop().await.expect("clean stop");
+    redis::cmd("ACL")
+        .arg("LOG")
+        .arg("RESET")
+        .query::<()>(&mut h.redis())
+        .unwrap();
+    group
+}
+
 /// `metacache verify` as the user of the line `--print-acl` prints for it: the cache is
 /// checked with nothing refused. As the reader user it cannot walk the keys (`SCAN`),
 /// which is why it has a line of its own.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_runs_as_the_printed_verify_user() {
     let h = Harness::start(2);
-    let dir = tempfile::tempdir().unwrap();
-    let settings = settings(&h, &dir);
-    let group = settings.kafka.group_id.clone();
-    create_user(&h, &metacache::acl::daemon_line(&settings));
-    create_user(&h, &metacache::acl::verify_line(&settings));
-    create_user(&h, &metacache::acl::reader_line(&settings));
-    let daemon = h.start_daemon(settings);
-    feed(&h).await;
-    daemon.wait_finished(25, Duration::from_secs(30)).await;
-    h.wait_all_committed(&group, Duration::from_secs(30)).await;
-    daemon.stop().await.expect("clean stop");
+    let group = filled_by_the_daemon(
+        &h,
+        &[metacache::acl::verify_line, metacache::acl::reader_line],
+    )
+    .await;
     let mut r = h.redis();
-    redis::cmd("ACL")
-        .arg("LOG")
-        .arg("RESET")
-        .query::<()>(&mut r)
-        .unwrap();
 
     let verify_as = |user: &str| {
         outcome(
@@ -425,23 +441,8 @@ async fn verify_runs_as_the_printed_verify_user() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reindex_runs_as_the_printed_reindex_user() {
     let h = Harness::start(2);
-    let dir = tempfile::tempdir().unwrap();
-    let settings = settings(&h, &dir);
-    let group = settings.kafka.group_id.clone();
-    create_user(&h, &metacache::acl::daemon_line(&settings));
-    create_user(&h, &metacache::acl::reindex_line(&settings));
-    let daemon = h.start_daemon(settings);
-    feed(&h).await;
-    daemon.wait_finished(25, Duration::from_secs(30)).await;
-    h.wait_all_committed(&group, Duration::from_secs(30)).await;
-    // A clean stop signs the writer out, which reindex checks for.
-    daemon.stop().await.expect("clean stop");
+    filled_by_the_daemon(&h, &[metacache::acl::reindex_line]).await;
     let mut r = h.redis();
-    redis::cmd("ACL")
-        .arg("LOG")
-        .arg("RESET")
-        .query::<()>(&mut r)
-        .unwrap();
 
     let (code, out, err) = outcome(
         metacache()
